@@ -1,0 +1,49 @@
+//! Native cost of one filter decision (token verification + Cedar) through the core engine.
+//! Every iteration asserts the expected verdict, so a broken setup cannot look fast.
+
+use std::hint::black_box;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use harness::devkeys::{DevIssuer, now};
+use portcullis_core::{Engine, StaticRequest, Verdict};
+
+fn decision(c: &mut Criterion) {
+    let Ok(issuer) = DevIssuer::generate() else {
+        return;
+    };
+    let cfg = harness::demo::plugin_config(&issuer).to_string();
+    let Ok(engine) = Engine::from_json(cfg.as_bytes()) else {
+        return;
+    };
+    let t = now();
+    let allow =
+        StaticRequest::new("GET", "/api/hello").with_bearer(&issuer.token("bob", &["staff"]));
+    let deny =
+        StaticRequest::new("GET", "/admin/users").with_bearer(&issuer.token("bob", &["staff"]));
+    let anon = StaticRequest::new("GET", "/api/hello");
+
+    let mut g = c.benchmark_group("native");
+    g.bench_function("rs256_allow", |b| {
+        b.iter(|| assert_eq!(engine.check(black_box(&allow), t).verdict, Verdict::Allow));
+    });
+    g.bench_function("rs256_forbid", |b| {
+        b.iter(|| {
+            assert_eq!(
+                engine.check(black_box(&deny), t).verdict,
+                Verdict::Forbidden
+            )
+        });
+    });
+    g.bench_function("no_token", |b| {
+        b.iter(|| {
+            assert!(matches!(
+                engine.check(black_box(&anon), t).verdict,
+                Verdict::Unauthenticated(_)
+            ))
+        });
+    });
+    g.finish();
+}
+
+criterion_group!(benches, decision);
+criterion_main!(benches);

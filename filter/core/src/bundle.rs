@@ -1,0 +1,175 @@
+//! The policy bundle: Cedar policies, an optional schema and static entities, as one versioned
+//! snapshot. The same wire format is served by `policy-sync` and accepted inline in the filter
+//! configuration.
+
+use std::str::FromStr;
+
+use cedar_policy::{Entities, PolicyId, PolicySet, Schema, ValidationMode, Validator};
+use serde::{Deserialize, Serialize};
+
+/// A bundle as it travels (JSON).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BundleWire {
+    /// Monotonically increasing version; 0 for an inline bundle that has none.
+    #[serde(default)]
+    pub version: u64,
+    /// Cedar policies in Cedar's policy syntax. A policy's `@id("...")` annotation names it in
+    /// decisions and logs; without one Cedar's positional id (`policy0`, ...) is used.
+    pub policies: String,
+    /// Optional Cedar schema (Cedar schema syntax). When present, policies are validated
+    /// against it (strict mode) and entities must conform to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema: Option<String>,
+    /// Static entities in Cedar's entity JSON format.
+    #[serde(default = "empty_array")]
+    pub entities: serde_json::Value,
+}
+
+impl Default for BundleWire {
+    fn default() -> Self {
+        Self {
+            version: 0,
+            policies: String::new(),
+            schema: None,
+            entities: empty_array(),
+        }
+    }
+}
+
+fn empty_array() -> serde_json::Value {
+    serde_json::Value::Array(Vec::new())
+}
+
+/// Why a bundle was refused. The whole bundle is refused; nothing of it is used.
+#[derive(Debug, thiserror::Error)]
+pub enum BundleError {
+    #[error("policies do not parse: {0}")]
+    Parse(String),
+    #[error("policy templates are not supported in bundles (found {0})")]
+    Template(String),
+    #[error("two policies share the id {0:?}")]
+    DuplicateId(String),
+    #[error("schema does not parse: {0}")]
+    Schema(String),
+    #[error("policies do not validate against the schema: {0}")]
+    Validation(String),
+    #[error("entities are invalid: {0}")]
+    Entities(String),
+}
+
+/// A compiled, validated bundle.
+#[derive(Debug, Clone)]
+pub struct Bundle {
+    pub version: u64,
+    pub policies: PolicySet,
+    pub schema: Option<Schema>,
+    pub entities: Entities,
+}
+
+impl TryFrom<&BundleWire> for Bundle {
+    type Error = BundleError;
+
+    fn try_from(wire: &BundleWire) -> Result<Self, Self::Error> {
+        let parsed =
+            PolicySet::from_str(&wire.policies).map_err(|e| BundleError::Parse(render(&e)))?;
+        if let Some(t) = parsed.templates().next() {
+            return Err(BundleError::Template(t.id().to_string()));
+        }
+        let mut policies = PolicySet::new();
+        for p in parsed.policies() {
+            let p = match p.annotation("id") {
+                Some(id) => p.new_id(PolicyId::new(id)),
+                None => p.clone(),
+            };
+            let id = p.id().to_string();
+            policies.add(p).map_err(|_| BundleError::DuplicateId(id))?;
+        }
+        let schema = match &wire.schema {
+            None => None,
+            Some(src) => {
+                let (schema, _warnings) = Schema::from_cedarschema_str(src)
+                    .map_err(|e| BundleError::Schema(render(&e)))?;
+                let result =
+                    Validator::new(schema.clone()).validate(&policies, ValidationMode::Strict);
+                if !result.validation_passed() {
+                    let msgs: Vec<String> = result.validation_errors().map(|e| render(e)).collect();
+                    return Err(BundleError::Validation(msgs.join("; ")));
+                }
+                Some(schema)
+            }
+        };
+        let entities = Entities::from_json_value(wire.entities.clone(), schema.as_ref())
+            .map_err(|e| BundleError::Entities(render(&e)))?;
+        Ok(Self {
+            version: wire.version,
+            policies,
+            schema,
+            entities,
+        })
+    }
+}
+
+/// Renders an error with its sources and Cedar's help text, on one line.
+fn render(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        src = s.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wire(policies: &str) -> BundleWire {
+        BundleWire {
+            policies: policies.to_owned(),
+            ..BundleWire::default()
+        }
+    }
+
+    #[test]
+    fn ids_come_from_annotations() {
+        let b = Bundle::try_from(&wire(
+            r#"@id("a") permit(principal, action, resource); permit(principal, action, resource);"#,
+        ))
+        .unwrap();
+        let mut ids: Vec<String> = b.policies.policies().map(|p| p.id().to_string()).collect();
+        ids.sort();
+        assert_eq!(ids, ["a", "policy1"]);
+    }
+
+    #[test]
+    fn refuses_bad_bundles() {
+        assert!(matches!(
+            Bundle::try_from(&wire("permit(")),
+            Err(BundleError::Parse(_))
+        ));
+        assert!(matches!(
+            Bundle::try_from(&wire(r#"@id("x") permit(principal, action, resource); @id("x") forbid(principal, action, resource);"#)),
+            Err(BundleError::DuplicateId(id)) if id == "x"
+        ));
+        assert!(matches!(
+            Bundle::try_from(&wire("permit(principal == ?principal, action, resource);")),
+            Err(BundleError::Template(_))
+        ));
+        let mut w =
+            wire(r#"permit(principal, action == Action::"GET", resource) when { context.nope };"#);
+        w.schema = Some(r#"entity User; entity Path; action "GET" appliesTo { principal: User, resource: Path, context: {} };"#.into());
+        assert!(matches!(
+            Bundle::try_from(&w),
+            Err(BundleError::Validation(_))
+        ));
+        let mut w = wire("");
+        w.entities = serde_json::json!([{"uid": "nope"}]);
+        assert!(matches!(
+            Bundle::try_from(&w),
+            Err(BundleError::Entities(_))
+        ));
+    }
+}

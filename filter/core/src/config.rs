@@ -1,0 +1,160 @@
+//! Plugin configuration: the JSON Envoy passes to the filter, parsed once in `on_configure`.
+//!
+//! Every struct refuses unknown fields, so a typo is an error rather than a silently ignored
+//! setting. Defaults are documented on each field.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::bundle::{BundleError, BundleWire};
+use crate::duration::ConfigDuration;
+use crate::jwks::{JwkSetWire, JwksError};
+
+/// Top-level filter configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FilterConfig {
+    /// Trusted token issuers (at least one).
+    pub issuers: Vec<IssuerConfig>,
+    /// The policy bundle in force (inline).
+    pub bundle: BundleWire,
+    /// How token claims become the Cedar principal.
+    #[serde(default)]
+    pub principal: PrincipalConfig,
+    /// Cedar entity types for the action (`Action::"GET"`) and resource (`Path::"/x"`).
+    #[serde(default)]
+    pub request: RequestConfig,
+    /// Allowed clock skew for `exp`, `nbf` and `iat`. Default `"60s"`.
+    #[serde(default = "default_clock_skew")]
+    pub clock_skew: ConfigDuration,
+    /// Largest token accepted, checked before any parsing. Default 8192 bytes.
+    #[serde(default = "default_max_token_bytes")]
+    pub max_token_bytes: usize,
+    /// Name the determining policies in a `x-portcullis-policies` header on 403 replies.
+    /// Default false: clients learn nothing about policies.
+    #[serde(default)]
+    pub debug_headers: bool,
+}
+
+fn default_clock_skew() -> ConfigDuration {
+    ConfigDuration(Duration::from_secs(60))
+}
+
+fn default_max_token_bytes() -> usize {
+    8192
+}
+
+/// One trusted issuer.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct IssuerConfig {
+    /// Exact `iss` value.
+    pub issuer: String,
+    /// Accepted `aud` values; empty (the default) accepts any audience.
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    /// The issuer's public keys, as a JWK Set.
+    pub jwks: JwkSetWire,
+}
+
+/// Claims → Cedar principal.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PrincipalConfig {
+    /// Entity type of the principal. Default `"User"`.
+    #[serde(default = "default_user_type")]
+    pub entity_type: String,
+    /// Claim holding the principal id. Default `"sub"`.
+    #[serde(default = "default_id_claim")]
+    pub id_claim: String,
+    /// Claim listing the principal's groups (array of strings, or a space-separated string);
+    /// each becomes a parent entity. Default `"groups"`; `null` turns it off.
+    #[serde(default = "default_groups_claim")]
+    pub groups_claim: Option<String>,
+    /// Entity type of those parents. Default `"Group"`.
+    #[serde(default = "default_group_type")]
+    pub group_entity_type: String,
+}
+
+impl Default for PrincipalConfig {
+    fn default() -> Self {
+        Self {
+            entity_type: default_user_type(),
+            id_claim: default_id_claim(),
+            groups_claim: default_groups_claim(),
+            group_entity_type: default_group_type(),
+        }
+    }
+}
+
+fn default_user_type() -> String {
+    "User".to_owned()
+}
+fn default_id_claim() -> String {
+    "sub".to_owned()
+}
+#[expect(
+    clippy::unnecessary_wraps,
+    reason = "serde default for an Option field"
+)]
+fn default_groups_claim() -> Option<String> {
+    Some("groups".to_owned())
+}
+fn default_group_type() -> String {
+    "Group".to_owned()
+}
+
+/// HTTP request → Cedar action and resource.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RequestConfig {
+    /// Entity type of actions; the id is the HTTP method. Default `"Action"`.
+    #[serde(default = "default_action_type")]
+    pub action_entity_type: String,
+    /// Entity type of resources; the id is the path without query. Default `"Path"`.
+    #[serde(default = "default_resource_type")]
+    pub resource_entity_type: String,
+}
+
+impl Default for RequestConfig {
+    fn default() -> Self {
+        Self {
+            action_entity_type: default_action_type(),
+            resource_entity_type: default_resource_type(),
+        }
+    }
+}
+
+fn default_action_type() -> String {
+    "Action".to_owned()
+}
+fn default_resource_type() -> String {
+    "Path".to_owned()
+}
+
+/// Why a configuration was refused. The filter then refuses to start (fail closed).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration is not valid JSON for this filter: {0}")]
+    Json(String),
+    #[error("at least one issuer must be configured")]
+    NoIssuers,
+    #[error("issuer {0:?} is configured twice")]
+    DuplicateIssuer(String),
+    #[error("issuer {issuer:?}: {source}")]
+    Jwks { issuer: String, source: JwksError },
+    #[error("bundle refused: {0}")]
+    Bundle(#[from] BundleError),
+    #[error("{0}")]
+    EntityType(String),
+    #[error("maxTokenBytes must be between 256 and 65536, got {0}")]
+    MaxTokenBytes(usize),
+}
+
+impl FilterConfig {
+    /// Parses the configuration bytes Envoy hands the filter.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, ConfigError> {
+        serde_json::from_slice(bytes).map_err(|e| ConfigError::Json(e.to_string()))
+    }
+}

@@ -1,0 +1,24 @@
+//! Host-agnostic core of the Portcullis filter.
+//!
+//! Nothing here knows about proxy-wasm: the glue crate (`portcullis-filter`) hands the core a
+//! [`RequestView`] and the current time, and turns the returned [`Outcome`] into host calls.
+//! Everything the filter does per request is decided here, so it can be tested and benchmarked
+//! natively, in the harness, and inside Envoy with the same code.
+
+pub mod bundle;
+pub mod config;
+pub mod decision;
+pub mod duration;
+pub mod engine;
+pub mod extractor;
+pub mod jwks;
+pub mod policy;
+pub mod request;
+pub mod token;
+pub mod verifier;
+
+pub use bundle::{Bundle, BundleError, BundleWire};
+pub use config::{ConfigError, FilterConfig};
+pub use decision::{AuthError, LocalReply, Outcome, Verdict};
+pub use engine::Engine;
+pub use request::{RequestView, StaticRequest};

@@ -1,0 +1,188 @@
+//! Parsing a compact JWS (RFC 7515) into its parts, before any signature check.
+//!
+//! Every length and shape is checked before decoding; nothing here can panic on any input.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+/// Why a token could not be parsed.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum TokenError {
+    #[error("token is larger than {max} bytes")]
+    TooLarge { max: usize },
+    #[error("token is not three base64url segments separated by dots")]
+    Malformed,
+    #[error("token {0} is not valid base64url")]
+    Base64(&'static str),
+    #[error("token {0} is not a JSON object")]
+    Json(&'static str),
+    #[error("token algorithm {0:?} is not accepted")]
+    Algorithm(String),
+    #[error("token header names critical extensions this filter does not understand")]
+    Crit,
+}
+
+/// Signature algorithms (RFC 7518 names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Algorithm {
+    RS256,
+    RS384,
+    RS512,
+    ES256,
+    EdDSA,
+}
+
+impl Algorithm {
+    /// Parses an `alg` value; `none` and anything unsupported are refused.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Some(match name {
+            "RS256" => Self::RS256,
+            "RS384" => Self::RS384,
+            "RS512" => Self::RS512,
+            "ES256" => Self::ES256,
+            "EdDSA" => Self::EdDSA,
+            _ => return None,
+        })
+    }
+
+    /// The RFC 7518 name.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::RS256 => "RS256",
+            Self::RS384 => "RS384",
+            Self::RS512 => "RS512",
+            Self::ES256 => "ES256",
+            Self::EdDSA => "EdDSA",
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct HeaderWire {
+    alg: String,
+    #[serde(default)]
+    kid: Option<String>,
+    #[serde(default)]
+    crit: Option<Value>,
+}
+
+/// A parsed, not yet verified, token.
+#[derive(Debug)]
+pub struct UnverifiedToken<'a> {
+    pub alg: Algorithm,
+    pub kid: Option<String>,
+    pub claims: Map<String, Value>,
+    /// `base64url(header) '.' base64url(payload)`: the bytes the signature covers.
+    pub signing_input: &'a [u8],
+    pub signature: Vec<u8>,
+}
+
+/// Splits, decodes and parses a compact JWS of at most `max_len` bytes.
+pub fn parse(token: &str, max_len: usize) -> Result<UnverifiedToken<'_>, TokenError> {
+    if token.len() > max_len {
+        return Err(TokenError::TooLarge { max: max_len });
+    }
+    let mut parts = token.split('.');
+    let (Some(h), Some(p), Some(s), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(TokenError::Malformed);
+    };
+    if h.is_empty() || p.is_empty() || s.is_empty() {
+        return Err(TokenError::Malformed);
+    }
+    let header_bytes = URL_SAFE_NO_PAD
+        .decode(h)
+        .map_err(|_| TokenError::Base64("header"))?;
+    let header: HeaderWire =
+        serde_json::from_slice(&header_bytes).map_err(|_| TokenError::Json("header"))?;
+    let alg = Algorithm::from_name(&header.alg).ok_or(TokenError::Algorithm(header.alg))?;
+    if header.crit.is_some() {
+        return Err(TokenError::Crit);
+    }
+    let payload = URL_SAFE_NO_PAD
+        .decode(p)
+        .map_err(|_| TokenError::Base64("payload"))?;
+    let claims: Map<String, Value> =
+        serde_json::from_slice(&payload).map_err(|_| TokenError::Json("payload"))?;
+    let signature = URL_SAFE_NO_PAD
+        .decode(s)
+        .map_err(|_| TokenError::Base64("signature"))?;
+    let signing_input = token
+        .get(..h.len() + 1 + p.len())
+        .ok_or(TokenError::Malformed)?
+        .as_bytes();
+    Ok(UnverifiedToken {
+        alg,
+        kid: header.kid,
+        claims,
+        signing_input,
+        signature,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b64(s: &str) -> String {
+        URL_SAFE_NO_PAD.encode(s)
+    }
+
+    #[test]
+    fn parses_parts() {
+        let t = format!(
+            "{}.{}.{}",
+            b64(r#"{"alg":"RS256","kid":"k1"}"#),
+            b64(r#"{"sub":"a"}"#),
+            b64("sig")
+        );
+        let u = parse(&t, 8192).unwrap();
+        assert_eq!(u.alg, Algorithm::RS256);
+        assert_eq!(u.kid.as_deref(), Some("k1"));
+        assert_eq!(u.claims["sub"], "a");
+        assert_eq!(u.signature, b"sig");
+        assert_eq!(u.signing_input, t.rsplit_once('.').unwrap().0.as_bytes());
+    }
+
+    #[test]
+    fn refuses_bad_shapes() {
+        let h = b64(r#"{"alg":"RS256"}"#);
+        let p = b64(r#"{"sub":"a"}"#);
+        let cases = [
+            (String::new(), TokenError::Malformed),
+            ("a.b".to_owned(), TokenError::Malformed),
+            (format!("{h}.{p}.c.d"), TokenError::Malformed),
+            (format!("{h}..c"), TokenError::Malformed),
+            (format!("{h}.{p}.@@"), TokenError::Base64("signature")),
+            (format!("{h}=.{p}.c2ln"), TokenError::Base64("header")),
+            (
+                format!("{}.{p}.c2ln", b64("[1]")),
+                TokenError::Json("header"),
+            ),
+            (
+                format!("{h}.{}.c2ln", b64("not json")),
+                TokenError::Json("payload"),
+            ),
+            (
+                format!("{}.{p}.c2ln", b64(r#"{"alg":"none"}"#)),
+                TokenError::Algorithm("none".into()),
+            ),
+            (
+                format!("{}.{p}.c2ln", b64(r#"{"alg":"HS256"}"#)),
+                TokenError::Algorithm("HS256".into()),
+            ),
+            (
+                format!("{}.{p}.c2ln", b64(r#"{"alg":"RS256","crit":["exp"]}"#)),
+                TokenError::Crit,
+            ),
+            ("x".repeat(9000), TokenError::TooLarge { max: 8192 }),
+        ];
+        for (token, want) in cases {
+            assert_eq!(parse(&token, 8192).unwrap_err(), want, "token {token:.40}");
+        }
+    }
+}

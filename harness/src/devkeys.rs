@@ -1,0 +1,110 @@
+//! A development issuer: an RSA-2048 key generated in memory at start (never written to disk
+//! or committed), its public JWK Set, and RS256 tokens minted with it.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use rsa::RsaPrivateKey;
+use rsa::pkcs1v15::SigningKey;
+use rsa::signature::{SignatureEncoding as _, Signer as _};
+use rsa::traits::PublicKeyParts as _;
+use serde_json::{Value, json};
+use sha2::Sha256;
+
+use crate::Result;
+
+/// Issuer URL the demo and tests trust.
+pub const DEV_ISSUER: &str = "https://dev.portcullis.local";
+/// Audience the demo and tests require.
+pub const DEV_AUDIENCE: &str = "portcullis-demo";
+
+/// A signing key with its issuer identity.
+#[derive(Debug, Clone)]
+pub struct DevIssuer {
+    pub issuer: String,
+    pub audience: String,
+    pub kid: String,
+    key: RsaPrivateKey,
+}
+
+impl DevIssuer {
+    /// Generates a fresh RSA-2048 key.
+    pub fn generate() -> Result<Self> {
+        let key = RsaPrivateKey::new(&mut rand::rngs::OsRng, 2048)?;
+        let fingerprint: String = URL_SAFE_NO_PAD
+            .encode(sha2_of(&key.n().to_bytes_be()))
+            .chars()
+            .take(12)
+            .collect();
+        let kid = format!("dev-{fingerprint}");
+        Ok(Self {
+            issuer: DEV_ISSUER.to_owned(),
+            audience: DEV_AUDIENCE.to_owned(),
+            kid,
+            key,
+        })
+    }
+
+    /// The public key as a JWK Set.
+    #[must_use]
+    pub fn jwks(&self) -> Value {
+        json!({ "keys": [{
+            "kty": "RSA",
+            "alg": "RS256",
+            "use": "sig",
+            "kid": self.kid,
+            "n": URL_SAFE_NO_PAD.encode(self.key.n().to_bytes_be()),
+            "e": URL_SAFE_NO_PAD.encode(self.key.e().to_bytes_be()),
+        }]})
+    }
+
+    /// Signs `claims` as an RS256 JWS with this key's `kid`.
+    #[must_use]
+    pub fn sign(&self, claims: &Value) -> String {
+        sign_with(
+            &self.key,
+            &json!({"alg": "RS256", "typ": "JWT", "kid": self.kid}),
+            claims,
+        )
+    }
+
+    /// A token for `sub` in `groups`, valid for an hour from now, with iss/aud of this issuer.
+    #[must_use]
+    pub fn token(&self, sub: &str, groups: &[&str]) -> String {
+        let now = now();
+        self.sign(&json!({
+            "iss": self.issuer,
+            "aud": self.audience,
+            "sub": sub,
+            "groups": groups,
+            "iat": now,
+            "exp": now + 3600,
+        }))
+    }
+}
+
+/// Signs a JWS with any header (tests use this for malformed or hostile tokens).
+#[must_use]
+pub fn sign_with(key: &RsaPrivateKey, header: &Value, claims: &Value) -> String {
+    let input = format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(header.to_string()),
+        URL_SAFE_NO_PAD.encode(claims.to_string())
+    );
+    let sig = SigningKey::<Sha256>::new(key.clone()).sign(input.as_bytes());
+    format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig.to_bytes()))
+}
+
+/// Unix time in seconds.
+#[must_use]
+pub fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn sha2_of(bytes: &[u8]) -> Vec<u8> {
+    use sha2::Digest as _;
+    Sha256::digest(bytes).to_vec()
+}

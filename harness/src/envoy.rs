@@ -1,0 +1,229 @@
+//! Running a real Envoy with the filter.
+
+use std::fs;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::{Error, Result, paths};
+
+/// The Envoy configuration template (`envoy/portcullis.yaml`).
+pub const TEMPLATE: &str = include_str!("../../envoy/portcullis.yaml");
+
+/// The ports one Envoy uses, all on 127.0.0.1.
+#[derive(Debug, Clone, Copy)]
+pub struct Ports {
+    pub listener: u16,
+    pub admin: u16,
+    pub upstream: u16,
+}
+
+impl Ports {
+    /// Three ports that were free a moment ago.
+    pub fn free() -> Result<Self> {
+        // Hold all three listeners at once so the kernel hands out three distinct ports.
+        let a = TcpListener::bind("127.0.0.1:0")?;
+        let b = TcpListener::bind("127.0.0.1:0")?;
+        let c = TcpListener::bind("127.0.0.1:0")?;
+        Ok(Self {
+            listener: a.local_addr()?.port(),
+            admin: b.local_addr()?.port(),
+            upstream: c.local_addr()?.port(),
+        })
+    }
+}
+
+/// Fills `${NAME}` placeholders; any placeholder left over is an error.
+pub fn render(template: &str, vars: &[(&str, String)]) -> Result<String> {
+    let mut out = template.to_owned();
+    for (name, value) in vars {
+        out = out.replace(&format!("${{{name}}}"), value);
+    }
+    // Comments may mention placeholders; only uncommented lines must be complete.
+    if let Some(line) = out
+        .lines()
+        .find(|l| !l.trim_start().starts_with('#') && l.contains("${"))
+    {
+        return Err(Error::Template(format!("unfilled placeholder in {line:?}")));
+    }
+    Ok(out)
+}
+
+/// The Envoy configuration for `ports`, the filter at `wasm`, configured with `plugin_config`.
+pub fn config(ports: Ports, wasm: &Path, plugin_config: &Value) -> Result<String> {
+    // A JSON string literal is a valid YAML double-quoted scalar.
+    let quoted = serde_json::to_string(&plugin_config.to_string())
+        .map_err(|e| Error::Template(e.to_string()))?;
+    render(
+        TEMPLATE,
+        &[
+            ("ADMIN_PORT", ports.admin.to_string()),
+            ("PORT", ports.listener.to_string()),
+            ("UPSTREAM_PORT", ports.upstream.to_string()),
+            ("WASM", wasm.display().to_string()),
+            ("PLUGIN_CONFIG", quoted),
+        ],
+    )
+}
+
+/// Checks a configuration with `envoy --mode validate`.
+pub fn validate(config_yaml: &str) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("envoy.yaml");
+    fs::write(&path, config_yaml)?;
+    let out = Command::new(paths::envoy()?)
+        .args([
+            "--mode",
+            "validate",
+            "--disable-hot-restart",
+            "-l",
+            "error",
+            "-c",
+        ])
+        .arg(&path)
+        .output()?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(Error::Envoy(format!(
+            "configuration invalid: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )))
+    }
+}
+
+/// A running Envoy, killed when dropped.
+#[derive(Debug)]
+pub struct Envoy {
+    child: Child,
+    pub ports: Ports,
+    started: Instant,
+    log: PathBuf,
+    // Keeps the config and log alive while Envoy runs.
+    _dir: tempfile::TempDir,
+}
+
+impl Envoy {
+    /// Starts Envoy on `config_yaml` with `concurrency` worker threads.
+    pub fn start(config_yaml: &str, ports: Ports, concurrency: u32) -> Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("portcullis-envoy")
+            .tempdir()?;
+        let cfg = dir.path().join("envoy.yaml");
+        let log = dir.path().join("envoy.log");
+        fs::write(&cfg, config_yaml)?;
+        let started = Instant::now();
+        let child = Command::new(paths::envoy()?)
+            .arg("-c")
+            .arg(&cfg)
+            .args(["--disable-hot-restart", "--concurrency"])
+            .arg(concurrency.to_string())
+            .args([
+                "-l",
+                "warning",
+                "--component-log-level",
+                "wasm:debug",
+                "--log-path",
+            ])
+            .arg(&log)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        Ok(Self {
+            child,
+            ports,
+            started,
+            log,
+            _dir: dir,
+        })
+    }
+
+    /// Base URL of the filtered listener.
+    #[must_use]
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.ports.listener)
+    }
+
+    /// Envoy's log so far.
+    #[must_use]
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Process id.
+    #[must_use]
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Resident set size in KiB (Linux `/proc`).
+    #[must_use]
+    pub fn rss_kib(&self) -> Option<u64> {
+        let status = fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    }
+
+    /// Waits until the filtered listener answers an HTTP request; returns the time from start
+    /// to that first answer. Fails early, with Envoy's log, if Envoy exits.
+    pub fn wait_ready(&mut self, timeout: Duration) -> Result<Duration> {
+        let agent = crate::http::agent(Duration::from_secs(2));
+        let url = self.url("/");
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Err(Error::Envoy(format!(
+                    "exited with {status} before serving:\n{}",
+                    self.log()
+                )));
+            }
+            if agent.get(&url).call().is_ok() {
+                return Ok(self.started.elapsed());
+            }
+            if self.started.elapsed() > timeout {
+                return Err(Error::Envoy(format!(
+                    "not serving after {timeout:?}:\n{}",
+                    self.log()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// A counter or gauge from the admin `/stats` endpoint.
+    pub fn stat(&self, name: &str) -> Result<Option<u64>> {
+        let agent = crate::http::agent(Duration::from_secs(5));
+        let url = format!(
+            "http://127.0.0.1:{}/stats?filter=^{name}$",
+            self.ports.admin
+        );
+        let body = crate::http::text(
+            agent
+                .get(&url)
+                .call()
+                .map_err(|e| Error::Envoy(e.to_string()))?,
+        );
+        Ok(body
+            .lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(": ")))
+            .and_then(|v| v.trim().parse().ok()))
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

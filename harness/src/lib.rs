@@ -1,0 +1,32 @@
+//! Test and demo harness for Portcullis.
+//!
+//! - [`envoy`]: renders the Envoy configuration in `envoy/` and runs a real Envoy with the built
+//!   filter, stopping it on drop.
+//! - [`devkeys`]: a development issuer: an RSA key generated on the spot (never stored) that
+//!   mints RS256 tokens, and its public JWK Set.
+//! - [`demo`]: the embedded default plugin configuration the demo and end-to-end tests use.
+//! - [`paths`]: where the built `.wasm` and the Envoy binary are.
+
+pub mod demo;
+pub mod devkeys;
+pub mod envoy;
+pub mod http;
+pub mod paths;
+
+/// Errors from the harness.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    Missing(String),
+    #[error("I/O: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("RSA: {0}")]
+    Rsa(#[from] rsa::Error),
+    #[error("Envoy: {0}")]
+    Envoy(String),
+    #[error("template: {0}")]
+    Template(String),
+}
+
+/// Result alias for the harness.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,3 @@
+//! policy-sync CLI tests.
+
+mod bundle_cli;

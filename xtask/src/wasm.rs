@@ -1,0 +1,158 @@
+//! Building the filter to `.wasm`, on whatever Rust toolchain this machine can offer:
+//!
+//! 1. the active toolchain already has a wasm32 target (`wasm32-wasip1` preferred, as the
+//!    proxy-wasm SDK recommends; `wasm32-unknown-unknown` also loads in Envoy);
+//! 2. else `rustup target add wasm32-wasip1`, bounded in time;
+//! 3. else Debian's `rustc-web`/`cargo-web`/`rust-web-src` (+ `lld`, `wasi-libc`) with
+//!    `/usr/bin/cargo` and `-Zbuild-std` (std rebuilt from source for the target).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::Result;
+use crate::tools::{self, cargo, run};
+
+const PACKAGE: &str = "portcullis-filter";
+const ARTIFACT: &str = "portcullis_filter.wasm";
+const RUSTUP_TIMEOUT: Duration = Duration::from_secs(90);
+const DEBIAN_PACKAGES: &[&str] = &[
+    "rustc-web",
+    "cargo-web",
+    "rust-web-src",
+    "lld-22",
+    "wasi-libc",
+];
+
+#[derive(Debug, Clone, Copy)]
+enum Toolchain {
+    /// The active (rustup or other) toolchain with the target's std installed.
+    Installed(&'static str),
+    /// Debian's rustc-web with std built from source.
+    Debian,
+}
+
+fn sysroot() -> Option<PathBuf> {
+    let out = Command::new("rustc")
+        .args(["--print", "sysroot"])
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+}
+
+fn has_target(sysroot: &Path, target: &str) -> bool {
+    sysroot
+        .join("lib/rustlib")
+        .join(target)
+        .join("lib")
+        .is_dir()
+}
+
+/// `rustup target add wasm32-wasip1`, killed after `RUSTUP_TIMEOUT`.
+fn rustup_add() -> bool {
+    let Ok(mut child) = Command::new("rustup")
+        .args(["target", "add", "wasm32-wasip1"])
+        .stdout(Stdio::null())
+        .spawn()
+    else {
+        return false;
+    };
+    let started = Instant::now();
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return status.success(),
+            Ok(None) if started.elapsed() < RUSTUP_TIMEOUT => {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                eprintln!("xtask: rustup target add timed out after {RUSTUP_TIMEOUT:?}");
+                return false;
+            }
+        }
+    }
+}
+
+fn detect() -> Result<Toolchain> {
+    if let Some(root) = sysroot() {
+        for target in ["wasm32-wasip1", "wasm32-unknown-unknown"] {
+            if has_target(&root, target) {
+                eprintln!(
+                    "xtask: wasm toolchain: case 1, {target} is installed for the active toolchain"
+                );
+                return Ok(Toolchain::Installed(target));
+            }
+        }
+        if rustup_add() && sysroot().is_some_and(|r| has_target(&r, "wasm32-wasip1")) {
+            eprintln!("xtask: wasm toolchain: case 2, installed wasm32-wasip1 with rustup");
+            return Ok(Toolchain::Installed("wasm32-wasip1"));
+        }
+    }
+    eprintln!(
+        "xtask: wasm toolchain: case 3, no wasm32 target from rustup; using Debian's rustc-web with -Zbuild-std"
+    );
+    tools::apt_install(DEBIAN_PACKAGES).map_err(|e| {
+        format!("no way to build for wasm32 here: no installed target, rustup could not add one, and Debian's rust-web packages could not be installed ({e})")
+    })?;
+    Ok(Toolchain::Debian)
+}
+
+/// The wasm target installed for the active toolchain, if any (for linting the glue).
+pub fn rustup_target() -> Option<&'static str> {
+    let root = sysroot()?;
+    ["wasm32-wasip1", "wasm32-unknown-unknown"]
+        .into_iter()
+        .find(|t| has_target(&root, t))
+}
+
+/// Builds the filter and returns the path of the `.wasm`.
+pub fn build() -> Result<PathBuf> {
+    let toolchain = match std::env::var("PORTCULLIS_WASM_TOOLCHAIN").as_deref() {
+        // Lets the Debian path be exercised on a machine where rustup works too.
+        Ok("debian") => {
+            tools::apt_install(DEBIAN_PACKAGES)?;
+            Toolchain::Debian
+        }
+        _ => detect()?,
+    };
+    let started = Instant::now();
+    let (target, mut cmd) = match toolchain {
+        Toolchain::Installed(target) => {
+            let mut c = cargo();
+            c.args(["build", "--release", "--target", target, "-p", PACKAGE]);
+            (target, c)
+        }
+        Toolchain::Debian => {
+            let target = "wasm32-wasip1";
+            let mut c = Command::new("/usr/bin/cargo");
+            c.current_dir(harness::paths::repo_root())
+                .env("CARGO_TARGET_DIR", tools::target_dir().join("debian"))
+                .env("RUSTC", "/usr/bin/rustc")
+                .env("RUSTC_BOOTSTRAP", "1")
+                .env_remove("RUSTUP_TOOLCHAIN")
+                .args(["build", "--release", "--target", target, "-p", PACKAGE])
+                .args(["-Zbuild-std=std,panic_abort"]);
+            (target, c)
+        }
+    };
+    run(&mut cmd, "building the filter for wasm")?;
+    let base = match toolchain {
+        Toolchain::Installed(_) => tools::target_dir(),
+        Toolchain::Debian => tools::target_dir().join("debian"),
+    };
+    let wasm = base.join(target).join("release").join(ARTIFACT);
+    if !wasm.is_file() {
+        return Err(format!("build succeeded but {} is missing", wasm.display()));
+    }
+    let size = std::fs::metadata(&wasm).map(|m| m.len()).unwrap_or(0);
+    eprintln!(
+        "xtask: built {} ({} KiB) in {:.1?}",
+        wasm.display(),
+        size / 1024,
+        started.elapsed()
+    );
+    Ok(wasm)
+}
