@@ -177,6 +177,23 @@ pub fn test(extra: &[String]) -> Result {
             "cargo clippy (wasm glue)",
         )?;
     }
+    if let Some(target) = crate::wasm::rustup_target() {
+        run(
+            cargo().args([
+                "clippy",
+                "--release",
+                "--quiet",
+                "--target",
+                target,
+                "-p",
+                "portcullis-filter",
+                "--",
+                "-D",
+                "warnings",
+            ]),
+            "cargo clippy (wasm glue)",
+        )?;
+    }
     eprintln!("xtask: running tests");
     run(
         cargo()
