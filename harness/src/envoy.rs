@@ -69,6 +69,33 @@ pub fn config(ports: Ports, wasm: &Path, plugin_config: &Value) -> Result<String
     )
 }
 
+/// The same Envoy without the filter: the baseline for measurements.
+pub fn baseline_config(ports: Ports) -> Result<String> {
+    let mut out = String::new();
+    let mut skipping = false;
+    for line in TEMPLATE.lines() {
+        if line.contains("# BEGIN portcullis") {
+            skipping = true;
+        } else if line.contains("# END portcullis") {
+            skipping = false;
+        } else if !skipping {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    if skipping {
+        return Err(Error::Template("BEGIN portcullis without END".into()));
+    }
+    render(
+        &out,
+        &[
+            ("ADMIN_PORT", ports.admin.to_string()),
+            ("PORT", ports.listener.to_string()),
+            ("UPSTREAM_PORT", ports.upstream.to_string()),
+        ],
+    )
+}
+
 /// Checks a configuration with `envoy --mode validate`.
 pub fn validate(config_yaml: &str) -> Result<()> {
     let dir = tempfile::tempdir()?;

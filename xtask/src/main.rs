@@ -1,6 +1,7 @@
 //! `cargo xtask <task>`: everything needed to build, demo and test Portcullis on a fresh machine.
 
 mod demo;
+mod measure;
 mod tools;
 mod wasm;
 
@@ -27,6 +28,12 @@ enum Task {
         #[arg(long, default_value_t = 10000)]
         port: u16,
     },
+    /// Filter size, Envoy start-up time and memory, with and without the filter.
+    Measure {
+        /// Requests sent to each variant.
+        #[arg(long, default_value_t = 2000)]
+        requests: u32,
+    },
     /// Install what is missing, build the filter, run every test in the workspace.
     Test {
         /// Extra arguments for `cargo test` (for example a test name filter).
@@ -41,6 +48,7 @@ fn main() -> ExitCode {
         Task::Wasm => wasm::build().map(|p| println!("{}", p.display())),
         Task::Envoy => tools::ensure_envoy().map(|p| println!("{}", p.display())),
         Task::Demo { port } => demo::run(port),
+        Task::Measure { requests } => measure::run(requests),
         Task::Test { cargo_args } => tools::test(&cargo_args),
     };
     match result {

@@ -144,6 +144,18 @@ pub fn test(extra: &[String]) -> Result {
     let envoy = ensure_envoy()?;
     let wasm = crate::wasm::build()?;
     eprintln!("xtask: checking formatting and lints");
+    let has = |tool: &str| {
+        cargo()
+            .args([tool, "--version"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if !has("fmt") || !has("clippy") {
+        run(
+            Command::new("rustup").args(["component", "add", "rustfmt", "clippy"]),
+            "rustup component add rustfmt clippy",
+        )?;
+    }
     run(
         cargo().args(["fmt", "--all", "--check"]),
         "cargo fmt --check",
@@ -160,23 +172,6 @@ pub fn test(extra: &[String]) -> Result {
         ]),
         "cargo clippy",
     )?;
-    if let Some(target) = crate::wasm::rustup_target() {
-        run(
-            cargo().args([
-                "clippy",
-                "--release",
-                "--quiet",
-                "--target",
-                target,
-                "-p",
-                "portcullis-filter",
-                "--",
-                "-D",
-                "warnings",
-            ]),
-            "cargo clippy (wasm glue)",
-        )?;
-    }
     if let Some(target) = crate::wasm::rustup_target() {
         run(
             cargo().args([

@@ -108,14 +108,6 @@ pub fn rustup_target() -> Option<&'static str> {
         .find(|t| has_target(&root, t))
 }
 
-/// The wasm target installed for the active toolchain, if any (for linting the glue).
-pub fn rustup_target() -> Option<&'static str> {
-    let root = sysroot()?;
-    ["wasm32-wasip1", "wasm32-unknown-unknown"]
-        .into_iter()
-        .find(|t| has_target(&root, t))
-}
-
 /// Builds the filter and returns the path of the `.wasm`.
 pub fn build() -> Result<PathBuf> {
     let toolchain = match std::env::var("PORTCULLIS_WASM_TOOLCHAIN").as_deref() {

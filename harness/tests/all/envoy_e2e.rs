@@ -39,6 +39,7 @@ fn rendered_config_validates() -> TestResult {
         &demo::plugin_config(&issuer),
     )?;
     envoy::validate(&cfg)?;
+    envoy::validate(&envoy::baseline_config(Ports::free()?)?)?;
     Ok(())
 }
 
