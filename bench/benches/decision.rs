@@ -34,6 +34,10 @@ fn decision(c: &mut Criterion) {
             )
         });
     });
+    let bob = issuer.token("bob", &["staff"]);
+    g.bench_function("rs256_authenticate_only", |b| {
+        b.iter(|| assert!(engine.authenticate(black_box(&bob), t).is_ok()));
+    });
     g.bench_function("no_token", |b| {
         b.iter(|| {
             assert!(matches!(

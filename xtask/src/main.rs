@@ -33,6 +33,9 @@ enum Task {
         /// Requests sent to each variant.
         #[arg(long, default_value_t = 2000)]
         requests: u32,
+        /// Measure this .wasm instead of building the default one.
+        #[arg(long)]
+        wasm: Option<std::path::PathBuf>,
     },
     /// Install what is missing, build the filter, run every test in the workspace.
     Test {
@@ -48,7 +51,7 @@ fn main() -> ExitCode {
         Task::Wasm => wasm::build().map(|p| println!("{}", p.display())),
         Task::Envoy => tools::ensure_envoy().map(|p| println!("{}", p.display())),
         Task::Demo { port } => demo::run(port),
-        Task::Measure { requests } => measure::run(requests),
+        Task::Measure { requests, wasm } => measure::run(requests, wasm),
         Task::Test { cargo_args } => tools::test(&cargo_args),
     };
     match result {

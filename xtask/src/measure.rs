@@ -1,6 +1,7 @@
 //! `cargo xtask measure`: size of the filter, Envoy start-up time, memory and a sequential
 //! request loop, with and without the filter, measured in the same run.
 
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -19,9 +20,12 @@ struct Row {
 }
 
 /// Measures and prints a table.
-pub fn run(requests: u32) -> Result {
+pub fn run(requests: u32, wasm: Option<PathBuf>) -> Result {
     crate::tools::ensure_envoy()?;
-    let wasm = crate::wasm::build()?;
+    let wasm = match wasm {
+        Some(w) => w,
+        None => crate::wasm::build()?,
+    };
     let size = std::fs::metadata(&wasm).map_err(|e| e.to_string())?.len();
     let gz = Command::new("gzip")
         .args(["-9", "-c"])

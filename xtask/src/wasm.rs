@@ -100,6 +100,21 @@ fn detect() -> Result<Toolchain> {
     Ok(Toolchain::Debian)
 }
 
+/// Debian's wasm linker (`wasm-ld-22` from lld-22, or any `wasm-ld`).
+fn wasm_ld() -> Option<PathBuf> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/bin")
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n == "wasm-ld" || n.starts_with("wasm-ld-"))
+        })
+        .collect();
+    found.sort();
+    found.pop()
+}
+
 /// The wasm target installed for the active toolchain, if any (for linting the glue).
 pub fn rustup_target() -> Option<&'static str> {
     let root = sysroot()?;
@@ -127,11 +142,20 @@ pub fn build() -> Result<PathBuf> {
         }
         Toolchain::Debian => {
             let target = "wasm32-wasip1";
+            // Debian's rustc has no self-contained wasi-libc or rust-lld: link with Debian's
+            // wasm-ld against Debian's wasi-libc.
+            let linker = wasm_ld().ok_or("no wasm-ld found (Debian package lld-22)")?;
+            let flags = format!(
+                "-C target-feature=+simd128 -C linker={} -C linker-flavor=wasm-ld \
+                 -C link-self-contained=no -L native=/usr/lib/wasm32-wasi",
+                linker.display()
+            );
             let mut c = Command::new("/usr/bin/cargo");
             c.current_dir(harness::paths::repo_root())
                 .env("CARGO_TARGET_DIR", tools::target_dir().join("debian"))
                 .env("RUSTC", "/usr/bin/rustc")
                 .env("RUSTC_BOOTSTRAP", "1")
+                .env("CARGO_TARGET_WASM32_WASIP1_RUSTFLAGS", flags)
                 .env_remove("RUSTUP_TOOLCHAIN")
                 .args(["build", "--release", "--target", target, "-p", PACKAGE])
                 .args(["-Zbuild-std=std,panic_abort"]);

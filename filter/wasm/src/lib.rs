@@ -12,6 +12,15 @@ use portcullis_core::{Engine, Outcome, RequestView, Verdict};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel};
 
+#[cfg(feature = "lol-alloc")]
+#[global_allocator]
+#[expect(
+    unsafe_code,
+    reason = "a proxy-wasm VM runs on one thread, the promise AssumeSingleThreaded needs"
+)]
+static ALLOCATOR: lol_alloc::AssumeSingleThreaded<lol_alloc::FreeListAllocator> =
+    unsafe { lol_alloc::AssumeSingleThreaded::new(lol_alloc::FreeListAllocator::new()) };
+
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Trace);
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root { engine: None }) });
