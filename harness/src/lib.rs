@@ -6,10 +6,15 @@
 //!   mints RS256 tokens, and its public JWK Set.
 //! - [`demo`]: the embedded default plugin configuration the demo and end-to-end tests use.
 //! - [`paths`]: where the built `.wasm` and the Envoy binary are.
+//! - `host` (feature `wasm-host`, on by default): a wasmtime host for the proxy-wasm ABI that
+//!   runs the built filter without Envoy.
 
 pub mod demo;
 pub mod devkeys;
 pub mod envoy;
+pub mod fixtures;
+#[cfg(feature = "wasm-host")]
+pub mod host;
 pub mod http;
 pub mod paths;
 

@@ -1,3 +1,4 @@
-//! Harness integration tests: the built filter in a real Envoy.
+//! Harness integration tests: the built filter in a real Envoy and in the wasmtime host.
 
 mod envoy_e2e;
+mod host_filter;

@@ -1,0 +1,159 @@
+//! The built filter through the wasmtime host: the same fixtures as the real-Envoy test, plus
+//! what only the host can check quickly (logs, several VMs, the controlled clock).
+
+use std::error::Error;
+use std::sync::OnceLock;
+use std::time::{Duration, SystemTime};
+
+use harness::demo;
+use harness::devkeys::DevIssuer;
+use harness::fixtures::{self, Observed};
+use harness::host::{Host, HostError, LogLevel, Plugin, Request, VmOptions};
+use serde_json::json;
+
+type TestResult = Result<(), Box<dyn Error>>;
+
+/// Compiling the 3 MB module takes seconds: once per test binary.
+fn plugin() -> Result<&'static Plugin, Box<dyn Error>> {
+    static PLUGIN: OnceLock<Result<Plugin, String>> = OnceLock::new();
+    PLUGIN
+        .get_or_init(|| Plugin::built().map_err(|e| e.to_string()))
+        .as_ref()
+        .map_err(|e| e.clone().into())
+}
+
+fn request(method: &str, path: &str, token: Option<&str>) -> Request {
+    let r = Request::new(method, path);
+    match token {
+        Some(t) => r.bearer(t),
+        None => r,
+    }
+}
+
+/// The conformance set, through the host (the same set runs through Envoy).
+#[test]
+fn decisions_through_the_host() -> TestResult {
+    let issuer = DevIssuer::generate()?;
+    let mut host = Host::new(plugin()?);
+    let vm = host.start_vm(VmOptions::new(
+        demo::plugin_config(&issuer).to_string().into_bytes(),
+    ))?;
+    for case in fixtures::demo_cases(&issuer)? {
+        let ex = host.send(vm, request(case.method, case.path, case.token.as_deref()))?;
+        let seen = match &ex.local_reply {
+            Some(r) => Observed {
+                status: ex.status(),
+                challenge: r.header("www-authenticate").map(str::to_owned),
+                policies: r.header("x-portcullis-policies").map(str::to_owned),
+                body: r.body_text(),
+            },
+            None => Observed {
+                status: ex.status(),
+                challenge: None,
+                policies: None,
+                body: ex
+                    .response
+                    .as_ref()
+                    .map(|r| String::from_utf8_lossy(&r.body).into_owned())
+                    .unwrap_or_default(),
+            },
+        };
+        case.check(&seen, "upstream")?;
+        if case.status == 200 {
+            // Allowed requests reach the upstream unchanged.
+            assert_eq!(
+                ex.upstream_header(":path"),
+                Some(case.path),
+                "{}",
+                case.name
+            );
+        } else {
+            assert!(
+                ex.upstream_request.is_none(),
+                "{}: denied request reached the upstream",
+                case.name
+            );
+        }
+    }
+    assert!(host.logged("portcullis: configured with 1 issuer(s), bundle version 1"));
+    Ok(())
+}
+
+#[test]
+fn host_clock_drives_token_expiry() -> TestResult {
+    let issuer = DevIssuer::generate()?;
+    let mut host = Host::new(plugin()?);
+    let vm = host.start_vm(VmOptions::new(
+        demo::plugin_config(&issuer).to_string().into_bytes(),
+    ))?;
+    // token: {"iss":DEV_ISSUER,"aud":"portcullis-demo","sub":"bob","groups":["staff"],"iat":now,"exp":now+3600}
+    let token = issuer.token("bob", &["staff"]);
+    assert_eq!(
+        host.send(vm, request("GET", "/x", Some(&token)))?.status(),
+        200
+    );
+    // 3600 s of validity + 60 s leeway later, the same token is refused.
+    host.set_time(SystemTime::now() + Duration::from_secs(3661));
+    let ex = host.send(vm, request("GET", "/x", Some(&token)))?;
+    assert_eq!(ex.status(), 401);
+    let reply = ex.local_reply.ok_or("no reply")?;
+    assert!(
+        reply
+            .header("www-authenticate")
+            .is_some_and(|h| h.contains("has expired"))
+    );
+    Ok(())
+}
+
+#[test]
+fn several_vms_decide_alike() -> TestResult {
+    let issuer = DevIssuer::generate()?;
+    let mut host = Host::new(plugin()?);
+    let config = demo::plugin_config(&issuer).to_string().into_bytes();
+    let a = host.start_vm(VmOptions::new(config.clone()))?;
+    let b = host.start_vm(VmOptions::new(config))?;
+    let token = issuer.token("bob", &["staff"]);
+    for vm in [a, b] {
+        assert_eq!(
+            host.send(vm, request("GET", "/api", Some(&token)))?
+                .status(),
+            200
+        );
+        assert_eq!(
+            host.send(vm, request("GET", "/admin", Some(&token)))?
+                .status(),
+            403
+        );
+    }
+    let configured = host
+        .logs()
+        .iter()
+        .filter(|l| l.message.contains("configured with"))
+        .count();
+    assert_eq!(configured, 2);
+    Ok(())
+}
+
+#[test]
+fn refused_configuration_is_reported() -> TestResult {
+    let issuer = DevIssuer::generate()?;
+    let mut cfg = demo::plugin_config(&issuer);
+    cfg["unknownSetting"] = json!(true);
+    let mut host = Host::new(plugin()?);
+    let err = host
+        .start_vm(VmOptions::new(cfg.to_string().into_bytes()))
+        .err()
+        .ok_or("configured")?;
+    assert!(matches!(err, HostError::ConfigureRefused), "{err}");
+    let logs = host.logs();
+    let line = logs
+        .iter()
+        .find(|l| l.level == LogLevel::Error)
+        .ok_or("no error logged")?;
+    assert!(
+        line.message.contains("unknown field `unknownSetting`"),
+        "{}",
+        line.message
+    );
+    Ok(())
+}
