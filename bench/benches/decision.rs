@@ -5,6 +5,7 @@ use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use harness::devkeys::{DevIssuer, now};
+use harness::host::{Host, Plugin, Request, VmOptions};
 use portcullis_core::{Engine, StaticRequest, Verdict};
 
 fn decision(c: &mut Criterion) {
@@ -44,6 +45,41 @@ fn decision(c: &mut Criterion) {
                 engine.check(black_box(&anon), t).verdict,
                 Verdict::Unauthenticated(_)
             ))
+        });
+    });
+    g.finish();
+
+    // The same decisions inside the built filter, through the wasmtime host (Cranelift):
+    // the whole request path of the module (ABI calls included), not only the core.
+    let plugin = match Plugin::built() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("skipping wasm benchmarks: {e}");
+            return;
+        }
+    };
+    let mut host = Host::new(&plugin);
+    let Ok(vm) = host.start_vm(VmOptions::new(cfg.into_bytes())) else {
+        return;
+    };
+    let bob = issuer.token("bob", &["staff"]);
+    let mut g = c.benchmark_group("wasm");
+    g.bench_function("rs256_allow", |b| {
+        b.iter(|| {
+            let ex = host.send(vm, Request::get("/api/hello").bearer(&bob));
+            assert_eq!(ex.map(|e| e.status()).ok(), Some(200));
+        });
+    });
+    g.bench_function("rs256_forbid", |b| {
+        b.iter(|| {
+            let ex = host.send(vm, Request::get("/admin/users").bearer(&bob));
+            assert_eq!(ex.map(|e| e.status()).ok(), Some(403));
+        });
+    });
+    g.bench_function("no_token", |b| {
+        b.iter(|| {
+            let ex = host.send(vm, Request::get("/api/hello"));
+            assert_eq!(ex.map(|e| e.status()).ok(), Some(401));
         });
     });
     g.finish();

@@ -6,6 +6,8 @@ use crate::{Error, Result};
 
 /// Environment variable naming the built filter (`cargo xtask` sets it).
 pub const WASM_ENV: &str = "PORTCULLIS_WASM";
+/// Environment variable naming the built ABI probe plugin (`cargo xtask` sets it).
+pub const PROBE_ENV: &str = "PORTCULLIS_PROBE_WASM";
 /// Environment variable naming the Envoy binary (`cargo xtask` sets it).
 pub const ENVOY_ENV: &str = "PORTCULLIS_ENVOY";
 
@@ -24,9 +26,18 @@ pub fn local_envoy() -> PathBuf {
 
 /// The built filter, from `PORTCULLIS_WASM`.
 pub fn wasm() -> Result<PathBuf> {
-    let p = std::env::var_os(WASM_ENV).map(PathBuf::from).ok_or_else(|| {
+    built(WASM_ENV)
+}
+
+/// The built ABI probe, from `PORTCULLIS_PROBE_WASM`.
+pub fn probe() -> Result<PathBuf> {
+    built(PROBE_ENV)
+}
+
+fn built(var: &str) -> Result<PathBuf> {
+    let p = std::env::var_os(var).map(PathBuf::from).ok_or_else(|| {
         Error::Missing(format!(
-            "{WASM_ENV} is not set: build the filter with `cargo xtask wasm` and set {WASM_ENV} to the path it prints (or run `cargo xtask test`)"
+            "{var} is not set: build with `cargo xtask wasm` (or run everything with `cargo xtask test`)"
         ))
     })?;
     if p.is_file() {

@@ -28,6 +28,12 @@ enum Task {
         #[arg(long, default_value_t = 10000)]
         port: u16,
     },
+    /// Build the filter and run the criterion benchmarks (native and in wasm).
+    Bench {
+        /// Extra arguments for the benchmark binary (for example a filter).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
     /// Filter size, Envoy start-up time and memory, with and without the filter.
     Measure {
         /// Requests sent to each variant.
@@ -51,6 +57,7 @@ fn main() -> ExitCode {
         Task::Wasm => wasm::build().map(|p| println!("{}", p.display())),
         Task::Envoy => tools::ensure_envoy().map(|p| println!("{}", p.display())),
         Task::Demo { port } => demo::run(port),
+        Task::Bench { args } => tools::bench(&args),
         Task::Measure { requests, wasm } => measure::run(requests, wasm),
         Task::Test { cargo_args } => tools::test(&cargo_args),
     };

@@ -142,7 +142,7 @@ pub fn ensure_envoy() -> Result<PathBuf> {
 pub fn test(extra: &[String]) -> Result {
     let started = Instant::now();
     let envoy = ensure_envoy()?;
-    let wasm = crate::wasm::build()?;
+    let built = crate::wasm::build_all()?;
     eprintln!("xtask: checking formatting and lints");
     let has = |tool: &str| {
         cargo()
@@ -182,6 +182,8 @@ pub fn test(extra: &[String]) -> Result {
                 target,
                 "-p",
                 "portcullis-filter",
+                "-p",
+                "abi-probe",
                 "--",
                 "-D",
                 "warnings",
@@ -194,10 +196,24 @@ pub fn test(extra: &[String]) -> Result {
         cargo()
             .args(["test", "--workspace"])
             .args(extra)
-            .env(paths::WASM_ENV, &wasm)
+            .env(paths::WASM_ENV, &built.filter)
+            .env(paths::PROBE_ENV, &built.probe)
             .env(paths::ENVOY_ENV, &envoy),
         "cargo test",
     )?;
     eprintln!("xtask: all tests passed in {:.0?}", started.elapsed());
     Ok(())
+}
+
+/// `cargo xtask bench`: the criterion benchmarks with the built modules.
+pub fn bench(args: &[String]) -> Result {
+    let built = crate::wasm::build_all()?;
+    run(
+        cargo()
+            .args(["bench", "-p", "bench", "--"])
+            .args(args)
+            .env(paths::WASM_ENV, &built.filter)
+            .env(paths::PROBE_ENV, &built.probe),
+        "cargo bench",
+    )
 }

@@ -15,6 +15,9 @@ use crate::tools::{self, cargo, run};
 
 const PACKAGE: &str = "portcullis-filter";
 const ARTIFACT: &str = "portcullis_filter.wasm";
+/// The harness's ABI probe plugin, built alongside (tiny) for the host tests.
+const PROBE_PACKAGE: &str = "abi-probe";
+const PROBE_ARTIFACT: &str = "abi_probe.wasm";
 const RUSTUP_TIMEOUT: Duration = Duration::from_secs(90);
 const DEBIAN_PACKAGES: &[&str] = &[
     "rustc-web",
@@ -123,8 +126,20 @@ pub fn rustup_target() -> Option<&'static str> {
         .find(|t| has_target(&root, t))
 }
 
+/// The built modules.
+#[derive(Debug)]
+pub struct Built {
+    pub filter: PathBuf,
+    pub probe: PathBuf,
+}
+
 /// Builds the filter and returns the path of the `.wasm`.
 pub fn build() -> Result<PathBuf> {
+    build_all().map(|b| b.filter)
+}
+
+/// Builds the filter and the ABI probe.
+pub fn build_all() -> Result<Built> {
     let toolchain = match std::env::var("PORTCULLIS_WASM_TOOLCHAIN").as_deref() {
         // Lets the Debian path be exercised on a machine where rustup works too.
         Ok("debian") => {
@@ -137,7 +152,16 @@ pub fn build() -> Result<PathBuf> {
     let (target, mut cmd) = match toolchain {
         Toolchain::Installed(target) => {
             let mut c = cargo();
-            c.args(["build", "--release", "--target", target, "-p", PACKAGE]);
+            c.args([
+                "build",
+                "--release",
+                "--target",
+                target,
+                "-p",
+                PACKAGE,
+                "-p",
+                PROBE_PACKAGE,
+            ]);
             (target, c)
         }
         Toolchain::Debian => {
@@ -157,7 +181,16 @@ pub fn build() -> Result<PathBuf> {
                 .env("RUSTC_BOOTSTRAP", "1")
                 .env("CARGO_TARGET_WASM32_WASIP1_RUSTFLAGS", flags)
                 .env_remove("RUSTUP_TOOLCHAIN")
-                .args(["build", "--release", "--target", target, "-p", PACKAGE])
+                .args([
+                    "build",
+                    "--release",
+                    "--target",
+                    target,
+                    "-p",
+                    PACKAGE,
+                    "-p",
+                    PROBE_PACKAGE,
+                ])
                 .args(["-Zbuild-std=std,panic_abort"]);
             (target, c)
         }
@@ -168,8 +201,11 @@ pub fn build() -> Result<PathBuf> {
         Toolchain::Debian => tools::target_dir().join("debian"),
     };
     let wasm = base.join(target).join("release").join(ARTIFACT);
-    if !wasm.is_file() {
-        return Err(format!("build succeeded but {} is missing", wasm.display()));
+    let probe = base.join(target).join("release").join(PROBE_ARTIFACT);
+    for f in [&wasm, &probe] {
+        if !f.is_file() {
+            return Err(format!("build succeeded but {} is missing", f.display()));
+        }
     }
     let size = std::fs::metadata(&wasm).map(|m| m.len()).unwrap_or(0);
     eprintln!(
@@ -178,5 +214,8 @@ pub fn build() -> Result<PathBuf> {
         size / 1024,
         started.elapsed()
     );
-    Ok(wasm)
+    Ok(Built {
+        filter: wasm,
+        probe,
+    })
 }

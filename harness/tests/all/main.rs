@@ -1,4 +1,5 @@
 //! Harness integration tests: the built filter in a real Envoy and in the wasmtime host.
 
 mod envoy_e2e;
+mod host_abi;
 mod host_filter;
