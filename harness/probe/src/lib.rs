@@ -76,6 +76,19 @@ struct Http {
 }
 
 impl Context for Http {
+    fn on_grpc_call_response(&mut self, _token: u32, status_code: u32, response_size: usize) {
+        if status_code == 0 {
+            let body = self
+                .get_grpc_call_response_body(0, response_size)
+                .unwrap_or_default();
+            self.send_http_response(200, vec![], Some(&body));
+        } else {
+            let (_, message) = self.get_grpc_status();
+            let text = format!("grpc {status_code}: {}", message.unwrap_or_default());
+            self.send_http_response(503, vec![], Some(text.as_bytes()));
+        }
+    }
+
     fn on_http_call_response(
         &mut self,
         _token: u32,
@@ -146,6 +159,20 @@ impl HttpContext for Http {
                     headers,
                     Some(b"question"),
                     vec![],
+                    Duration::from_millis(500),
+                ) {
+                    Ok(_) => Action::Pause,
+                    Err(e) => self.reply(502, &format!("{e:?}")),
+                }
+            }
+            "grpc" => {
+                let metadata: Vec<(&str, &[u8])> = vec![("x-md", b"v")];
+                match self.dispatch_grpc_call(
+                    "backend",
+                    "probe.Checker",
+                    "Check",
+                    metadata,
+                    Some(b"grpc-question"),
                     Duration::from_millis(500),
                 ) {
                     Ok(_) => Action::Pause,

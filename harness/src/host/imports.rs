@@ -634,8 +634,9 @@ pub(crate) fn add_to_linker(l: &mut Linker<VmState>) -> Result<()> {
                 let shared = c.data().shared.clone();
                 let token = {
                     let mut sh = shared.lock();
+                    // Envoy: an unknown gRPC cluster is a ParseFailure (an HTTP one a BadArgument).
                     if !sh.upstreams.contains(&cluster) {
-                        return Err(Status::BadArgument);
+                        return Err(Status::ParseFailure);
                     }
                     sh.next_token = sh.next_token.wrapping_add(1).max(1);
                     let token = sh.next_token;
@@ -682,8 +683,9 @@ pub(crate) fn add_to_linker(l: &mut Linker<VmState>) -> Result<()> {
                 let shared = c.data().shared.clone();
                 let token = {
                     let mut sh = shared.lock();
+                    // Envoy: an unknown gRPC cluster is a ParseFailure (an HTTP one a BadArgument).
                     if !sh.upstreams.contains(&cluster) {
-                        return Err(Status::BadArgument);
+                        return Err(Status::ParseFailure);
                     }
                     sh.next_token = sh.next_token.wrapping_add(1).max(1);
                     let token = sh.next_token;

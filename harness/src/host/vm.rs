@@ -410,6 +410,8 @@ impl Vm {
         r.map(|_| ())
     }
 
+    /// Envoy's order: a unary call gets `proxy_on_grpc_receive` on success and only
+    /// `proxy_on_grpc_close` on failure; a stream gets one receive per message and a close.
     pub(crate) fn deliver_grpc(
         &mut self,
         call: &GrpcCall,
@@ -417,23 +419,21 @@ impl Vm {
     ) -> Result<(), HostError> {
         self.set_effective(call.context_id);
         let (ctx, token) = (call.context_id as i32, call.token as i32);
-        let code = match result {
+        match result {
             Ok(message) => {
                 let n = len(&message);
                 self.store.data_mut().grpc_message = Some(message);
                 self.store.data_mut().status = (0, String::new());
                 let r = self.call::<(i32, i32, i32), ()>("proxy_on_grpc_receive", (ctx, token, n));
                 self.store.data_mut().grpc_message = None;
-                r?;
-                0
+                r.map(|_| ())
             }
             Err((code, message)) => {
                 self.store.data_mut().status = (code, message);
-                code
+                self.call::<(i32, i32, i32), ()>("proxy_on_grpc_close", (ctx, token, code as i32))
+                    .map(|_| ())
             }
-        };
-        self.call::<(i32, i32, i32), ()>("proxy_on_grpc_close", (ctx, token, code as i32))?;
-        Ok(())
+        }
     }
 
     pub(crate) fn next_tick(&self) -> Option<u64> {

@@ -115,6 +115,51 @@ fn http_callout_response_and_timeout() -> TestResult {
 }
 
 #[test]
+fn grpc_calls_succeed_and_fail() -> TestResult {
+    let mut host = Host::new(probe()?);
+    let vm = host.start_vm(VmOptions::new(Vec::new()))?;
+    let ex = host.send(vm, probing("grpc"))?;
+    assert_eq!(
+        (ex.status(), body(&ex)),
+        (502, "ParseFailure".to_owned()),
+        "unknown cluster"
+    );
+
+    host.add_upstream("backend");
+    let ex = host.send(vm, probing("grpc"))?;
+    assert!(ex.paused);
+    let calls = host.grpc_calls();
+    let call = calls.first().ok_or("no gRPC call")?;
+    assert_eq!(
+        (call.service.as_str(), call.method.as_str()),
+        ("probe.Checker", "Check")
+    );
+    assert_eq!(call.messages, vec![b"grpc-question".to_vec()]);
+    assert!(call.metadata.contains(&("x-md".into(), "v".into())));
+    host.respond_grpc(call.token, Ok(b"grpc-answer".to_vec()))?;
+    let ex = host.resume(vm, ex)?;
+    assert_eq!((ex.status(), body(&ex)), (200, "grpc-answer".to_owned()));
+    assert!(
+        host.grpc_calls().is_empty(),
+        "a unary call ends with its response"
+    );
+
+    let ex = host.send(vm, probing("grpc"))?;
+    let token = host
+        .grpc_calls()
+        .first()
+        .map(|c| c.token)
+        .ok_or("no call")?;
+    host.respond_grpc(token, Err((14, "backend unavailable".into())))?;
+    let ex = host.resume(vm, ex)?;
+    assert_eq!(
+        (ex.status(), body(&ex)),
+        (503, "grpc 14: backend unavailable".to_owned())
+    );
+    Ok(())
+}
+
+#[test]
 fn ticks_follow_the_host_clock() -> TestResult {
     let mut host = Host::new(probe()?);
     host.start_vm(VmOptions::new(b"tick_ms=100".to_vec()))?;
