@@ -1,0 +1,39 @@
+//! The deployment configurations in `envoy/` and `istio/` are checked against what the filter
+//! and Envoy accept.
+
+use std::error::Error;
+
+use portcullis_core::{Engine, FilterConfig};
+
+type TestResult = Result<(), Box<dyn Error>>;
+
+#[test]
+fn istio_wasmplugin_is_accepted_by_the_filter() -> TestResult {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../istio/wasmplugin.yaml"
+    ))?;
+    let doc: serde_json::Value = serde_yaml_ng::from_str(&text)?;
+    assert_eq!(doc["apiVersion"], "extensions.istio.io/v1alpha1");
+    assert_eq!(doc["kind"], "WasmPlugin");
+    let spec = &doc["spec"];
+    assert_eq!(
+        spec["phase"], "AUTHN",
+        "authorization must run before other filters"
+    );
+    assert_eq!(
+        spec["failStrategy"], "FAIL_CLOSE",
+        "a broken filter must not let traffic through"
+    );
+    assert!(
+        spec["url"]
+            .as_str()
+            .is_some_and(|u| u.starts_with("oci://"))
+    );
+    // The plugin configuration compiles exactly as the filter compiles it in on_configure.
+    let config: FilterConfig = serde_json::from_value(spec["pluginConfig"].clone())?;
+    let engine = Engine::try_from(config)?;
+    assert_eq!(engine.issuer_count(), 1);
+    assert_eq!(engine.bundle_version(), 1);
+    Ok(())
+}
