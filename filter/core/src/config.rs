@@ -31,6 +31,9 @@ pub struct FilterConfig {
     /// Largest token accepted, checked before any parsing. Default 8192 bytes.
     #[serde(default = "default_max_token_bytes")]
     pub max_token_bytes: usize,
+    /// Verified-token cache (on by default).
+    #[serde(default)]
+    pub token_cache: TokenCacheConfig,
     /// Name the determining policies in a `x-portcullis-policies` header on 403 replies.
     /// Default false: clients learn nothing about policies.
     #[serde(default)]
@@ -56,6 +59,51 @@ pub struct IssuerConfig {
     pub audiences: Vec<String>,
     /// The issuer's public keys, as a JWK Set.
     pub jwks: JwkSetWire,
+    /// Claims copied into request headers for the upstream (`"claim"` may be a dotted path
+    /// into nested objects). Client-sent copies of these headers are always removed.
+    /// Default: none.
+    #[serde(default)]
+    pub claim_to_headers: Vec<ClaimToHeader>,
+    /// Header that carries the token's payload segment (base64url JSON) upstream.
+    /// Default: none.
+    #[serde(default)]
+    pub payload_header: Option<String>,
+    /// Keep the `Authorization` header in the request to the upstream. Default true.
+    #[serde(default = "default_true")]
+    pub forward: bool,
+}
+
+/// One claim → header mapping.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ClaimToHeader {
+    pub claim: String,
+    pub header: String,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// The verified-token cache.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TokenCacheConfig {
+    /// Entries kept per worker; 0 turns the cache off. Default 1024.
+    #[serde(default = "default_cache_capacity")]
+    pub capacity: usize,
+}
+
+impl Default for TokenCacheConfig {
+    fn default() -> Self {
+        Self {
+            capacity: default_cache_capacity(),
+        }
+    }
+}
+
+fn default_cache_capacity() -> usize {
+    1024
 }
 
 /// Claims → Cedar principal.
@@ -148,6 +196,12 @@ pub enum ConfigError {
     Bundle(#[from] BundleError),
     #[error("{0}")]
     EntityType(String),
+    #[error(
+        "issuer {issuer:?}: {header:?} cannot be an output header (lower-case HTTP token names only; not host, authorization, framing or pseudo-headers)"
+    )]
+    Header { issuer: String, header: String },
+    #[error("tokenCache.capacity must be at most 1000000, got {0}")]
+    CacheCapacity(usize),
     #[error("maxTokenBytes must be between 256 and 65536, got {0}")]
     MaxTokenBytes(usize),
 }

@@ -82,6 +82,11 @@ pub struct Outcome {
     pub errors: Vec<String>,
     /// Version of the bundle that decided.
     pub bundle_version: u64,
+    /// Request headers to remove before the upstream (client copies of headers the filter
+    /// writes, and the token when it is not forwarded).
+    pub remove_headers: Vec<String>,
+    /// Request headers to set for the upstream (claims), when allowed.
+    pub set_headers: Vec<(String, String)>,
 }
 
 /// A response the filter sends instead of forwarding the request.

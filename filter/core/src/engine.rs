@@ -1,21 +1,29 @@
 //! The compiled, immutable configuration snapshot and the per-request entry point.
 
+use std::cell::RefCell;
+use std::rc::Rc;
+
 use hashbrown::HashMap;
 
 use crate::bundle::Bundle;
 use crate::config::{ConfigError, FilterConfig};
 use crate::decision::{AuthError, Outcome, Verdict};
 use crate::extractor::{self, Extracted};
+use crate::headers::{self, ClaimHeader, Outputs};
 use crate::jwks::KeySet;
 use crate::policy::{self, HttpRequest, PolicyEngine, PrincipalMapping, RequestMapping};
 use crate::request::RequestView;
 use crate::token;
-use crate::verifier::{Issuer, TimeRules};
+use crate::token_cache::{CacheStats, TokenCache, Verified};
+use crate::verifier::{self, Issuer, TimeRules};
 
 /// Everything the filter needs per request, compiled from [`FilterConfig`].
 #[derive(Debug)]
 pub struct Engine {
-    issuers: HashMap<String, Issuer>,
+    issuers: HashMap<String, (Issuer, Outputs)>,
+    /// Every header any issuer writes: client copies are removed from every request.
+    written_headers: Vec<String>,
+    cache: RefCell<TokenCache>,
     policy: PolicyEngine,
     rules: TimeRules,
     max_token_bytes: usize,
@@ -33,7 +41,11 @@ impl TryFrom<FilterConfig> for Engine {
         if !(256..=65536).contains(&cfg.max_token_bytes) {
             return Err(ConfigError::MaxTokenBytes(cfg.max_token_bytes));
         }
+        if cfg.token_cache.capacity > 1_000_000 {
+            return Err(ConfigError::CacheCapacity(cfg.token_cache.capacity));
+        }
         let mut issuers = HashMap::with_capacity(cfg.issuers.len());
+        let mut written_headers: Vec<String> = Vec::new();
         for i in cfg.issuers {
             let keys = KeySet::try_from(&i.jwks).map_err(|source| ConfigError::Jwks {
                 issuer: i.issuer.clone(),
@@ -42,14 +54,35 @@ impl TryFrom<FilterConfig> for Engine {
             if issuers.contains_key(&i.issuer) {
                 return Err(ConfigError::DuplicateIssuer(i.issuer));
             }
-            issuers.insert(
-                i.issuer.clone(),
-                Issuer {
-                    iss: i.issuer,
-                    audiences: i.audiences,
-                    keys,
-                },
-            );
+            let outputs = Outputs {
+                claim_headers: i
+                    .claim_to_headers
+                    .iter()
+                    .map(|c| ClaimHeader {
+                        claim: c.claim.split('.').map(str::to_owned).collect(),
+                        header: c.header.clone(),
+                    })
+                    .collect(),
+                payload_header: i.payload_header.clone(),
+                forward: i.forward,
+            };
+            for h in outputs.written() {
+                if !headers::valid_header_name(h) {
+                    return Err(ConfigError::Header {
+                        issuer: i.issuer.clone(),
+                        header: h.to_owned(),
+                    });
+                }
+                if !written_headers.iter().any(|w| w == h) {
+                    written_headers.push(h.to_owned());
+                }
+            }
+            let issuer = Issuer {
+                iss: i.issuer.clone(),
+                audiences: i.audiences,
+                keys,
+            };
+            issuers.insert(i.issuer, (issuer, outputs));
         }
         let bundle = Bundle::try_from(&cfg.bundle)?;
         let principal = PrincipalMapping {
@@ -68,6 +101,8 @@ impl TryFrom<FilterConfig> for Engine {
         };
         Ok(Self {
             issuers,
+            written_headers,
+            cache: RefCell::new(TokenCache::new(cfg.token_cache.capacity)),
             policy: PolicyEngine::new(bundle, principal, mapping),
             rules: TimeRules {
                 leeway: cfg.clock_skew.0.as_secs(),
@@ -97,6 +132,15 @@ impl Engine {
         self.issuers.len()
     }
 
+    /// Token cache counters.
+    #[must_use]
+    pub fn cache_stats(&self) -> CacheStats {
+        self.cache
+            .try_borrow()
+            .map(|c| c.stats())
+            .unwrap_or_default()
+    }
+
     /// Version of the bundle in force.
     #[must_use]
     pub fn bundle_version(&self) -> u64 {
@@ -111,17 +155,20 @@ impl Engine {
             policies: Vec::new(),
             errors: Vec::new(),
             bundle_version: self.bundle_version(),
+            remove_headers: self.written_headers.clone(),
+            set_headers: Vec::new(),
         };
         let token = match extractor::bearer(req) {
             Extracted::Token(t) => t,
             Extracted::Missing => return outcome.unauthenticated(AuthError::Missing),
             Extracted::WrongScheme => return outcome.unauthenticated(AuthError::WrongScheme),
         };
-        let claims = match self.authenticate(&token, now) {
-            Ok(c) => c,
+        let verified = match self.authenticate(&token, now) {
+            Ok(v) => v,
             Err(e) => return outcome.unauthenticated(e),
         };
-        let Some(principal_id) = self.policy.principal_id(&claims) else {
+        let claims = &*verified.claims;
+        let Some(principal_id) = self.policy.principal_id(claims) else {
             return outcome.unauthenticated(AuthError::NoSubject(
                 self.policy.principal_claim().to_owned(),
             ));
@@ -132,7 +179,7 @@ impl Engine {
         let host = req.header(":authority").unwrap_or_default();
         let d = self.policy.decide(
             principal_id,
-            &claims,
+            claims,
             HttpRequest {
                 method: &method,
                 path: &path,
@@ -144,17 +191,27 @@ impl Engine {
         } else {
             Verdict::Forbidden
         };
+        if d.allow
+            && let Some((_, outputs)) = self.issuers.get(&*verified.issuer)
+        {
+            outcome.set_headers = outputs.render(claims, &token);
+            if !outputs.forward {
+                outcome.remove_headers.push("authorization".to_owned());
+            }
+        }
         outcome.policies = d.policies;
         outcome.errors = d.errors;
         outcome
     }
 
-    /// Verifies a token and returns its claims.
-    pub fn authenticate(
-        &self,
-        token: &str,
-        now: u64,
-    ) -> Result<serde_json::Map<String, serde_json::Value>, AuthError> {
+    /// Verifies a token (or finds it in the cache) and returns its claims.
+    pub fn authenticate(&self, token: &str, now: u64) -> Result<Verified, AuthError> {
+        let leeway = self.rules.leeway;
+        if let Ok(mut cache) = self.cache.try_borrow_mut()
+            && let Some(hit) = cache.get(token, now, leeway)
+        {
+            return Ok(hit);
+        }
         let t = token::parse(token, self.max_token_bytes)?;
         let iss = t
             .claims
@@ -164,9 +221,23 @@ impl Engine {
         let issuer = self
             .issuers
             .get(iss)
+            .map(|(issuer, _)| issuer)
             .ok_or_else(|| AuthError::UnknownIssuer(iss.to_owned()))?;
         issuer.verify(&t, now, self.rules)?;
-        Ok(t.claims)
+        let exp = t
+            .claims
+            .get("exp")
+            .and_then(verifier::numeric_date)
+            .ok_or(AuthError::NoExpiry)?;
+        let verified = Verified {
+            claims: Rc::new(t.claims),
+            issuer: Rc::from(issuer.iss.as_str()),
+            exp,
+        };
+        if let Ok(mut cache) = self.cache.try_borrow_mut() {
+            cache.insert(token, verified.clone(), now, leeway);
+        }
+        Ok(verified)
     }
 }
 

@@ -11,10 +11,12 @@ pub mod decision;
 pub mod duration;
 pub mod engine;
 pub mod extractor;
+pub mod headers;
 pub mod jwks;
 pub mod policy;
 pub mod request;
 pub mod token;
+pub mod token_cache;
 pub mod verifier;
 
 pub use bundle::{Bundle, BundleError, BundleWire};

@@ -65,7 +65,7 @@ impl Issuer {
 }
 
 /// NumericDate (RFC 7519 §2): seconds, possibly fractional. Negative or non-numeric is `None`.
-fn numeric_date(v: &Value) -> Option<u64> {
+pub(crate) fn numeric_date(v: &Value) -> Option<u64> {
     match v {
         Value::Number(n) => n.as_u64().or_else(|| {
             n.as_f64()

@@ -9,8 +9,9 @@ use std::time::UNIX_EPOCH;
 
 use log::{debug, error, info, warn};
 use portcullis_core::{Engine, Outcome, RequestView, Verdict};
+use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel};
+use proxy_wasm::types::{Action, ContextType, LogLevel, MetricType};
 
 #[cfg(feature = "lol-alloc")]
 #[global_allocator]
@@ -23,11 +24,41 @@ static ALLOCATOR: lol_alloc::AssumeSingleThreaded<lol_alloc::FreeListAllocator> 
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Trace);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root { engine: None }) });
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root { engine: None, metrics: Metrics::default() }) });
 }}
 
 struct Root {
     engine: Option<Rc<Engine>>,
+    metrics: Metrics,
+}
+
+/// Counters, visible in Envoy as `wasmcustom.portcullis.*` (README lists them).
+#[derive(Debug, Default, Clone, Copy)]
+struct Metrics {
+    allowed: u32,
+    denied: u32,
+    unauthenticated: u32,
+    cache_hits: u32,
+    cache_misses: u32,
+}
+
+impl Metrics {
+    fn define() -> Self {
+        let counter = |name| hostcalls::define_metric(MetricType::Counter, name).unwrap_or(0);
+        Self {
+            allowed: counter("portcullis.allowed"),
+            denied: counter("portcullis.denied"),
+            unauthenticated: counter("portcullis.unauthenticated"),
+            cache_hits: counter("portcullis.token_cache.hits"),
+            cache_misses: counter("portcullis.token_cache.misses"),
+        }
+    }
+
+    fn add(id: u32, n: u64) {
+        if id != 0 && n > 0 {
+            let _ = hostcalls::increment_metric(id, i64::try_from(n).unwrap_or(i64::MAX));
+        }
+    }
 }
 
 impl Context for Root {}
@@ -46,6 +77,7 @@ impl RootContext for Root {
                     engine.bundle_version()
                 );
                 self.engine = Some(Rc::new(engine));
+                self.metrics = Metrics::define();
                 true
             }
             Err(e) => {
@@ -59,6 +91,7 @@ impl RootContext for Root {
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
         Some(Box::new(Http {
             engine: self.engine.clone(),
+            metrics: self.metrics,
         }))
     }
 
@@ -69,6 +102,7 @@ impl RootContext for Root {
 
 struct Http {
     engine: Option<Rc<Engine>>,
+    metrics: Metrics,
 }
 
 impl Context for Http {}
@@ -97,10 +131,29 @@ impl HttpContext for Http {
             .get_current_time()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
+        let before = engine.cache_stats();
         let outcome = engine.check(&HostRequest(self), now);
+        let after = engine.cache_stats();
         log_outcome(&outcome);
+        let m = self.metrics;
+        Metrics::add(m.cache_hits, after.hits.saturating_sub(before.hits));
+        Metrics::add(m.cache_misses, after.misses.saturating_sub(before.misses));
+        let verdict = match outcome.verdict {
+            Verdict::Allow => m.allowed,
+            Verdict::Forbidden => m.denied,
+            Verdict::Unauthenticated(_) => m.unauthenticated,
+        };
+        Metrics::add(verdict, 1);
         match outcome.local_reply(engine.debug_headers()) {
-            None => Action::Continue,
+            None => {
+                for name in &outcome.remove_headers {
+                    self.set_http_request_header(name, None);
+                }
+                for (name, value) in &outcome.set_headers {
+                    self.set_http_request_header(name, Some(value));
+                }
+                Action::Continue
+            }
             Some(reply) => {
                 let headers: Vec<(&str, &str)> = reply
                     .headers

@@ -60,6 +60,14 @@ fn decisions_through_real_envoy() -> TestResult {
         };
         case.check(&seen, UPSTREAM_BODY)?;
     }
+    // The filter's counters are Envoy stats: 2 allowed, 2 denied and 7 unauthenticated
+    // fixtures, plus the token-less request `wait_ready` sends.
+    assert_eq!(proxy.stat("wasmcustom.portcullis.allowed")?, Some(2));
+    assert_eq!(proxy.stat("wasmcustom.portcullis.denied")?, Some(2));
+    assert_eq!(
+        proxy.stat("wasmcustom.portcullis.unauthenticated")?,
+        Some(8)
+    );
     Ok(())
 }
 

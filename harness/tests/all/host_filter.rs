@@ -157,3 +157,66 @@ fn refused_configuration_is_reported() -> TestResult {
     );
     Ok(())
 }
+
+#[test]
+fn claim_headers_reach_the_upstream_and_spoofs_do_not() -> TestResult {
+    let issuer = DevIssuer::generate()?;
+    let mut cfg = demo::plugin_config(&issuer);
+    cfg["issuers"][0]["claimToHeaders"] = json!([{"claim": "sub", "header": "x-user"}]);
+    cfg["issuers"][0]["forward"] = json!(false);
+    let mut host = Host::new(plugin()?);
+    let vm = host.start_vm(VmOptions::new(cfg.to_string().into_bytes()))?;
+    // token: {"iss":DEV_ISSUER,"aud":"portcullis-demo","sub":"alice","groups":["admins"],...}
+    let token = issuer.token("alice", &["admins"]);
+    let ex = host.send(
+        vm,
+        request("GET", "/api", Some(&token)).header("x-user", "mallory"),
+    )?;
+    assert_eq!(ex.status(), 200);
+    assert_eq!(ex.upstream_header("x-user"), Some("alice"));
+    assert_eq!(
+        ex.upstream_header("authorization"),
+        None,
+        "forward: false drops the token"
+    );
+    let upstream = ex.upstream_request.ok_or("no upstream request")?;
+    assert_eq!(
+        upstream
+            .headers
+            .iter()
+            .filter(|(k, _)| k == "x-user")
+            .count(),
+        1
+    );
+    Ok(())
+}
+
+#[test]
+fn counters_for_decisions_and_the_token_cache() -> TestResult {
+    let issuer = DevIssuer::generate()?;
+    let mut host = Host::new(plugin()?);
+    let vm = host.start_vm(VmOptions::new(
+        demo::plugin_config(&issuer).to_string().into_bytes(),
+    ))?;
+    let token = issuer.token("bob", &["staff"]);
+    for _ in 0..3 {
+        assert_eq!(
+            host.send(vm, request("GET", "/a", Some(&token)))?.status(),
+            200
+        );
+    }
+    assert_eq!(
+        host.send(vm, request("GET", "/admin", Some(&token)))?
+            .status(),
+        403
+    );
+    assert_eq!(host.send(vm, request("GET", "/a", None))?.status(), 401);
+    let value = |name: &str| host.metric(name).map(|m| m.value);
+    assert_eq!(value("portcullis.allowed"), Some(3));
+    assert_eq!(value("portcullis.denied"), Some(1));
+    assert_eq!(value("portcullis.unauthenticated"), Some(1));
+    // One verification, then hits for the same token (the no-token request touches no cache).
+    assert_eq!(value("portcullis.token_cache.misses"), Some(1));
+    assert_eq!(value("portcullis.token_cache.hits"), Some(3));
+    Ok(())
+}

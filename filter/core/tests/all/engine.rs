@@ -1,0 +1,116 @@
+//! Engine behaviour across modules: token cache, claim headers, token forwarding.
+
+use std::error::Error;
+
+use harness::devkeys::{DevIssuer, now};
+use portcullis_core::{Engine, StaticRequest, Verdict};
+use serde_json::json;
+
+type TestResult = Result<(), Box<dyn Error>>;
+
+fn engine(issuer: &DevIssuer, extra: serde_json::Value) -> Result<Engine, Box<dyn Error>> {
+    let mut cfg = harness::demo::plugin_config(issuer);
+    if let (Some(cfg), Some(extra)) = (cfg.as_object_mut(), extra.as_object()) {
+        for (k, v) in extra {
+            cfg.insert(k.clone(), v.clone());
+        }
+    }
+    Ok(Engine::from_json(cfg.to_string().as_bytes())?)
+}
+
+#[test]
+fn repeat_tokens_hit_the_cache_until_they_expire() -> TestResult {
+    let issuer = DevIssuer::generate()?;
+    let e = engine(&issuer, json!({}))?;
+    let t = now();
+    // short: {"iss":DEV_ISSUER,"aud":"portcullis-demo","sub":"bob","exp":now+10}
+    let short = issuer
+        .sign(&json!({"iss": issuer.issuer, "aud": issuer.audience, "sub": "bob", "exp": t + 10}));
+    let req = StaticRequest::new("GET", "/api").with_bearer(&short);
+    assert_eq!(e.check(&req, t).verdict, Verdict::Allow);
+    assert_eq!(e.check(&req, t + 1).verdict, Verdict::Allow);
+    let s = e.cache_stats();
+    assert_eq!((s.hits, s.misses, s.entries), (1, 1, 1));
+    // exp + 60 s leeway has passed: the cached entry must not keep the token alive.
+    let late = e.check(&req, t + 71);
+    assert!(
+        matches!(late.verdict, Verdict::Unauthenticated(_)),
+        "{late:?}"
+    );
+    assert_eq!(e.cache_stats().entries, 0);
+    // A tampered copy of a cached token is verified (and refused), never a cache hit.
+    let tampered = format!("{short}x");
+    let bad = e.check(&StaticRequest::new("GET", "/api").with_bearer(&tampered), t);
+    assert!(matches!(bad.verdict, Verdict::Unauthenticated(_)));
+    Ok(())
+}
+
+#[test]
+fn cache_can_be_turned_off() -> TestResult {
+    let issuer = DevIssuer::generate()?;
+    let e = engine(&issuer, json!({"tokenCache": {"capacity": 0}}))?;
+    let req = StaticRequest::new("GET", "/api").with_bearer(&issuer.token("bob", &[]));
+    for _ in 0..3 {
+        assert_eq!(e.check(&req, now()).verdict, Verdict::Allow);
+    }
+    assert_eq!(e.cache_stats().hits, 0);
+    Ok(())
+}
+
+#[test]
+fn claims_become_headers_and_spoofed_copies_go() -> TestResult {
+    let issuer = DevIssuer::generate()?;
+    let mut cfg = harness::demo::plugin_config(&issuer);
+    cfg["issuers"][0]["claimToHeaders"] = json!([
+        {"claim": "sub", "header": "x-user"},
+        {"claim": "groups", "header": "x-groups"},
+    ]);
+    cfg["issuers"][0]["payloadHeader"] = json!("x-jwt-payload");
+    cfg["issuers"][0]["forward"] = json!(false);
+    let e = Engine::from_json(cfg.to_string().as_bytes())?;
+    let token = issuer.token("alice", &["admins", "ops"]);
+    let req = StaticRequest::new("GET", "/api")
+        .with_bearer(&token)
+        .with_header("x-user", "mallory");
+    let out = e.check(&req, now());
+    assert_eq!(out.verdict, Verdict::Allow);
+    let mut removed = out.remove_headers.clone();
+    removed.sort();
+    assert_eq!(
+        removed,
+        ["authorization", "x-groups", "x-jwt-payload", "x-user"]
+    );
+    let payload = token.split('.').nth(1).ok_or("no payload")?;
+    assert_eq!(
+        out.set_headers,
+        [
+            ("x-user".to_owned(), "alice".to_owned()),
+            ("x-groups".to_owned(), "admins,ops".to_owned()),
+            ("x-jwt-payload".to_owned(), payload.to_owned()),
+        ]
+    );
+    // Denied or unauthenticated requests set nothing.
+    let anon = e.check(
+        &StaticRequest::new("GET", "/api").with_header("x-user", "mallory"),
+        now(),
+    );
+    assert!(anon.set_headers.is_empty());
+    Ok(())
+}
+
+#[test]
+fn bad_output_headers_are_refused() -> TestResult {
+    let issuer = DevIssuer::generate()?;
+    for header in ["Host", "host", ":path", "x user", "authorization"] {
+        let mut cfg = harness::demo::plugin_config(&issuer);
+        cfg["issuers"][0]["claimToHeaders"] = json!([{"claim": "sub", "header": header}]);
+        let err = Engine::from_json(cfg.to_string().as_bytes())
+            .err()
+            .ok_or(header)?;
+        assert!(
+            err.to_string().contains("cannot be an output header"),
+            "{header}: {err}"
+        );
+    }
+    Ok(())
+}

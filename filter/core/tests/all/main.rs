@@ -1,0 +1,3 @@
+//! portcullis-core integration tests: the engine end to end, natively.
+
+mod engine;
