@@ -59,6 +59,70 @@ impl DevIssuer {
         }]})
     }
 
+    /// The public key as a JWK Set whose key names no `alg` (usable for every RSA algorithm).
+    #[must_use]
+    pub fn jwks_any_rsa_alg(&self) -> Value {
+        let mut set = self.jwks();
+        if let Some(k) = set
+            .get_mut("keys")
+            .and_then(|keys| keys.get_mut(0))
+            .and_then(Value::as_object_mut)
+        {
+            k.remove("alg");
+        }
+        set
+    }
+
+    /// Signs `claims` with an RSA algorithm (RS256/384/512, PS256/384/512), this key's `kid`.
+    pub fn sign_alg(&self, alg: &str, claims: &Value) -> Result<String> {
+        use rsa::pss::BlindedSigningKey;
+        use rsa::signature::RandomizedSigner as _;
+        use sha2::{Sha384, Sha512};
+        let header = json!({"alg": alg, "typ": "JWT", "kid": self.kid});
+        let input = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(header.to_string()),
+            URL_SAFE_NO_PAD.encode(claims.to_string())
+        );
+        let k = self.key.clone();
+        let rng = &mut rand::rngs::OsRng;
+        let sig: Box<[u8]> = match alg {
+            "RS256" => SigningKey::<Sha256>::new(k)
+                .sign(input.as_bytes())
+                .to_bytes(),
+            "RS384" => SigningKey::<Sha384>::new(k)
+                .sign(input.as_bytes())
+                .to_bytes(),
+            "RS512" => SigningKey::<Sha512>::new(k)
+                .sign(input.as_bytes())
+                .to_bytes(),
+            "PS256" => BlindedSigningKey::<Sha256>::new(k)
+                .sign_with_rng(rng, input.as_bytes())
+                .to_bytes(),
+            "PS384" => BlindedSigningKey::<Sha384>::new(k)
+                .sign_with_rng(rng, input.as_bytes())
+                .to_bytes(),
+            "PS512" => BlindedSigningKey::<Sha512>::new(k)
+                .sign_with_rng(rng, input.as_bytes())
+                .to_bytes(),
+            other => return Err(crate::Error::Missing(format!("no RSA algorithm {other}"))),
+        };
+        Ok(format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig)))
+    }
+
+    /// Signs an arbitrary payload text (RS256), for tokens no JSON serializer would produce.
+    #[must_use]
+    pub fn sign_raw_payload(&self, payload: &str) -> String {
+        let header = json!({"alg": "RS256", "typ": "JWT", "kid": self.kid}).to_string();
+        let input = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(header),
+            URL_SAFE_NO_PAD.encode(payload)
+        );
+        let sig = SigningKey::<Sha256>::new(self.key.clone()).sign(input.as_bytes());
+        format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig.to_bytes()))
+    }
+
     /// Signs `claims` as an RS256 JWS with this key's `kid`.
     #[must_use]
     pub fn sign(&self, claims: &Value) -> String {

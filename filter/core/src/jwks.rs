@@ -4,7 +4,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use p256::ecdsa::signature::Verifier as _;
 use rsa::traits::PublicKeyParts as _;
-use rsa::{BigUint, Pkcs1v15Sign, RsaPublicKey};
+use rsa::{BigUint, Pkcs1v15Sign, Pss, RsaPublicKey};
 use serde::Deserialize;
 use sha2::{Digest as _, Sha256, Sha384, Sha512};
 
@@ -87,7 +87,12 @@ impl Key {
             (&self.key, alg),
             (
                 PublicKey::Rsa(_),
-                Algorithm::RS256 | Algorithm::RS384 | Algorithm::RS512
+                Algorithm::RS256
+                    | Algorithm::RS384
+                    | Algorithm::RS512
+                    | Algorithm::PS256
+                    | Algorithm::PS384
+                    | Algorithm::PS512
             ) | (PublicKey::P256(_), Algorithm::ES256)
                 | (PublicKey::Ed25519(_), Algorithm::EdDSA)
         );
@@ -118,6 +123,16 @@ impl Key {
                     &Sha512::digest(message),
                     signature,
                 )
+                .is_ok(),
+            // RSASSA-PSS with MGF1 and a salt as long as the hash (RFC 7518 §3.5).
+            (PublicKey::Rsa(k), Algorithm::PS256) => k
+                .verify(Pss::new::<Sha256>(), &Sha256::digest(message), signature)
+                .is_ok(),
+            (PublicKey::Rsa(k), Algorithm::PS384) => k
+                .verify(Pss::new::<Sha384>(), &Sha384::digest(message), signature)
+                .is_ok(),
+            (PublicKey::Rsa(k), Algorithm::PS512) => k
+                .verify(Pss::new::<Sha512>(), &Sha512::digest(message), signature)
                 .is_ok(),
             (PublicKey::P256(k), Algorithm::ES256) => {
                 // JWS ECDSA signatures are raw r||s (RFC 7518 §3.4); DER is refused, and

@@ -22,6 +22,8 @@ pub enum TokenError {
     Algorithm(String),
     #[error("token header names critical extensions this filter does not understand")]
     Crit,
+    #[error("token {0} has duplicate member names")]
+    Duplicate(&'static str),
 }
 
 /// Signature algorithms (RFC 7518 names).
@@ -30,6 +32,9 @@ pub enum Algorithm {
     RS256,
     RS384,
     RS512,
+    PS256,
+    PS384,
+    PS512,
     ES256,
     EdDSA,
 }
@@ -41,6 +46,9 @@ impl Algorithm {
             "RS256" => Self::RS256,
             "RS384" => Self::RS384,
             "RS512" => Self::RS512,
+            "PS256" => Self::PS256,
+            "PS384" => Self::PS384,
+            "PS512" => Self::PS512,
             "ES256" => Self::ES256,
             "EdDSA" => Self::EdDSA,
             _ => return None,
@@ -54,6 +62,9 @@ impl Algorithm {
             Self::RS256 => "RS256",
             Self::RS384 => "RS384",
             Self::RS512 => "RS512",
+            Self::PS256 => "PS256",
+            Self::PS384 => "PS384",
+            Self::PS512 => "PS512",
             Self::ES256 => "ES256",
             Self::EdDSA => "EdDSA",
         }
@@ -67,6 +78,34 @@ struct HeaderWire {
     kid: Option<String>,
     #[serde(default)]
     crit: Option<Value>,
+}
+
+/// A JSON object whose member names are unique (`None` when one repeats): RFC 7519 §4 lets
+/// a parser reject duplicates, and a claim read twice two ways is an attack surface.
+struct UniqueMap(Option<Map<String, Value>>);
+
+impl<'de> Deserialize<'de> for UniqueMap {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Members;
+        impl<'de> serde::de::Visitor<'de> for Members {
+            type Value = UniqueMap;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<UniqueMap, A::Error> {
+                let mut m = Map::new();
+                let mut duplicate = false;
+                while let Some((k, v)) = a.next_entry::<String, Value>()? {
+                    duplicate |= m.insert(k, v).is_some();
+                }
+                Ok(UniqueMap((!duplicate).then_some(m)))
+            }
+        }
+        d.deserialize_map(Members)
+    }
 }
 
 /// A parsed, not yet verified, token.
@@ -106,8 +145,11 @@ pub fn parse(token: &str, max_len: usize) -> Result<UnverifiedToken<'_>, TokenEr
     let payload = URL_SAFE_NO_PAD
         .decode(p)
         .map_err(|_| TokenError::Base64("payload"))?;
-    let claims: Map<String, Value> =
-        serde_json::from_slice(&payload).map_err(|_| TokenError::Json("payload"))?;
+    let claims = match serde_json::from_slice::<UniqueMap>(&payload) {
+        Ok(UniqueMap(Some(m))) => m,
+        Ok(UniqueMap(None)) => return Err(TokenError::Duplicate("payload")),
+        Err(_) => return Err(TokenError::Json("payload")),
+    };
     let signature = URL_SAFE_NO_PAD
         .decode(s)
         .map_err(|_| TokenError::Base64("signature"))?;
@@ -180,6 +222,10 @@ mod tests {
                 TokenError::Crit,
             ),
             ("x".repeat(9000), TokenError::TooLarge { max: 8192 }),
+            (
+                format!("{h}.{}.c2ln", b64(r#"{"sub":"a","sub":"b"}"#)),
+                TokenError::Duplicate("payload"),
+            ),
         ];
         for (token, want) in cases {
             assert_eq!(parse(&token, 8192).unwrap_err(), want, "token {token:.40}");

@@ -114,3 +114,83 @@ fn bad_output_headers_are_refused() -> TestResult {
     }
     Ok(())
 }
+
+#[test]
+fn rsa_algorithms_and_algorithm_confusion() -> TestResult {
+    let issuer = DevIssuer::generate()?;
+    let mut cfg = harness::demo::plugin_config(&issuer);
+    cfg["issuers"][0]["jwks"] = issuer.jwks_any_rsa_alg();
+    cfg["tokenCache"] = json!({"capacity": 0});
+    let e = Engine::from_json(cfg.to_string().as_bytes())?;
+    let t = now();
+    // claims: {"iss":DEV_ISSUER,"aud":"portcullis-demo","sub":"bob","exp":now+600}
+    let claims =
+        json!({"iss": issuer.issuer, "aud": issuer.audience, "sub": "bob", "exp": t + 600});
+    for alg in ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512"] {
+        let token = issuer.sign_alg(alg, &claims)?;
+        let out = e.check(&StaticRequest::new("GET", "/api").with_bearer(&token), t);
+        assert_eq!(out.verdict, Verdict::Allow, "{alg}");
+        // The same signature under another algorithm name must not verify.
+        let (_, rest) = token.split_once('.').ok_or("shape")?;
+        let other = if alg.starts_with("RS") {
+            alg.replace("RS", "PS")
+        } else {
+            alg.replace("PS", "RS")
+        };
+        let header = base64url(&format!(r#"{{"alg":"{other}","kid":"{}"}}"#, issuer.kid));
+        let swapped = format!("{header}.{rest}");
+        let out = e.check(&StaticRequest::new("GET", "/api").with_bearer(&swapped), t);
+        assert!(
+            matches!(out.verdict, Verdict::Unauthenticated(_)),
+            "{alg} as {other}"
+        );
+    }
+    // hs256_confusion: {"alg":"HS256"} "signed" with the RSA public key as an HMAC secret is
+    // refused before any key is used: HS* is not accepted for an issuer with public keys.
+    let rs = issuer.sign_alg("RS256", &claims)?;
+    let (_, rest) = rs.split_once('.').ok_or("shape")?;
+    let hs = format!("{}.{rest}", base64url(r#"{"alg":"HS256"}"#));
+    let out = e.check(&StaticRequest::new("GET", "/api").with_bearer(&hs), t);
+    assert!(
+        matches!(&out.verdict, Verdict::Unauthenticated(err) if err.to_string().contains("HS256")),
+        "{out:?}"
+    );
+    // es256_on_rsa_key: ES256 named for an RSA-only issuer finds no key.
+    let es = format!(
+        "{}.{rest}",
+        base64url(&format!(r#"{{"alg":"ES256","kid":"{}"}}"#, issuer.kid))
+    );
+    let out = e.check(&StaticRequest::new("GET", "/api").with_bearer(&es), t);
+    assert!(
+        matches!(&out.verdict, Verdict::Unauthenticated(err) if err.to_string().contains("no key")),
+        "{out:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn duplicate_claims_are_refused() -> TestResult {
+    let issuer = DevIssuer::generate()?;
+    let e = engine(&issuer, json!({}))?;
+    let t = now();
+    // duplicated_sub: payload text {"iss":DEV_ISSUER,"aud":"portcullis-demo","sub":"bob","sub":"alice","exp":now+600},
+    // correctly signed: a parser keeping the last "sub" would see alice.
+    let payload = format!(
+        r#"{{"iss":"{}","aud":"{}","sub":"bob","sub":"alice","exp":{}}}"#,
+        issuer.issuer,
+        issuer.audience,
+        t + 600
+    );
+    let token = issuer.sign_raw_payload(&payload);
+    let out = e.check(&StaticRequest::new("GET", "/api").with_bearer(&token), t);
+    assert!(
+        matches!(&out.verdict, Verdict::Unauthenticated(err) if err.to_string().contains("duplicate")),
+        "{out:?}"
+    );
+    Ok(())
+}
+
+fn base64url(s: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s)
+}
