@@ -194,3 +194,100 @@ fn base64url(s: &str) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s)
 }
+
+/// Signs `claims` with a fixed-seed P-256 (ES256) or Ed25519 (EdDSA) key; returns the token
+/// and the issuer's JWK Set.
+fn ec_token(
+    alg: &str,
+    claims: &serde_json::Value,
+) -> Result<(String, serde_json::Value), Box<dyn Error>> {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+    use p256::ecdsa::signature::Signer as _;
+    let input = format!(
+        "{}.{}",
+        base64url(&json!({"alg": alg, "kid": "k1"}).to_string()),
+        base64url(&claims.to_string())
+    );
+    match alg {
+        "ES256" => {
+            let sk = p256::ecdsa::SigningKey::from_slice(&[7u8; 32])?;
+            let sig: p256::ecdsa::Signature = sk.sign(input.as_bytes());
+            let point = sk.verifying_key().to_encoded_point(false);
+            let (x, y) = (point.x().ok_or("x")?, point.y().ok_or("y")?);
+            let jwks = json!({"keys": [{"kty": "EC", "crv": "P-256", "kid": "k1", "x": B64.encode(x), "y": B64.encode(y)}]});
+            Ok((format!("{input}.{}", B64.encode(sig.to_bytes())), jwks))
+        }
+        _ => {
+            let sk = ed25519_dalek::SigningKey::from_bytes(&[9u8; 32]);
+            let sig = sk.sign(input.as_bytes());
+            let jwks = json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "kid": "k1", "x": B64.encode(sk.verifying_key().as_bytes())}]});
+            Ok((format!("{input}.{}", B64.encode(sig.to_bytes())), jwks))
+        }
+    }
+}
+
+#[test]
+fn es256_and_eddsa() -> TestResult {
+    let issuer = DevIssuer::generate()?;
+    let t = now();
+    // claims: {"iss":DEV_ISSUER,"aud":"portcullis-demo","sub":"bob","exp":now+600}
+    let claims =
+        json!({"iss": issuer.issuer, "aud": issuer.audience, "sub": "bob", "exp": t + 600});
+    for alg in ["ES256", "EdDSA"] {
+        let (token, jwks) = ec_token(alg, &claims)?;
+        let mut cfg = harness::demo::plugin_config(&issuer);
+        cfg["issuers"][0]["jwks"] = jwks;
+        let e = Engine::from_json(cfg.to_string().as_bytes())?;
+        let check = |tok: &str| {
+            e.check(&StaticRequest::new("GET", "/api").with_bearer(tok), t)
+                .verdict
+        };
+        assert_eq!(check(&token), Verdict::Allow, "{alg}");
+        // tampered: one payload character changed, signature kept.
+        let mut parts: Vec<String> = token.split('.').map(str::to_owned).collect();
+        parts[1] = base64url(
+            &json!({"iss": issuer.issuer, "aud": issuer.audience, "sub": "eve", "exp": t + 600})
+                .to_string(),
+        );
+        assert!(
+            matches!(check(&parts.join(".")), Verdict::Unauthenticated(_)),
+            "{alg} tampered"
+        );
+        // zero_signature: r = s = 0 (the "psychic signature") or an all-zero Ed25519 signature.
+        parts[1] = token.split('.').nth(1).unwrap_or_default().to_owned();
+        parts[2] = base64url_bytes(&[0u8; 64]);
+        assert!(
+            matches!(check(&parts.join(".")), Verdict::Unauthenticated(_)),
+            "{alg} zero signature"
+        );
+    }
+    // der_signature: an ES256 signature in DER form instead of raw r||s is refused.
+    let (token, jwks) = ec_token("ES256", &claims)?;
+    let (input, sig) = token.rsplit_once('.').ok_or("shape")?;
+    let raw = base64url_decode(sig)?;
+    let der = p256::ecdsa::Signature::from_slice(&raw)?.to_der();
+    let mut cfg = harness::demo::plugin_config(&issuer);
+    cfg["issuers"][0]["jwks"] = jwks;
+    let e = Engine::from_json(cfg.to_string().as_bytes())?;
+    let der_token = format!("{input}.{}", base64url_bytes(der.as_bytes()));
+    let out = e.check(
+        &StaticRequest::new("GET", "/api").with_bearer(&der_token),
+        t,
+    );
+    assert!(
+        matches!(out.verdict, Verdict::Unauthenticated(_)),
+        "DER accepted"
+    );
+    Ok(())
+}
+
+fn base64url_bytes(b: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+}
+
+fn base64url_decode(s: &str) -> Result<Vec<u8>, Box<dyn Error>> {
+    use base64::Engine as _;
+    Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(s)?)
+}
