@@ -68,6 +68,13 @@ pub struct IssuerConfig {
     /// Default: none.
     #[serde(default)]
     pub payload_header: Option<String>,
+    /// Claims every token of this issuer must carry (non-null). Default: none.
+    #[serde(default)]
+    pub required_claims: Vec<String>,
+    /// Longest accepted token lifetime (`exp - iat`, e.g. `"24h"`); tokens without `iat` are
+    /// then refused. Default: no limit.
+    #[serde(default)]
+    pub max_lifetime: Option<ConfigDuration>,
     /// Keep the `Authorization` header in the request to the upstream. Default true.
     #[serde(default = "default_true")]
     pub forward: bool,

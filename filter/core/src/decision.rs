@@ -33,6 +33,10 @@ pub enum AuthError {
     IssuedInFuture,
     #[error("token audience is not accepted")]
     Audience,
+    #[error("token lacks the required claim {0:?}")]
+    MissingClaim(String),
+    #[error("token lifetime (exp - iat) is longer than allowed, or iat is missing")]
+    Lifetime,
     #[error("token has no string {0:?} claim to name the principal")]
     NoSubject(String),
 }

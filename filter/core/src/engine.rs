@@ -81,6 +81,8 @@ impl TryFrom<FilterConfig> for Engine {
                 iss: i.issuer.clone(),
                 audiences: i.audiences,
                 keys,
+                required_claims: i.required_claims,
+                max_lifetime: i.max_lifetime.map(|d| d.0.as_secs()),
             };
             issuers.insert(i.issuer, (issuer, outputs));
         }

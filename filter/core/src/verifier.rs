@@ -13,6 +13,10 @@ pub struct Issuer {
     /// Accepted audiences; empty means `aud` is not checked.
     pub audiences: Vec<String>,
     pub keys: KeySet,
+    /// Claims that must be present (and not null).
+    pub required_claims: Vec<String>,
+    /// Longest accepted `exp - iat`, in seconds (then `iat` is required too).
+    pub max_lifetime: Option<u64>,
 }
 
 /// Time rules shared by all issuers.
@@ -44,7 +48,23 @@ impl Issuer {
             return Err(AuthError::BadSignature);
         }
         check_times(&token.claims, now, rules)?;
-        self.check_audience(&token.claims)
+        self.check_audience(&token.claims)?;
+        if let Some(missing) = self
+            .required_claims
+            .iter()
+            .find(|c| token.claims.get(c.as_str()).is_none_or(Value::is_null))
+        {
+            return Err(AuthError::MissingClaim(missing.clone()));
+        }
+        if let Some(max) = self.max_lifetime {
+            let exp = token.claims.get("exp").and_then(numeric_date);
+            let iat = token.claims.get("iat").and_then(numeric_date);
+            match (exp, iat) {
+                (Some(exp), Some(iat)) if exp.saturating_sub(iat) <= max => {}
+                _ => return Err(AuthError::Lifetime),
+            }
+        }
+        Ok(())
     }
 
     fn check_audience(&self, claims: &Map<String, Value>) -> Result<(), AuthError> {

@@ -291,3 +291,52 @@ fn base64url_decode(s: &str) -> Result<Vec<u8>, Box<dyn Error>> {
     use base64::Engine as _;
     Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(s)?)
 }
+
+#[test]
+fn required_claims_and_max_lifetime() -> TestResult {
+    let issuer = DevIssuer::generate()?;
+    let mut cfg = harness::demo::plugin_config(&issuer);
+    cfg["issuers"][0]["requiredClaims"] = json!(["email"]);
+    cfg["issuers"][0]["maxLifetime"] = json!("1h");
+    let e = Engine::from_json(cfg.to_string().as_bytes())?;
+    let t = now();
+    let base = json!({"iss": issuer.issuer, "aud": issuer.audience, "sub": "bob"});
+    let with = |extra: serde_json::Value| {
+        let mut c = base.clone();
+        if let (Some(c), Some(extra)) = (c.as_object_mut(), extra.as_object()) {
+            c.extend(extra.clone());
+        }
+        issuer.sign(&c)
+    };
+    let verdict = |tok: &str| {
+        e.check(&StaticRequest::new("GET", "/api").with_bearer(tok), t)
+            .verdict
+    };
+    let refused_because = |tok: &str, why: &str| matches!(verdict(tok), Verdict::Unauthenticated(err) if err.to_string().contains(why));
+    // ok: {..., "email":"b@x","iat":now,"exp":now+3600}
+    assert_eq!(
+        verdict(&with(json!({"email": "b@x", "iat": t, "exp": t + 3600}))),
+        Verdict::Allow
+    );
+    // no_email: {..., "iat":now,"exp":now+600}
+    assert!(refused_because(
+        &with(json!({"iat": t, "exp": t + 600})),
+        "required claim \"email\""
+    ));
+    // null_email: {..., "email":null,"iat":now,"exp":now+600}
+    assert!(refused_because(
+        &with(json!({"email": null, "iat": t, "exp": t + 600})),
+        "required claim"
+    ));
+    // too_long: {..., "email":"b@x","iat":now,"exp":now+3601}
+    assert!(refused_because(
+        &with(json!({"email": "b@x", "iat": t, "exp": t + 3601})),
+        "lifetime"
+    ));
+    // no_iat: {..., "email":"b@x","exp":now+600}
+    assert!(refused_because(
+        &with(json!({"email": "b@x", "exp": t + 600})),
+        "lifetime"
+    ));
+    Ok(())
+}
