@@ -9,6 +9,7 @@ use serde::Deserialize;
 
 use crate::bundle::{BundleError, BundleWire};
 use crate::duration::ConfigDuration;
+use crate::extractor::TokenSourceConfig;
 use crate::jwks::{JwkSetWire, JwksError};
 
 /// Top-level filter configuration.
@@ -31,6 +32,10 @@ pub struct FilterConfig {
     /// Largest token accepted, checked before any parsing. Default 8192 bytes.
     #[serde(default = "default_max_token_bytes")]
     pub max_token_bytes: usize,
+    /// Where tokens are looked for, in order; the first source present wins.
+    /// Default: `[{"header": "authorization", "prefix": "Bearer "}]`.
+    #[serde(default = "default_sources")]
+    pub token_sources: Vec<TokenSourceConfig>,
     /// Verified-token cache (on by default).
     #[serde(default)]
     pub token_cache: TokenCacheConfig,
@@ -38,6 +43,15 @@ pub struct FilterConfig {
     /// Default false: clients learn nothing about policies.
     #[serde(default)]
     pub debug_headers: bool,
+}
+
+fn default_sources() -> Vec<TokenSourceConfig> {
+    vec![TokenSourceConfig {
+        header: Some("authorization".into()),
+        prefix: Some("Bearer ".into()),
+        cookie: None,
+        query: None,
+    }]
 }
 
 fn default_clock_skew() -> ConfigDuration {
@@ -207,6 +221,8 @@ pub enum ConfigError {
         "issuer {issuer:?}: {header:?} cannot be an output header (lower-case HTTP token names only; not host, authorization, framing or pseudo-headers)"
     )]
     Header { issuer: String, header: String },
+    #[error("{0}")]
+    TokenSource(String),
     #[error("tokenCache.capacity must be at most 1000000, got {0}")]
     CacheCapacity(usize),
     #[error("maxTokenBytes must be between 256 and 65536, got {0}")]

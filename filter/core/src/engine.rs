@@ -8,7 +8,7 @@ use hashbrown::HashMap;
 use crate::bundle::Bundle;
 use crate::config::{ConfigError, FilterConfig};
 use crate::decision::{AuthError, Outcome, Verdict};
-use crate::extractor::{self, Extracted};
+use crate::extractor::{self, Extracted, TokenSource};
 use crate::headers::{self, ClaimHeader, Outputs};
 use crate::jwks::KeySet;
 use crate::policy::{self, HttpRequest, PolicyEngine, PrincipalMapping, RequestMapping};
@@ -24,6 +24,7 @@ pub struct Engine {
     /// Every header any issuer writes: client copies are removed from every request.
     written_headers: Vec<String>,
     cache: RefCell<TokenCache>,
+    sources: Vec<TokenSource>,
     policy: PolicyEngine,
     rules: TimeRules,
     max_token_bytes: usize,
@@ -44,6 +45,17 @@ impl TryFrom<FilterConfig> for Engine {
         if cfg.token_cache.capacity > 1_000_000 {
             return Err(ConfigError::CacheCapacity(cfg.token_cache.capacity));
         }
+        if cfg.token_sources.is_empty() {
+            return Err(ConfigError::TokenSource(
+                "tokenSources must not be empty".into(),
+            ));
+        }
+        let sources = cfg
+            .token_sources
+            .iter()
+            .map(TokenSource::try_from)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(ConfigError::TokenSource)?;
         let mut issuers = HashMap::with_capacity(cfg.issuers.len());
         let mut written_headers: Vec<String> = Vec::new();
         for i in cfg.issuers {
@@ -105,6 +117,7 @@ impl TryFrom<FilterConfig> for Engine {
             issuers,
             written_headers,
             cache: RefCell::new(TokenCache::new(cfg.token_cache.capacity)),
+            sources,
             policy: PolicyEngine::new(bundle, principal, mapping),
             rules: TimeRules {
                 leeway: cfg.clock_skew.0.as_secs(),
@@ -160,8 +173,8 @@ impl Engine {
             remove_headers: self.written_headers.clone(),
             set_headers: Vec::new(),
         };
-        let token = match extractor::bearer(req) {
-            Extracted::Token(t) => t,
+        let (token, token_header) = match extractor::extract(req, &self.sources) {
+            Extracted::Token { token, header } => (token, header),
             Extracted::Missing => return outcome.unauthenticated(AuthError::Missing),
             Extracted::WrongScheme => return outcome.unauthenticated(AuthError::WrongScheme),
         };
@@ -197,8 +210,10 @@ impl Engine {
             && let Some((_, outputs)) = self.issuers.get(&*verified.issuer)
         {
             outcome.set_headers = outputs.render(claims, &token);
-            if !outputs.forward {
-                outcome.remove_headers.push("authorization".to_owned());
+            if !outputs.forward
+                && let Some(h) = token_header
+            {
+                outcome.remove_headers.push(h);
             }
         }
         outcome.policies = d.policies;
