@@ -155,6 +155,58 @@ fn property(st: &mut VmState, path: &str) -> Option<Vec<u8>> {
     st.plugin_properties.get(path).cloned()
 }
 
+/// Where a gRPC call or stream goes, as read from the guest.
+struct GrpcTarget {
+    cluster: String,
+    service: String,
+    method: String,
+    metadata: abi::Headers,
+}
+
+impl GrpcTarget {
+    /// Reads (cluster, service, method, initial metadata) from four pointer/length pairs.
+    fn read(c: &mut C<'_>, p: [i32; 8]) -> Result<Self, Status> {
+        let [sp, sl, np, nl, mp, ml, ip, il] = p;
+        Ok(Self {
+            cluster: read_str(c, sp, sl)?,
+            service: read_str(c, np, nl)?,
+            method: read_str(c, mp, ml)?,
+            metadata: abi::decode_map(&read(c, ip, il)?).ok_or(Status::ParseFailure)?,
+        })
+    }
+
+    /// Records the call and returns its token.
+    fn open(
+        self,
+        c: &C<'_>,
+        messages: Vec<Vec<u8>>,
+        streaming: bool,
+        timeout_ms: u32,
+    ) -> Result<u32, Status> {
+        let (vm, context_id) = (c.data().index, c.data().effective);
+        let mut sh = c.data().shared.lock();
+        // Envoy: an unknown gRPC cluster is a ParseFailure (an HTTP one a BadArgument).
+        if !sh.upstreams.contains(&self.cluster) {
+            return Err(Status::ParseFailure);
+        }
+        sh.next_token = sh.next_token.wrapping_add(1).max(1);
+        let token = sh.next_token;
+        sh.grpc_calls.push(GrpcCall {
+            token,
+            vm,
+            context_id,
+            cluster: self.cluster,
+            service: self.service,
+            method: self.method,
+            metadata: self.metadata,
+            messages,
+            streaming,
+            timeout_ms,
+        });
+        Ok(token)
+    }
+}
+
 #[expect(
     clippy::too_many_lines,
     reason = "one registration per ABI function, kept together"
@@ -623,39 +675,11 @@ pub(crate) fn add_to_linker(l: &mut Linker<VmState>) -> Result<()> {
          timeout: i32,
          ret: i32|
          -> i32 {
-            let r = (|| {
-                let cluster = read_str(&mut c, sp, sl)?;
-                let service = read_str(&mut c, np, nl)?;
-                let method = read_str(&mut c, mp, ml)?;
-                let metadata =
-                    abi::decode_map(&read(&mut c, ip, il)?).ok_or(Status::ParseFailure)?;
-                let message = read(&mut c, gp, gl)?;
-                let (vm, context_id) = (c.data().index, c.data().effective);
-                let shared = c.data().shared.clone();
-                let token = {
-                    let mut sh = shared.lock();
-                    // Envoy: an unknown gRPC cluster is a ParseFailure (an HTTP one a BadArgument).
-                    if !sh.upstreams.contains(&cluster) {
-                        return Err(Status::ParseFailure);
-                    }
-                    sh.next_token = sh.next_token.wrapping_add(1).max(1);
-                    let token = sh.next_token;
-                    sh.grpc_calls.push(GrpcCall {
-                        token,
-                        vm,
-                        context_id,
-                        cluster,
-                        service,
-                        method,
-                        metadata,
-                        messages: vec![message],
-                        streaming: false,
-                        timeout_ms: timeout as u32,
-                    });
-                    token
-                };
+            let r = read(&mut c, gp, gl).and_then(|message| {
+                let target = GrpcTarget::read(&mut c, [sp, sl, np, nl, mp, ml, ip, il])?;
+                let token = target.open(&c, vec![message], false, timeout as u32)?;
                 write(&mut c, ret, &token.to_le_bytes())
-            })();
+            });
             code(r)
         },
     )?;
@@ -673,38 +697,10 @@ pub(crate) fn add_to_linker(l: &mut Linker<VmState>) -> Result<()> {
          il: i32,
          ret: i32|
          -> i32 {
-            let r = (|| {
-                let cluster = read_str(&mut c, sp, sl)?;
-                let service = read_str(&mut c, np, nl)?;
-                let method = read_str(&mut c, mp, ml)?;
-                let metadata =
-                    abi::decode_map(&read(&mut c, ip, il)?).ok_or(Status::ParseFailure)?;
-                let (vm, context_id) = (c.data().index, c.data().effective);
-                let shared = c.data().shared.clone();
-                let token = {
-                    let mut sh = shared.lock();
-                    // Envoy: an unknown gRPC cluster is a ParseFailure (an HTTP one a BadArgument).
-                    if !sh.upstreams.contains(&cluster) {
-                        return Err(Status::ParseFailure);
-                    }
-                    sh.next_token = sh.next_token.wrapping_add(1).max(1);
-                    let token = sh.next_token;
-                    sh.grpc_calls.push(GrpcCall {
-                        token,
-                        vm,
-                        context_id,
-                        cluster,
-                        service,
-                        method,
-                        metadata,
-                        messages: Vec::new(),
-                        streaming: true,
-                        timeout_ms: 0,
-                    });
-                    token
-                };
+            let r = GrpcTarget::read(&mut c, [sp, sl, np, nl, mp, ml, ip, il]).and_then(|target| {
+                let token = target.open(&c, Vec::new(), true, 0)?;
                 write(&mut c, ret, &token.to_le_bytes())
-            })();
+            });
             code(r)
         },
     )?;
