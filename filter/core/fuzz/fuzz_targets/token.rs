@@ -3,21 +3,16 @@
 //! panic: in Envoy a panic aborts the VM.
 #![no_main]
 
-use std::sync::OnceLock;
-
 use libfuzzer_sys::fuzz_target;
 use portcullis_core::extractor::{self, TokenSource};
 use portcullis_core::{Engine, StaticRequest, token};
 
-fn engine() -> Option<&'static Engine> {
-    static ENGINE: OnceLock<Option<Engine>> = OnceLock::new();
-    ENGINE
-        .get_or_init(|| {
-            let issuer = harness::devkeys::DevIssuer::generate().ok()?;
-            let cfg = harness::demo::plugin_config(&issuer);
-            Engine::from_json(cfg.to_string().as_bytes()).ok()
-        })
-        .as_ref()
+thread_local! {
+    // The engine is per thread (it holds the token cache), as it is per VM in Envoy.
+    static ENGINE: Option<Engine> = harness::devkeys::DevIssuer::generate().ok().and_then(|issuer| {
+        let cfg = harness::demo::plugin_config(&issuer);
+        Engine::from_json(cfg.to_string().as_bytes()).ok()
+    });
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -30,8 +25,10 @@ fuzz_target!(|data: &[u8]| {
     ];
     let req = StaticRequest::new("GET", s).with_header("authorization", s).with_header("cookie", s);
     let _ = extractor::extract(&req, &sources);
-    if let Some(e) = engine() {
-        let _ = e.check(&StaticRequest::new("GET", "/api").with_bearer(s), 1_800_000_000);
-        let _ = e.check(&req, 1_800_000_000);
-    }
+    ENGINE.with(|e| {
+        if let Some(e) = e {
+            let _ = e.check(&StaticRequest::new("GET", "/api").with_bearer(s), 1_800_000_000);
+            let _ = e.check(&req, 1_800_000_000);
+        }
+    });
 });
