@@ -150,20 +150,7 @@ pub fn build_all() -> Result<Built> {
     };
     let started = Instant::now();
     let (target, mut cmd) = match toolchain {
-        Toolchain::Installed(target) => {
-            let mut c = cargo();
-            c.args([
-                "build",
-                "--release",
-                "--target",
-                target,
-                "-p",
-                PACKAGE,
-                "-p",
-                PROBE_PACKAGE,
-            ]);
-            (target, c)
-        }
+        Toolchain::Installed(target) => (target, cargo()),
         Toolchain::Debian => {
             let target = "wasm32-wasip1";
             // Debian's rustc has no self-contained wasi-libc or rust-lld: link with Debian's
@@ -181,20 +168,20 @@ pub fn build_all() -> Result<Built> {
                 .env("RUSTC_BOOTSTRAP", "1")
                 .env("CARGO_TARGET_WASM32_WASIP1_RUSTFLAGS", flags)
                 .env_remove("RUSTUP_TOOLCHAIN")
-                .args([
-                    "build",
-                    "--release",
-                    "--target",
-                    target,
-                    "-p",
-                    PACKAGE,
-                    "-p",
-                    PROBE_PACKAGE,
-                ])
-                .args(["-Zbuild-std=std,panic_abort"]);
+                .arg("-Zbuild-std=std,panic_abort");
             (target, c)
         }
     };
+    cmd.args([
+        "build",
+        "--release",
+        "--target",
+        target,
+        "-p",
+        PACKAGE,
+        "-p",
+        PROBE_PACKAGE,
+    ]);
     run(&mut cmd, "building the filter for wasm")?;
     let base = match toolchain {
         Toolchain::Installed(_) => tools::target_dir(),
