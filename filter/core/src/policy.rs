@@ -18,6 +18,8 @@ pub struct PrincipalMapping {
     pub id_claim: String,
     pub groups_claim: Option<String>,
     pub group_type: EntityTypeName,
+    /// Principal of requests without a token (public and optional routes).
+    pub anonymous: EntityUid,
 }
 
 /// What the request maps to, besides the principal.
@@ -81,6 +83,12 @@ impl PolicyEngine {
         &self.bundle
     }
 
+    /// The anonymous principal.
+    #[must_use]
+    pub fn anonymous(&self) -> &EntityUid {
+        &self.principal.anonymous
+    }
+
     /// The claim that names the principal.
     #[must_use]
     pub fn principal_claim(&self) -> &str {
@@ -95,13 +103,17 @@ impl PolicyEngine {
 
     /// Evaluates the bundle. Any failure to build the Cedar request denies (fail closed).
     #[must_use]
+    /// `principal_id` is `None` for the anonymous principal.
     pub fn decide(
         &self,
-        principal_id: &str,
+        principal_id: Option<&str>,
         claims: &Map<String, Value>,
         http: HttpRequest<'_>,
     ) -> PolicyDecision {
-        let principal = uid(&self.principal.entity_type, principal_id);
+        let principal = match principal_id {
+            Some(id) => uid(&self.principal.entity_type, id),
+            None => self.principal.anonymous.clone(),
+        };
         let action = uid(&self.mapping.action_type, http.method);
         let path = http.path.split(['?', '#']).next().unwrap_or_default();
         let resource = uid(&self.mapping.resource_type, path);
@@ -136,7 +148,7 @@ impl PolicyEngine {
 
         // The principal comes from the token unless the bundle defines it (then the bundle's
         // attributes and parents are authoritative).
-        let response = if self.bundle.entities.get(&principal).is_some() {
+        let response = if principal_id.is_none() || self.bundle.entities.get(&principal).is_some() {
             self.authorizer
                 .is_authorized(&request, &self.bundle.policies, &self.bundle.entities)
         } else {
@@ -186,6 +198,11 @@ impl PolicyEngine {
 
 fn uid(ty: &EntityTypeName, id: &str) -> EntityUid {
     EntityUid::from_type_name_and_id(ty.clone(), EntityId::new(id))
+}
+
+/// Parses a Cedar entity uid (`Type::"id"`) from configuration.
+pub fn entity_uid(s: &str) -> Result<EntityUid, String> {
+    EntityUid::from_str(s).map_err(|e| format!("{s:?} is not a Cedar entity uid: {e}"))
 }
 
 /// Parses a Cedar entity type name from configuration.

@@ -340,3 +340,76 @@ fn required_claims_and_max_lifetime() -> TestResult {
     ));
     Ok(())
 }
+
+#[test]
+fn public_and_optional_routes_use_the_anonymous_principal() -> TestResult {
+    let issuer = DevIssuer::generate()?;
+    let mut cfg = harness::demo::plugin_config(&issuer);
+    cfg["routes"] = json!([
+        {"path": "/healthz", "auth": "public"},
+        {"prefix": "/docs/", "auth": "optional"},
+    ]);
+    cfg["bundle"]["policies"] = json!(
+        r#"@id("users-read") permit (principal is User, action == Action::"GET", resource);
+           @id("anonymous-health") permit (principal == Anonymous::"anonymous", action == Action::"GET", resource == Path::"/healthz");
+           @id("anonymous-docs") permit (principal == Anonymous::"anonymous", action == Action::"GET", resource) when { context.path like "/docs/*" };"#
+    );
+    let e = Engine::from_json(cfg.to_string().as_bytes())?;
+    let t = now();
+    let bob = issuer.token("bob", &[]);
+    let run = |method: &str, path: &str, token: Option<&str>| {
+        let r = StaticRequest::new(method, path);
+        e.check(
+            &match token {
+                Some(tok) => r.with_bearer(tok),
+                None => r,
+            },
+            t,
+        )
+    };
+    let anon = Some(r#"Anonymous::"anonymous""#.to_owned());
+
+    let o = run("GET", "/healthz", None);
+    assert_eq!(
+        (o.verdict, o.policies, o.principal.clone()),
+        (
+            Verdict::Allow,
+            vec!["anonymous-health".to_owned()],
+            anon.clone()
+        )
+    );
+    // Public routes do not look at tokens at all, not even broken ones.
+    assert_eq!(
+        run("GET", "/healthz?probe=1", Some("garbage")).verdict,
+        Verdict::Allow
+    );
+    assert_eq!(run("POST", "/healthz", None).verdict, Verdict::Forbidden);
+
+    let o = run("GET", "/docs/intro", None);
+    assert_eq!(
+        (o.verdict, o.policies, o.principal),
+        (Verdict::Allow, vec!["anonymous-docs".to_owned()], anon)
+    );
+    let o = run("GET", "/docs/intro", Some(&bob));
+    assert_eq!(
+        (o.verdict, o.policies, o.principal),
+        (
+            Verdict::Allow,
+            vec!["users-read".to_owned()],
+            Some(r#"User::"bob""#.to_owned())
+        )
+    );
+    // Optional routes verify a token that is present.
+    assert!(matches!(
+        run("GET", "/docs/intro", Some("garbage")).verdict,
+        Verdict::Unauthenticated(_)
+    ));
+
+    // Everything else still requires a token.
+    assert!(matches!(
+        run("GET", "/api", None).verdict,
+        Verdict::Unauthenticated(_)
+    ));
+    assert_eq!(run("GET", "/api", Some(&bob)).verdict, Verdict::Allow);
+    Ok(())
+}
