@@ -22,6 +22,13 @@ fn plugin() -> Result<&'static Plugin, Box<dyn Error>> {
         .map_err(|e| e.clone().into())
 }
 
+/// A VM configured with the demo bundle, trusting `issuer`.
+fn demo_vm(host: &mut Host<'_>, issuer: &DevIssuer) -> Result<usize, HostError> {
+    host.start_vm(VmOptions::new(
+        demo::plugin_config(issuer).to_string().into_bytes(),
+    ))
+}
+
 fn request(method: &str, path: &str, token: Option<&str>) -> Request {
     let r = Request::new(method, path);
     match token {
@@ -35,9 +42,7 @@ fn request(method: &str, path: &str, token: Option<&str>) -> Request {
 fn decisions_through_the_host() -> TestResult {
     let issuer = DevIssuer::generate()?;
     let mut host = Host::new(plugin()?);
-    let vm = host.start_vm(VmOptions::new(
-        demo::plugin_config(&issuer).to_string().into_bytes(),
-    ))?;
+    let vm = demo_vm(&mut host, &issuer)?;
     for case in fixtures::demo_cases(&issuer)? {
         let ex = host.send(vm, request(case.method, case.path, case.token.as_deref()))?;
         let seen = match &ex.local_reply {
@@ -83,9 +88,7 @@ fn decisions_through_the_host() -> TestResult {
 fn host_clock_drives_token_expiry() -> TestResult {
     let issuer = DevIssuer::generate()?;
     let mut host = Host::new(plugin()?);
-    let vm = host.start_vm(VmOptions::new(
-        demo::plugin_config(&issuer).to_string().into_bytes(),
-    ))?;
+    let vm = demo_vm(&mut host, &issuer)?;
     // token: {"iss":DEV_ISSUER,"aud":"portcullis-demo","sub":"bob","groups":["staff"],"iat":now,"exp":now+3600}
     let token = issuer.token("bob", &["staff"]);
     assert_eq!(
@@ -195,9 +198,7 @@ fn claim_headers_reach_the_upstream_and_spoofs_do_not() -> TestResult {
 fn counters_for_decisions_and_the_token_cache() -> TestResult {
     let issuer = DevIssuer::generate()?;
     let mut host = Host::new(plugin()?);
-    let vm = host.start_vm(VmOptions::new(
-        demo::plugin_config(&issuer).to_string().into_bytes(),
-    ))?;
+    let vm = demo_vm(&mut host, &issuer)?;
     let token = issuer.token("bob", &["staff"]);
     for _ in 0..3 {
         assert_eq!(
