@@ -48,6 +48,11 @@ pub struct FilterConfig {
     /// Default false: clients learn nothing about policies.
     #[serde(default)]
     pub debug_headers: bool,
+    /// Let the host check RSA (RS256/384/512) and ECDSA (ES256/384) signatures natively when
+    /// it can — Envoy ≥ 1.30 through its `verify_signature` foreign function (BoringSSL) —
+    /// falling back to the filter's own Rust code where it cannot. Default true.
+    #[serde(default = "default_true")]
+    pub host_crypto: bool,
 }
 
 fn default_sources() -> Vec<TokenSourceConfig> {
@@ -76,8 +81,15 @@ pub struct IssuerConfig {
     /// Accepted `aud` values; empty (the default) accepts any audience.
     #[serde(default)]
     pub audiences: Vec<String>,
-    /// The issuer's public keys, as a JWK Set.
-    pub jwks: JwkSetWire,
+    /// The issuer's public keys, as a JWK Set (RSA, EC P-256/P-384, OKP Ed25519). Exactly one
+    /// of `jwks` and `sharedSecrets` is given.
+    #[serde(default)]
+    pub jwks: Option<JwkSetWire>,
+    /// Shared secrets for HS256/384/512, as a JWK Set of `kty: "oct"` keys (`k` base64url, at
+    /// least 32 bytes; 48 for HS384, 64 for HS512). HMAC tokens are accepted only from an
+    /// issuer configured this way, and such an issuer accepts nothing else.
+    #[serde(default)]
+    pub shared_secrets: Option<JwkSetWire>,
     /// Claims copied into request headers for the upstream (`"claim"` may be a dotted path
     /// into nested objects). Client-sent copies of these headers are always removed.
     /// Default: none.
@@ -226,6 +238,12 @@ pub enum ConfigError {
     DuplicateIssuer(String),
     #[error("issuer {issuer:?}: {source}")]
     Jwks { issuer: String, source: JwksError },
+    #[error("issuer {0:?}: give exactly one of `jwks` (public keys) and `sharedSecrets` (HMAC)")]
+    KeySource(String),
+    #[error("issuer {0:?}: `jwks` holds public keys only; shared secrets go in `sharedSecrets`")]
+    SecretInJwks(String),
+    #[error("issuer {0:?}: `sharedSecrets` holds `oct` keys only")]
+    PublicInSecrets(String),
     #[error("bundle refused: {0}")]
     Bundle(#[from] BundleError),
     #[error("{0}")]

@@ -10,6 +10,7 @@ use crate::config::{ConfigError, FilterConfig};
 use crate::decision::{AuthError, Outcome, Verdict};
 use crate::extractor::{self, Extracted, TokenSource};
 use crate::headers::{self, ClaimHeader, Outputs};
+use crate::host_crypto::HostCrypto;
 use crate::jwks::KeySet;
 use crate::policy::{self, HttpRequest, PolicyEngine, PrincipalMapping, RequestMapping};
 use crate::request::RequestView;
@@ -32,6 +33,8 @@ pub struct Engine {
     max_token_bytes: usize,
     debug_headers: bool,
     principal_type: String,
+    host_crypto_allowed: bool,
+    host_crypto: Option<Box<dyn HostCrypto>>,
 }
 
 impl TryFrom<FilterConfig> for Engine {
@@ -62,10 +65,20 @@ impl TryFrom<FilterConfig> for Engine {
         let mut issuers = HashMap::with_capacity(cfg.issuers.len());
         let mut written_headers: Vec<String> = Vec::new();
         for i in cfg.issuers {
-            let keys = KeySet::try_from(&i.jwks).map_err(|source| ConfigError::Jwks {
+            let (wire, shared) = match (&i.jwks, &i.shared_secrets) {
+                (Some(w), None) => (w, false),
+                (None, Some(w)) => (w, true),
+                _ => return Err(ConfigError::KeySource(i.issuer)),
+            };
+            let keys = KeySet::try_from(wire).map_err(|source| ConfigError::Jwks {
                 issuer: i.issuer.clone(),
                 source,
             })?;
+            match (shared, keys.is_shared_secret()) {
+                (false, true) => return Err(ConfigError::SecretInJwks(i.issuer)),
+                (true, false) => return Err(ConfigError::PublicInSecrets(i.issuer)),
+                _ => {}
+            }
             if issuers.contains_key(&i.issuer) {
                 return Err(ConfigError::DuplicateIssuer(i.issuer));
             }
@@ -131,6 +144,8 @@ impl TryFrom<FilterConfig> for Engine {
             max_token_bytes: cfg.max_token_bytes,
             debug_headers: cfg.debug_headers,
             principal_type: cfg.principal.entity_type,
+            host_crypto_allowed: cfg.host_crypto,
+            host_crypto: None,
         })
     }
 }
@@ -189,7 +204,7 @@ impl Engine {
         };
         let mode = self
             .routes
-            .mode(path.split(['?', '#']).next().unwrap_or_default());
+            .mode(&host, path.split(['?', '#']).next().unwrap_or_default());
         let extracted = match mode {
             AuthMode::Public => Extracted::Missing,
             AuthMode::Required | AuthMode::Optional => extractor::extract(req, &self.sources),
@@ -244,6 +259,15 @@ impl Engine {
         outcome
     }
 
+    /// Lets the host verify RSA and ECDSA signatures (unless the configuration says
+    /// `hostCrypto: false`); returns whether it will be used.
+    pub fn set_host_crypto(&mut self, host: Box<dyn HostCrypto>) -> bool {
+        if self.host_crypto_allowed {
+            self.host_crypto = Some(host);
+        }
+        self.host_crypto_allowed
+    }
+
     /// Verifies a token (or finds it in the cache) and returns its claims.
     pub fn authenticate(&self, token: &str, now: u64) -> Result<Verified, AuthError> {
         let leeway = self.rules.leeway;
@@ -263,7 +287,7 @@ impl Engine {
             .get(iss)
             .map(|(issuer, _)| issuer)
             .ok_or_else(|| AuthError::UnknownIssuer(iss.to_owned()))?;
-        issuer.verify(&t, now, self.rules)?;
+        issuer.verify(&t, now, self.rules, self.host_crypto.as_deref())?;
         let exp = t
             .claims
             .get("exp")

@@ -36,7 +36,12 @@ pub enum Algorithm {
     PS384,
     PS512,
     ES256,
+    ES384,
     EdDSA,
+    /// HMAC algorithms: only for issuers configured with shared secrets.
+    HS256,
+    HS384,
+    HS512,
 }
 
 impl Algorithm {
@@ -50,7 +55,11 @@ impl Algorithm {
             "PS384" => Self::PS384,
             "PS512" => Self::PS512,
             "ES256" => Self::ES256,
+            "ES384" => Self::ES384,
             "EdDSA" => Self::EdDSA,
+            "HS256" => Self::HS256,
+            "HS384" => Self::HS384,
+            "HS512" => Self::HS512,
             _ => return None,
         })
     }
@@ -66,7 +75,11 @@ impl Algorithm {
             Self::PS384 => "PS384",
             Self::PS512 => "PS512",
             Self::ES256 => "ES256",
+            Self::ES384 => "ES384",
             Self::EdDSA => "EdDSA",
+            Self::HS256 => "HS256",
+            Self::HS384 => "HS384",
+            Self::HS512 => "HS512",
         }
     }
 }
@@ -214,8 +227,8 @@ mod tests {
                 TokenError::Algorithm("none".into()),
             ),
             (
-                format!("{}.{p}.c2ln", b64(r#"{"alg":"HS256"}"#)),
-                TokenError::Algorithm("HS256".into()),
+                format!("{}.{p}.c2ln", b64(r#"{"alg":"ES512"}"#)),
+                TokenError::Algorithm("ES512".into()),
             ),
             (
                 format!("{}.{p}.c2ln", b64(r#"{"alg":"RS256","crit":["exp"]}"#)),

@@ -3,6 +3,7 @@
 use serde_json::{Map, Value};
 
 use crate::decision::AuthError;
+use crate::host_crypto::HostCrypto;
 use crate::jwks::KeySet;
 use crate::token::UnverifiedToken;
 
@@ -33,6 +34,7 @@ impl Issuer {
         token: &UnverifiedToken<'_>,
         now: u64,
         rules: TimeRules,
+        host: Option<&dyn HostCrypto>,
     ) -> Result<(), AuthError> {
         let mut candidates = self
             .keys
@@ -44,7 +46,7 @@ impl Issuer {
                 alg: token.alg.name(),
             });
         }
-        if !candidates.any(|k| k.verify(token.alg, token.signing_input, &token.signature)) {
+        if !candidates.any(|k| k.verify(token.alg, token.signing_input, &token.signature, host)) {
             return Err(AuthError::BadSignature);
         }
         check_times(&token.claims, now, rules)?;

@@ -4,6 +4,8 @@
 //! HTTP context asks the engine for a decision on the request headers and either lets the
 //! request continue or sends the local reply. No policy or token logic lives here.
 
+mod host_crypto;
+
 use std::rc::Rc;
 use std::time::UNIX_EPOCH;
 
@@ -40,6 +42,8 @@ struct Metrics {
     unauthenticated: u32,
     cache_hits: u32,
     cache_misses: u32,
+    host_verified: u32,
+    host_fallback: u32,
 }
 
 impl Metrics {
@@ -51,6 +55,8 @@ impl Metrics {
             unauthenticated: counter("portcullis.unauthenticated"),
             cache_hits: counter("portcullis.token_cache.hits"),
             cache_misses: counter("portcullis.token_cache.misses"),
+            host_verified: counter("portcullis.host_verify.confirmed"),
+            host_fallback: counter("portcullis.host_verify.declined"),
         }
     }
 
@@ -70,14 +76,19 @@ impl RootContext for Root {
             return false;
         };
         match Engine::from_json(&bytes) {
-            Ok(engine) => {
+            Ok(mut engine) => {
+                self.metrics = Metrics::define();
+                let host_crypto = engine.set_host_crypto(Box::new(host_crypto::EnvoyCrypto::new(
+                    self.metrics.host_verified,
+                    self.metrics.host_fallback,
+                )));
                 info!(
-                    "portcullis: configured with {} issuer(s), bundle version {}",
+                    "portcullis: configured with {} issuer(s), bundle version {}, host signature checks {}",
                     engine.issuer_count(),
-                    engine.bundle_version()
+                    engine.bundle_version(),
+                    if host_crypto { "on" } else { "off" }
                 );
                 self.engine = Some(Rc::new(engine));
-                self.metrics = Metrics::define();
                 true
             }
             Err(e) => {

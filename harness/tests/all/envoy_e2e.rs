@@ -68,6 +68,31 @@ fn decisions_through_real_envoy() -> TestResult {
         proxy.stat("wasmcustom.portcullis.unauthenticated")?,
         Some(8)
     );
+    // Signatures were checked by Envoy's BoringSSL (`verify_signature`): one per distinct
+    // correctly signed RS256 fixture token (5; the token cache answers repeats).
+    // forged_signature: bob's token with the signature of alice's — the host declines, the
+    // filter's own check refuses it, the client gets 401.
+    let bob = issuer.token("bob", &["staff"]);
+    let alice = issuer.token("alice", &["admins"]);
+    let forged = format!(
+        "{}.{}",
+        bob.rsplit_once('.').ok_or("shape")?.0,
+        alice.rsplit_once('.').ok_or("shape")?.1
+    );
+    let resp = agent.run(
+        ureq::http::Request::builder()
+            .uri(proxy.url("/api/hello"))
+            .header("authorization", format!("Bearer {forged}"))
+            .body(())?,
+    )?;
+    assert_eq!(resp.status().as_u16(), 401);
+    assert_eq!(
+        (
+            proxy.stat("wasmcustom.portcullis.host_verify.confirmed")?,
+            proxy.stat("wasmcustom.portcullis.host_verify.declined")?
+        ),
+        (Some(5), Some(1))
+    );
     Ok(())
 }
 

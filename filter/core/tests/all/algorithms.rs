@@ -1,0 +1,352 @@
+//! ES384, HMAC issuers with shared secrets, and signature checks handed to the host.
+
+use std::cell::Cell;
+use std::error::Error;
+use std::rc::Rc;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use harness::devkeys::{DevIssuer, now};
+use hmac::Mac as _;
+use portcullis_core::{AuthError, Digest, Engine, HostCrypto, StaticRequest, Verdict};
+use serde_json::{Value, json};
+
+type TestResult = Result<(), Box<dyn Error>>;
+
+const HS_ISSUER: &str = "https://hmac.example";
+
+fn verdict(e: &Engine, token: &str, t: u64) -> Verdict {
+    e.check(&StaticRequest::new("GET", "/api").with_bearer(token), t)
+        .verdict
+}
+
+fn refused(err: AuthError) -> Verdict {
+    Verdict::Unauthenticated(err)
+}
+
+fn input(header: &Value, claims: &Value) -> String {
+    format!(
+        "{}.{}",
+        B64.encode(header.to_string()),
+        B64.encode(claims.to_string())
+    )
+}
+
+/// A fixed-seed P-384 key: the token signed with it and its JWK Set.
+fn es384(claims: &Value) -> Result<(String, Value), Box<dyn Error>> {
+    use p384::ecdsa::signature::Signer as _;
+    let sk = p384::ecdsa::SigningKey::from_slice(&[5u8; 48])?;
+    let input = input(&json!({"alg": "ES384", "kid": "p384"}), claims);
+    let sig: p384::ecdsa::Signature = sk.sign(input.as_bytes());
+    let point = sk.verifying_key().to_encoded_point(false);
+    let jwks = json!({"keys": [{"kty": "EC", "crv": "P-384", "kid": "p384",
+        "x": B64.encode(point.x().ok_or("x")?), "y": B64.encode(point.y().ok_or("y")?)}]});
+    Ok((format!("{input}.{}", B64.encode(sig.to_bytes())), jwks))
+}
+
+fn hs(alg: &str, secret: &[u8], claims: &Value) -> Result<String, Box<dyn Error>> {
+    let input = input(&json!({"alg": alg, "kid": "s1"}), claims);
+    let tag = match alg {
+        "HS256" => {
+            let mut m = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret)?;
+            m.update(input.as_bytes());
+            m.finalize().into_bytes().to_vec()
+        }
+        "HS384" => {
+            let mut m = hmac::Hmac::<sha2::Sha384>::new_from_slice(secret)?;
+            m.update(input.as_bytes());
+            m.finalize().into_bytes().to_vec()
+        }
+        _ => {
+            let mut m = hmac::Hmac::<sha2::Sha512>::new_from_slice(secret)?;
+            m.update(input.as_bytes());
+            m.finalize().into_bytes().to_vec()
+        }
+    };
+    Ok(format!("{input}.{}", B64.encode(tag)))
+}
+
+#[test]
+fn es384_fixture_tokens() -> TestResult {
+    let issuer = DevIssuer::generate()?;
+    let t = now();
+    // claims: {"iss":DEV_ISSUER,"aud":"portcullis-demo","sub":"bob","exp":now+600}
+    let claims =
+        json!({"iss": issuer.issuer, "aud": issuer.audience, "sub": "bob", "exp": t + 600});
+    // es384_valid: {"alg":"ES384","kid":"p384"}, signed with the fixed-seed P-384 key.
+    let (token, jwks) = es384(&claims)?;
+    let mut cfg = harness::demo::plugin_config(&issuer);
+    cfg["issuers"][0]["jwks"] = jwks;
+    cfg["tokenCache"] = json!({"capacity": 0});
+    let e = Engine::from_json(cfg.to_string().as_bytes())?;
+    assert_eq!(verdict(&e, &token, t), Verdict::Allow);
+    let (head, rest) = token.split_once('.').ok_or("shape")?;
+    let (payload, sig) = rest.split_once('.').ok_or("shape")?;
+    // es384_tampered: payload with sub "eve", signature of the original.
+    let eve = json!({"iss": issuer.issuer, "aud": issuer.audience, "sub": "eve", "exp": t + 600});
+    let tampered = format!("{head}.{}.{sig}", B64.encode(eve.to_string()));
+    assert_eq!(verdict(&e, &tampered, t), refused(AuthError::BadSignature));
+    // es384_zero: r = s = 0.
+    let zero = format!("{head}.{payload}.{}", B64.encode([0u8; 96]));
+    assert_eq!(verdict(&e, &zero, t), refused(AuthError::BadSignature));
+    // es384_short: the first 64 bytes of the signature (an ES256-sized r||s).
+    let raw = B64.decode(sig)?;
+    let short = format!(
+        "{head}.{payload}.{}",
+        B64.encode(raw.get(..64).ok_or("len")?)
+    );
+    assert_eq!(verdict(&e, &short, t), refused(AuthError::BadSignature));
+    // es384_as_es256: the header claims ES256; the P-384 key does not fit it.
+    let as256 = format!(
+        "{}.{payload}.{sig}",
+        B64.encode(r#"{"alg":"ES256","kid":"p384"}"#)
+    );
+    assert_eq!(
+        verdict(&e, &as256, t),
+        refused(AuthError::NoKey {
+            kid: Some("p384".into()),
+            alg: "ES256"
+        })
+    );
+    Ok(())
+}
+
+/// The demo configuration plus an HMAC issuer with one 64-byte secret.
+fn with_hmac_issuer(issuer: &DevIssuer, secret: &[u8]) -> Value {
+    let mut cfg = harness::demo::plugin_config(issuer);
+    if let Some(list) = cfg["issuers"].as_array_mut() {
+        list.push(json!({
+            "issuer": HS_ISSUER,
+            "sharedSecrets": {"keys": [{"kty": "oct", "kid": "s1", "k": B64.encode(secret)}]},
+        }));
+    }
+    cfg["tokenCache"] = json!({"capacity": 0});
+    cfg
+}
+
+#[test]
+fn hmac_issuers_take_only_hmac_tokens() -> TestResult {
+    let issuer = DevIssuer::generate()?;
+    let secret = [0x42u8; 64];
+    let e = Engine::from_json(with_hmac_issuer(&issuer, &secret).to_string().as_bytes())?;
+    let t = now();
+    // claims: {"iss":"https://hmac.example","sub":"bob","exp":now+600}
+    let claims = json!({"iss": HS_ISSUER, "sub": "bob", "exp": t + 600});
+    for alg in ["HS256", "HS384", "HS512"] {
+        // hs*_valid: {"alg":alg,"kid":"s1"} with the configured secret.
+        assert_eq!(verdict(&e, &hs(alg, &secret, &claims)?, t), Verdict::Allow);
+        // hs*_wrong_secret: the same token made with another 64-byte secret.
+        assert_eq!(
+            verdict(&e, &hs(alg, &[0x43u8; 64], &claims)?, t),
+            refused(AuthError::BadSignature),
+            "{alg}"
+        );
+    }
+    // rs256_for_hmac_issuer: a correctly RS256-signed token naming the HMAC issuer.
+    let rs = issuer.sign_alg("RS256", &claims)?;
+    assert_eq!(
+        verdict(&e, &rs, t),
+        refused(AuthError::NoKey {
+            kid: Some(issuer.kid.clone()),
+            alg: "RS256"
+        })
+    );
+    // hs256_for_rsa_issuer: HMAC over the RSA issuer's JWK text as the "secret" — the key
+    // confusion attack; the RSA issuer has no shared secret, so no key is even tried.
+    let confused = hs(
+        "HS256",
+        issuer.jwks().to_string().as_bytes(),
+        &json!({"iss": issuer.issuer, "aud": issuer.audience, "sub": "eve", "exp": t + 600}),
+    )?;
+    assert_eq!(
+        verdict(&e, &confused, t),
+        refused(AuthError::NoKey {
+            kid: Some("s1".into()),
+            alg: "HS256"
+        })
+    );
+    Ok(())
+}
+
+#[test]
+fn hmac_secrets_are_checked_at_configuration() -> TestResult {
+    let issuer = DevIssuer::generate()?;
+    let rsa = issuer.jwks()["keys"][0].clone();
+    let oct = |n: usize, alg: Option<&str>| {
+        let mut k = json!({"kty": "oct", "kid": "s", "k": B64.encode(vec![7u8; n])});
+        if let Some(a) = alg {
+            k["alg"] = json!(a);
+        }
+        k
+    };
+    let cases = [
+        (
+            json!({"issuer": HS_ISSUER}),
+            "exactly one of `jwks` (public keys) and `sharedSecrets`",
+        ),
+        (
+            json!({"issuer": HS_ISSUER, "jwks": {"keys": [rsa]}, "sharedSecrets": {"keys": [oct(64, None)]}}),
+            "exactly one of",
+        ),
+        (
+            json!({"issuer": HS_ISSUER, "jwks": {"keys": [oct(64, None)]}}),
+            "shared secrets go in `sharedSecrets`",
+        ),
+        (
+            json!({"issuer": HS_ISSUER, "sharedSecrets": {"keys": [rsa]}}),
+            "holds `oct` keys only",
+        ),
+        (
+            json!({"issuer": HS_ISSUER, "sharedSecrets": {"keys": [oct(64, None), rsa]}}),
+            "cannot be mixed",
+        ),
+        (
+            json!({"issuer": HS_ISSUER, "sharedSecrets": {"keys": [oct(31, None)]}}),
+            "31 bytes is shorter than the 32 bytes HS256 needs",
+        ),
+        (
+            json!({"issuer": HS_ISSUER, "sharedSecrets": {"keys": [oct(48, Some("HS512"))]}}),
+            "48 bytes is shorter than the 64 bytes HS512 needs",
+        ),
+        (
+            json!({"issuer": HS_ISSUER, "sharedSecrets": {"keys": [oct(64, Some("RS256"))]}}),
+            "does not fit the key type",
+        ),
+    ];
+    for (issuer_cfg, want) in cases {
+        let mut cfg = harness::demo::plugin_config(&issuer);
+        if let Some(list) = cfg["issuers"].as_array_mut() {
+            list.push(issuer_cfg.clone());
+        }
+        let err = Engine::from_json(cfg.to_string().as_bytes())
+            .err()
+            .ok_or_else(|| format!("accepted: {issuer_cfg}"))?;
+        assert!(err.to_string().contains(want), "{issuer_cfg}: {err}");
+        // The secret never appears in the error.
+        assert!(!err.to_string().contains(&B64.encode([7u8; 31])), "{err}");
+    }
+    Ok(())
+}
+
+/// A host double that verifies like Envoy's `verify_signature` (SPKI DER key, PKCS#1 v1.5 or
+/// DER ECDSA signature), with independent decoders, and counts its calls.
+#[derive(Debug, Default)]
+struct RecordingHost {
+    calls: Rc<Cell<u32>>,
+    /// Answer `None` (as a host without the function).
+    absent: bool,
+}
+
+impl HostCrypto for RecordingHost {
+    fn verify(&self, digest: Digest, spki: &[u8], sig: &[u8], msg: &[u8]) -> Option<bool> {
+        use p256::ecdsa::signature::Verifier as _;
+        use p256::pkcs8::DecodePublicKey as _;
+        use sha2::Digest as _;
+        self.calls.set(self.calls.get() + 1);
+        if self.absent {
+            return None;
+        }
+        if let Ok(k) = rsa::RsaPublicKey::from_public_key_der(spki) {
+            let ok = match digest {
+                Digest::Sha256 => k.verify(
+                    rsa::Pkcs1v15Sign::new::<sha2::Sha256>(),
+                    &sha2::Sha256::digest(msg),
+                    sig,
+                ),
+                Digest::Sha384 => k.verify(
+                    rsa::Pkcs1v15Sign::new::<sha2::Sha384>(),
+                    &sha2::Sha384::digest(msg),
+                    sig,
+                ),
+                Digest::Sha512 => k.verify(
+                    rsa::Pkcs1v15Sign::new::<sha2::Sha512>(),
+                    &sha2::Sha512::digest(msg),
+                    sig,
+                ),
+            };
+            return Some(ok.is_ok());
+        }
+        if let Ok(k) = p256::ecdsa::VerifyingKey::from_public_key_der(spki) {
+            let sig = p256::ecdsa::Signature::from_der(sig).ok()?;
+            return Some(digest == Digest::Sha256 && k.verify(msg, &sig).is_ok());
+        }
+        if let Ok(k) = p384::ecdsa::VerifyingKey::from_public_key_der(spki) {
+            let sig = p384::ecdsa::Signature::from_der(sig).ok()?;
+            return Some(digest == Digest::Sha384 && k.verify(msg, &sig).is_ok());
+        }
+        Some(false)
+    }
+}
+
+#[test]
+fn the_host_checks_rsa_and_ecdsa_when_it_can() -> TestResult {
+    let issuer = DevIssuer::generate()?;
+    let t = now();
+    let claims =
+        json!({"iss": issuer.issuer, "aud": issuer.audience, "sub": "bob", "exp": t + 600});
+    let mut cfg = harness::demo::plugin_config(&issuer);
+    cfg["issuers"][0]["jwks"] = issuer.jwks_any_rsa_alg();
+    cfg["tokenCache"] = json!({"capacity": 0});
+    let host = RecordingHost::default();
+    let calls = host.calls.clone();
+    let mut e = Engine::from_json(cfg.to_string().as_bytes())?;
+    assert!(e.set_host_crypto(Box::new(host)));
+    for (alg, by_host) in [
+        ("RS256", 1),
+        ("RS384", 1),
+        ("RS512", 1),
+        ("PS256", 0),
+        ("PS512", 0),
+    ] {
+        calls.set(0);
+        let token = issuer.sign_alg(alg, &claims)?;
+        assert_eq!(verdict(&e, &token, t), Verdict::Allow, "{alg}");
+        assert_eq!(calls.get(), by_host, "{alg}");
+    }
+    // A bad signature: the host says no, the Rust check confirms, the token is refused.
+    calls.set(0);
+    let token = issuer.sign_alg("RS256", &claims)?;
+    let bad = format!("{}A", token.get(..token.len() - 1).ok_or("len")?);
+    let bad = if bad == token {
+        format!("{}B", token.get(..token.len() - 1).ok_or("len")?)
+    } else {
+        bad
+    };
+    assert_eq!(verdict(&e, &bad, t), refused(AuthError::BadSignature));
+    assert_eq!(calls.get(), 1);
+
+    // ES384 through the host: the core re-encodes r||s as DER for it.
+    let (token, jwks) = es384(&claims)?;
+    cfg["issuers"][0]["jwks"] = jwks;
+    let host = RecordingHost::default();
+    let calls = host.calls.clone();
+    let mut e = Engine::from_json(cfg.to_string().as_bytes())?;
+    e.set_host_crypto(Box::new(host));
+    assert_eq!(verdict(&e, &token, t), Verdict::Allow);
+    assert_eq!(calls.get(), 1);
+    // A zero signature never reaches the host.
+    let (head, rest) = token.rsplit_once('.').ok_or("shape")?;
+    let _ = rest;
+    let zero = format!("{head}.{}", B64.encode([0u8; 96]));
+    assert_eq!(verdict(&e, &zero, t), refused(AuthError::BadSignature));
+    assert_eq!(calls.get(), 1);
+
+    // A host without the function: the Rust path decides.
+    let host = RecordingHost {
+        absent: true,
+        ..RecordingHost::default()
+    };
+    let mut e = Engine::from_json(cfg.to_string().as_bytes())?;
+    e.set_host_crypto(Box::new(host));
+    assert_eq!(verdict(&e, &token, t), Verdict::Allow);
+
+    // `hostCrypto: false` keeps every check in the filter.
+    cfg["hostCrypto"] = json!(false);
+    let host = RecordingHost::default();
+    let calls = host.calls.clone();
+    let mut e = Engine::from_json(cfg.to_string().as_bytes())?;
+    assert!(!e.set_host_crypto(Box::new(host)));
+    assert_eq!(verdict(&e, &token, t), Verdict::Allow);
+    assert_eq!(calls.get(), 0);
+    Ok(())
+}
