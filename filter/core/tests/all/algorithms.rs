@@ -114,13 +114,15 @@ fn es384_fixture_tokens() -> TestResult {
 /// The demo configuration plus an HMAC issuer with one 64-byte secret.
 fn with_hmac_issuer(issuer: &DevIssuer, secret: &[u8]) -> Value {
     let mut cfg = harness::demo::plugin_config(issuer);
-    if let Some(list) = cfg["issuers"].as_array_mut() {
+    if let Some(list) = cfg.get_mut("issuers").and_then(Value::as_array_mut) {
         list.push(json!({
             "issuer": HS_ISSUER,
             "sharedSecrets": {"keys": [{"kty": "oct", "kid": "s1", "k": B64.encode(secret)}]},
         }));
     }
-    cfg["tokenCache"] = json!({"capacity": 0});
+    if let Some(o) = cfg.as_object_mut() {
+        o.insert("tokenCache".into(), json!({"capacity": 0}));
+    }
     cfg
 }
 
