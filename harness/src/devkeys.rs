@@ -160,6 +160,83 @@ pub fn sign_with(key: &RsaPrivateKey, header: &Value, claims: &Value) -> String 
     format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig.to_bytes()))
 }
 
+/// Signs `claims` with a fixed, public test key of a non-RSA algorithm (`ES256`, `ES384`,
+/// `EdDSA`, or `HS256`/`HS384`/`HS512` with a 64-byte secret), header `{"alg", "kid": "fixed"}`.
+/// Returns the token and the issuer's key configuration: `("jwks", set)` for public keys,
+/// `("sharedSecrets", set)` for HMAC. Deterministic keys: for tests and benchmarks only.
+pub fn sign_fixed(alg: &str, claims: &Value) -> Result<(String, &'static str, Value)> {
+    use p256::ecdsa::signature::Signer as _;
+    let input = format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(json!({"alg": alg, "kid": "fixed"}).to_string()),
+        URL_SAFE_NO_PAD.encode(claims.to_string())
+    );
+    let b64 = |b: &[u8]| URL_SAFE_NO_PAD.encode(b);
+    let bad = |e: &dyn std::fmt::Display| crate::Error::Missing(format!("fixed {alg} key: {e}"));
+    let (sig, source, key): (Vec<u8>, _, Value) = match alg {
+        "ES256" => {
+            let sk = p256::ecdsa::SigningKey::from_slice(&[7u8; 32]).map_err(|e| bad(&e))?;
+            let sig: p256::ecdsa::Signature = sk.sign(input.as_bytes());
+            let p = sk.verifying_key().to_encoded_point(false);
+            let (x, y) = (
+                p.x().ok_or_else(|| bad(&"x"))?,
+                p.y().ok_or_else(|| bad(&"y"))?,
+            );
+            let k = json!({"kty": "EC", "crv": "P-256", "kid": "fixed", "x": b64(x), "y": b64(y)});
+            (sig.to_bytes().to_vec(), "jwks", k)
+        }
+        "ES384" => {
+            let sk = p384::ecdsa::SigningKey::from_slice(&[5u8; 48]).map_err(|e| bad(&e))?;
+            let sig: p384::ecdsa::Signature = sk.sign(input.as_bytes());
+            let p = sk.verifying_key().to_encoded_point(false);
+            let (x, y) = (
+                p.x().ok_or_else(|| bad(&"x"))?,
+                p.y().ok_or_else(|| bad(&"y"))?,
+            );
+            let k = json!({"kty": "EC", "crv": "P-384", "kid": "fixed", "x": b64(x), "y": b64(y)});
+            (sig.to_bytes().to_vec(), "jwks", k)
+        }
+        "EdDSA" => {
+            let sk = ed25519_dalek::SigningKey::from_bytes(&[9u8; 32]);
+            let sig = sk.sign(input.as_bytes());
+            let x = b64(sk.verifying_key().as_bytes());
+            let k = json!({"kty": "OKP", "crv": "Ed25519", "kid": "fixed", "x": x});
+            (sig.to_bytes().to_vec(), "jwks", k)
+        }
+        "HS256" | "HS384" | "HS512" => {
+            let secret = [0x42u8; 64];
+            let tag = hmac_tag(alg, &secret, input.as_bytes()).map_err(|e| bad(&e))?;
+            let k = json!({"kty": "oct", "kid": "fixed", "k": b64(&secret)});
+            (tag, "sharedSecrets", k)
+        }
+        other => return Err(crate::Error::Missing(format!("no fixed key for {other}"))),
+    };
+    Ok((
+        format!("{input}.{}", b64(&sig)),
+        source,
+        json!({"keys": [key]}),
+    ))
+}
+
+/// HMAC tag of `input` (`HS256`, `HS384` or `HS512`).
+pub fn hmac_tag(alg: &str, secret: &[u8], input: &[u8]) -> std::result::Result<Vec<u8>, String> {
+    use hmac::Hmac;
+    fn tag<M: hmac::Mac + hmac::digest::KeyInit>(
+        secret: &[u8],
+        input: &[u8],
+    ) -> std::result::Result<Vec<u8>, String> {
+        let mut m = <M as hmac::Mac>::new_from_slice(secret).map_err(|e| e.to_string())?;
+        m.update(input);
+        Ok(m.finalize().into_bytes().to_vec())
+    }
+    match alg {
+        "HS256" => tag::<Hmac<Sha256>>(secret, input),
+        "HS384" => tag::<Hmac<sha2::Sha384>>(secret, input),
+        "HS512" => tag::<Hmac<sha2::Sha512>>(secret, input),
+        other => Err(format!("{other} is not an HMAC algorithm")),
+    }
+}
+
 /// Unix time in seconds.
 #[must_use]
 pub fn now() -> u64 {

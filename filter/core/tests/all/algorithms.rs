@@ -7,7 +7,6 @@ use std::rc::Rc;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use harness::devkeys::{DevIssuer, now};
-use hmac::Mac as _;
 use portcullis_core::{AuthError, Digest, Engine, HostCrypto, StaticRequest, Verdict};
 use serde_json::{Value, json};
 
@@ -32,37 +31,15 @@ fn input(header: &Value, claims: &Value) -> String {
     )
 }
 
-/// A fixed-seed P-384 key: the token signed with it and its JWK Set.
+/// es384_valid: {"alg":"ES384","kid":"fixed"}, signed with the harness's fixed P-384 key.
 fn es384(claims: &Value) -> Result<(String, Value), Box<dyn Error>> {
-    use p384::ecdsa::signature::Signer as _;
-    let sk = p384::ecdsa::SigningKey::from_slice(&[5u8; 48])?;
-    let input = input(&json!({"alg": "ES384", "kid": "p384"}), claims);
-    let sig: p384::ecdsa::Signature = sk.sign(input.as_bytes());
-    let point = sk.verifying_key().to_encoded_point(false);
-    let jwks = json!({"keys": [{"kty": "EC", "crv": "P-384", "kid": "p384",
-        "x": B64.encode(point.x().ok_or("x")?), "y": B64.encode(point.y().ok_or("y")?)}]});
-    Ok((format!("{input}.{}", B64.encode(sig.to_bytes())), jwks))
+    let (token, _, jwks) = harness::devkeys::sign_fixed("ES384", claims)?;
+    Ok((token, jwks))
 }
 
 fn hs(alg: &str, secret: &[u8], claims: &Value) -> Result<String, Box<dyn Error>> {
     let input = input(&json!({"alg": alg, "kid": "s1"}), claims);
-    let tag = match alg {
-        "HS256" => {
-            let mut m = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret)?;
-            m.update(input.as_bytes());
-            m.finalize().into_bytes().to_vec()
-        }
-        "HS384" => {
-            let mut m = hmac::Hmac::<sha2::Sha384>::new_from_slice(secret)?;
-            m.update(input.as_bytes());
-            m.finalize().into_bytes().to_vec()
-        }
-        _ => {
-            let mut m = hmac::Hmac::<sha2::Sha512>::new_from_slice(secret)?;
-            m.update(input.as_bytes());
-            m.finalize().into_bytes().to_vec()
-        }
-    };
+    let tag = harness::devkeys::hmac_tag(alg, secret, input.as_bytes())?;
     Ok(format!("{input}.{}", B64.encode(tag)))
 }
 
@@ -73,7 +50,7 @@ fn es384_fixture_tokens() -> TestResult {
     // claims: {"iss":DEV_ISSUER,"aud":"portcullis-demo","sub":"bob","exp":now+600}
     let claims =
         json!({"iss": issuer.issuer, "aud": issuer.audience, "sub": "bob", "exp": t + 600});
-    // es384_valid: {"alg":"ES384","kid":"p384"}, signed with the fixed-seed P-384 key.
+    // es384_valid: {"alg":"ES384","kid":"fixed"}, signed with the fixed-seed P-384 key.
     let (token, jwks) = es384(&claims)?;
     let mut cfg = harness::demo::plugin_config(&issuer);
     cfg["issuers"][0]["jwks"] = jwks;
@@ -99,12 +76,12 @@ fn es384_fixture_tokens() -> TestResult {
     // es384_as_es256: the header claims ES256; the P-384 key does not fit it.
     let as256 = format!(
         "{}.{payload}.{sig}",
-        B64.encode(r#"{"alg":"ES256","kid":"p384"}"#)
+        B64.encode(r#"{"alg":"ES256","kid":"fixed"}"#)
     );
     assert_eq!(
         verdict(&e, &as256, t),
         refused(AuthError::NoKey {
-            kid: Some("p384".into()),
+            kid: Some("fixed".into()),
             alg: "ES256"
         })
     );

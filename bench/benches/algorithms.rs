@@ -1,0 +1,122 @@
+//! First sight of a token, per signature algorithm: the full decision (verification + Cedar,
+//! token cache off) natively through the core and inside the built module through the wasmtime
+//! host, plus verification alone natively. Every iteration asserts the verdict. At the end a
+//! table gives the means and the wasm/native ratio.
+//!
+//! The wasmtime host has no `verify_signature` foreign function, so the wasm figures are the
+//! filter's own Rust crypto compiled to wasm — the fallback path. Inside Envoy, RSA and ECDSA
+//! are checked by Envoy's BoringSSL instead (`cargo xtask measure` measures that).
+
+use std::hint::black_box;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use criterion::Criterion;
+use harness::devkeys::{DevIssuer, now, sign_fixed};
+use harness::host::{Host, Plugin, Request, VmOptions};
+use portcullis_core::{Engine, StaticRequest, Verdict};
+use serde_json::{Value, json};
+
+const ALGS: [&str; 7] = [
+    "RS256", "PS256", "ES256", "ES384", "EdDSA", "HS256", "HS512",
+];
+
+/// The demo configuration trusting `alg`'s key, with the token cache off, and a token for bob.
+fn setup(issuer: &DevIssuer, alg: &str) -> Option<(Value, String)> {
+    let claims = json!({"iss": issuer.issuer, "aud": issuer.audience, "sub": "bob",
+        "groups": ["staff"], "exp": now() + 3600});
+    let mut cfg = harness::demo::plugin_config(issuer);
+    let issuer_cfg = cfg.get_mut("issuers")?.get_mut(0)?.as_object_mut()?;
+    let token = if alg.starts_with("RS") || alg.starts_with("PS") {
+        issuer_cfg.insert("jwks".into(), issuer.jwks_any_rsa_alg());
+        issuer.sign_alg(alg, &claims).ok()?
+    } else {
+        let (token, source, keys) = sign_fixed(alg, &claims).ok()?;
+        issuer_cfg.remove("jwks");
+        issuer_cfg.insert(source.into(), keys);
+        token
+    };
+    cfg.as_object_mut()?
+        .insert("tokenCache".into(), json!({"capacity": 0}));
+    Some((cfg, token))
+}
+
+fn mean_ns(dir: &std::path::Path, group: &str, id: &str) -> Option<f64> {
+    // Criterion names the directory of "group/id" "group_id".
+    let path = dir.join(format!("{group}_{id}")).join("new/estimates.json");
+    let text = std::fs::read_to_string(path).ok()?;
+    let v: Value = serde_json::from_str(&text).ok()?;
+    v.get("mean")?.get("point_estimate")?.as_f64()
+}
+
+fn main() {
+    let out = std::env::current_exe()
+        .ok()
+        .and_then(|p| Some(p.parent()?.parent()?.parent()?.join("criterion-algorithms")))
+        .unwrap_or_else(|| PathBuf::from("target/criterion-algorithms"));
+    let mut c = Criterion::default()
+        .output_directory(&out)
+        .sample_size(20)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2))
+        .configure_from_args();
+    let Ok(issuer) = DevIssuer::generate() else {
+        eprintln!("cannot generate a key");
+        return;
+    };
+    let plugin = Plugin::built()
+        .map_err(|e| eprintln!("no wasm benchmarks: {e}"))
+        .ok();
+    let mut host = plugin.as_ref().map(Host::new);
+    let t = now();
+    for alg in ALGS {
+        let Some((cfg, token)) = setup(&issuer, alg) else {
+            eprintln!("{alg}: setup failed");
+            continue;
+        };
+        let Ok(engine) = Engine::from_json(cfg.to_string().as_bytes()) else {
+            eprintln!("{alg}: configuration refused");
+            continue;
+        };
+        let req = StaticRequest::new("GET", "/api/hello").with_bearer(&token);
+        c.bench_function(&format!("verify_native/{alg}"), |b| {
+            b.iter(|| assert!(engine.authenticate(black_box(&token), t).is_ok()));
+        });
+        c.bench_function(&format!("decision_native/{alg}"), |b| {
+            b.iter(|| assert_eq!(engine.check(black_box(&req), t).verdict, Verdict::Allow));
+        });
+        if let Some(host) = host.as_mut()
+            && let Ok(vm) = host.start_vm(VmOptions::new(cfg.to_string().into_bytes()))
+        {
+            c.bench_function(&format!("decision_wasm/{alg}"), |b| {
+                b.iter(|| {
+                    let req = Request::get("/api/hello").bearer(&token);
+                    assert_eq!(host.send(vm, req).map(|e| e.status()).ok(), Some(200));
+                });
+            });
+        }
+    }
+    c.final_summary();
+
+    println!(
+        "\nfirst sight of a token (cache off), means:\n{:<7} {:>14} {:>16} {:>14} {:>11}",
+        "alg", "verify native", "decision native", "decision wasm", "wasm/native"
+    );
+    for alg in ALGS {
+        let v = mean_ns(&out, "verify_native", alg);
+        let n = mean_ns(&out, "decision_native", alg);
+        let w = mean_ns(&out, "decision_wasm", alg);
+        let us =
+            |x: Option<f64>| x.map_or_else(|| "-".to_owned(), |x| format!("{:.1} µs", x / 1e3));
+        let ratio = match (w, n) {
+            (Some(w), Some(n)) if n > 0.0 => format!("{:.1}×", w / n),
+            _ => "-".to_owned(),
+        };
+        println!(
+            "{alg:<7} {:>14} {:>16} {:>14} {ratio:>11}",
+            us(v),
+            us(n),
+            us(w)
+        );
+    }
+}
