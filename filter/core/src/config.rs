@@ -7,10 +7,12 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::action_routes::ActionRouteConfig;
 use crate::bundle::{BundleError, BundleWire};
 use crate::duration::ConfigDuration;
 use crate::extractor::TokenSourceConfig;
 use crate::jwks::{JwkSetWire, JwksError};
+use crate::policy_sets::{SetError, TenantConfig};
 use crate::routes::RouteConfig;
 
 /// Top-level filter configuration.
@@ -19,8 +21,21 @@ use crate::routes::RouteConfig;
 pub struct FilterConfig {
     /// Trusted token issuers (at least one).
     pub issuers: Vec<IssuerConfig>,
-    /// The policy bundle in force (inline).
+    /// The default policy set's bundle (inline).
     pub bundle: BundleWire,
+    /// The default policy set evaluates and records but enforces nothing. Default false.
+    #[serde(default)]
+    pub dry_run: bool,
+    /// A candidate bundle shadow-evaluated next to `bundle` (decisions recorded, never
+    /// enforced). Default: none.
+    #[serde(default)]
+    pub shadow_bundle: Option<BundleWire>,
+    /// Tenants' policy sets, selected by host or by `tenantClaim`. Default: none.
+    #[serde(default)]
+    pub tenants: Vec<TenantConfig>,
+    /// Claim whose value names the tenant of a verified token. Default: none.
+    #[serde(default)]
+    pub tenant_claim: Option<String>,
     /// How token claims become the Cedar principal.
     #[serde(default)]
     pub principal: PrincipalConfig,
@@ -209,6 +224,16 @@ pub struct RequestConfig {
     /// Entity type of resources; the id is the path without query. Default `"Path"`.
     #[serde(default = "default_resource_type")]
     pub resource_entity_type: String,
+    /// Route table: method + path template → action id and resource uid template; the first
+    /// match wins, others use the defaults above. Default: none.
+    #[serde(default)]
+    pub routes: Vec<ActionRouteConfig>,
+    /// Request headers copied into `context.headers` (lower-case names). Default: none.
+    #[serde(default)]
+    pub context_headers: Vec<String>,
+    /// Query parameters copied into `context.query` (percent-decoded). Default: none.
+    #[serde(default)]
+    pub context_query: Vec<String>,
 }
 
 impl Default for RequestConfig {
@@ -216,6 +241,9 @@ impl Default for RequestConfig {
         Self {
             action_entity_type: default_action_type(),
             resource_entity_type: default_resource_type(),
+            routes: Vec::new(),
+            context_headers: Vec::new(),
+            context_query: Vec::new(),
         }
     }
 }
@@ -246,6 +274,8 @@ pub enum ConfigError {
     PublicInSecrets(String),
     #[error("bundle refused: {0}")]
     Bundle(#[from] BundleError),
+    #[error("{0}")]
+    PolicySets(#[from] SetError),
     #[error("{0}")]
     EntityType(String),
     #[error(

@@ -86,6 +86,13 @@ pub struct Outcome {
     pub errors: Vec<String>,
     /// Version of the bundle that decided.
     pub bundle_version: u64,
+    /// The policy set that decided (`default` or a tenant id).
+    pub policy_set: String,
+    /// In dry run: whether the policies would have allowed the request (the verdict is then
+    /// Allow whatever they say). `None` when the set enforces.
+    pub dry_run: Option<bool>,
+    /// The shadow bundle's decision (allow, determining policies), when the set has one.
+    pub shadow: Option<(bool, Vec<String>)>,
     /// Request headers to remove before the upstream (client copies of headers the filter
     /// writes, and the token when it is not forwarded).
     pub remove_headers: Vec<String>,

@@ -5,7 +5,8 @@ use std::rc::Rc;
 
 use hashbrown::HashMap;
 
-use crate::bundle::Bundle;
+use crate::action_routes::ActionRoutes;
+use crate::bundle::BundleWire;
 use crate::config::{ConfigError, FilterConfig};
 use crate::decision::{AuthError, Outcome, Verdict};
 use crate::extractor::{self, Extracted, TokenSource};
@@ -13,6 +14,8 @@ use crate::headers::{self, ClaimHeader, Outputs};
 use crate::host_crypto::HostCrypto;
 use crate::jwks::KeySet;
 use crate::policy::{self, HttpRequest, PolicyEngine, PrincipalMapping, RequestMapping};
+use crate::policy_sets::{DEFAULT_SET, PolicySets, SetError};
+use crate::request;
 use crate::request::RequestView;
 use crate::routes::{AuthMode, Routes};
 use crate::token;
@@ -28,12 +31,14 @@ pub struct Engine {
     cache: RefCell<TokenCache>,
     sources: Vec<TokenSource>,
     routes: Routes,
-    policy: PolicyEngine,
+    sets: PolicySets,
     rules: TimeRules,
     max_token_bytes: usize,
     debug_headers: bool,
     principal_type: String,
     host_crypto_allowed: bool,
+    context_headers: Vec<String>,
+    context_query: Vec<String>,
     host_crypto: Option<Box<dyn HostCrypto>>,
 }
 
@@ -114,7 +119,7 @@ impl TryFrom<FilterConfig> for Engine {
             };
             issuers.insert(i.issuer, (issuer, outputs));
         }
-        let bundle = Bundle::try_from(&cfg.bundle)?;
+
         let principal = PrincipalMapping {
             entity_type: policy::type_name(&cfg.principal.entity_type)
                 .map_err(ConfigError::EntityType)?,
@@ -130,14 +135,38 @@ impl TryFrom<FilterConfig> for Engine {
                 .map_err(ConfigError::EntityType)?,
             resource_type: policy::type_name(&cfg.request.resource_entity_type)
                 .map_err(ConfigError::EntityType)?,
+            routes: ActionRoutes::try_from(cfg.request.routes.as_slice())
+                .map_err(ConfigError::Route)?,
         };
+        if let Some(h) = cfg
+            .request
+            .context_headers
+            .iter()
+            .find(|h| !headers::valid_header_name(h) && h.as_str() != "host")
+        {
+            return Err(ConfigError::Route(format!(
+                "request.contextHeaders: {h:?} is not a lower-case header name"
+            )));
+        }
+        let sets = PolicySets::new(
+            (&cfg.bundle, cfg.dry_run, cfg.shadow_bundle.as_ref()),
+            &cfg.tenants,
+            cfg.tenant_claim,
+            &principal,
+            &mapping,
+        )
+        .map_err(|e| match e {
+            // The default set's bundle is the configuration's `bundle`.
+            SetError::Bundle { set, source } if set == DEFAULT_SET => ConfigError::Bundle(source),
+            e => ConfigError::PolicySets(e),
+        })?;
         Ok(Self {
             issuers,
             written_headers,
             cache: RefCell::new(TokenCache::new(cfg.token_cache.capacity)),
             sources,
             routes,
-            policy: PolicyEngine::new(bundle, principal, mapping),
+            sets,
             rules: TimeRules {
                 leeway: cfg.clock_skew.0.as_secs(),
             },
@@ -145,6 +174,8 @@ impl TryFrom<FilterConfig> for Engine {
             debug_headers: cfg.debug_headers,
             principal_type: cfg.principal.entity_type,
             host_crypto_allowed: cfg.host_crypto,
+            context_headers: cfg.request.context_headers,
+            context_query: cfg.request.context_query,
             host_crypto: None,
         })
     }
@@ -180,7 +211,7 @@ impl Engine {
     /// Version of the bundle in force.
     #[must_use]
     pub fn bundle_version(&self) -> u64 {
-        self.policy.bundle().version
+        self.sets.default_set().version()
     }
 
     /// Authenticates and authorizes one request. `now` is Unix time in seconds.
@@ -191,16 +222,37 @@ impl Engine {
             policies: Vec::new(),
             errors: Vec::new(),
             bundle_version: self.bundle_version(),
+            policy_set: String::new(),
+            dry_run: None,
+            shadow: None,
             remove_headers: self.written_headers.clone(),
             set_headers: Vec::new(),
         };
         let method = req.header(":method").unwrap_or_default();
         let path = req.header(":path").unwrap_or_default();
         let host = req.header(":authority").unwrap_or_default();
+        let selected: Vec<(String, String)> = self
+            .context_headers
+            .iter()
+            .filter_map(|h| req.header(h).map(|v| (h.clone(), v)))
+            .collect();
+        let query: Vec<(String, String)> = if self.context_query.is_empty() {
+            Vec::new()
+        } else {
+            request::query_params(&path)
+                .into_iter()
+                .filter(|(k, _)| self.context_query.contains(k))
+                .collect()
+        };
+        let source = req.source_address();
         let http = HttpRequest {
             method: &method,
             path: &path,
             host: &host,
+            headers: &selected,
+            query: &query,
+            source: source.as_deref().map(request::address_ip),
+            time: now,
         };
         let mode = self
             .routes
@@ -213,15 +265,8 @@ impl Engine {
             Extracted::Token { token, header } => (token, header),
             Extracted::Missing | Extracted::WrongScheme if mode != AuthMode::Required => {
                 // No credentials on a public or optional route: the anonymous principal.
-                let d = self.policy.decide(None, &serde_json::Map::new(), http);
-                outcome.principal = Some(self.policy.anonymous().to_string());
-                outcome.verdict = if d.allow {
-                    Verdict::Allow
-                } else {
-                    Verdict::Forbidden
-                };
-                outcome.policies = d.policies;
-                outcome.errors = d.errors;
+                outcome.principal = Some(self.policy().anonymous().to_string());
+                self.authorize(None, &serde_json::Map::new(), http, &mut outcome);
                 return outcome;
             }
             Extracted::Missing => return outcome.unauthenticated(AuthError::Missing),
@@ -232,19 +277,14 @@ impl Engine {
             Err(e) => return outcome.unauthenticated(e),
         };
         let claims = &*verified.claims;
-        let Some(principal_id) = self.policy.principal_id(claims) else {
+        let Some(principal_id) = self.policy().principal_id(claims) else {
             return outcome.unauthenticated(AuthError::NoSubject(
-                self.policy.principal_claim().to_owned(),
+                self.policy().principal_claim().to_owned(),
             ));
         };
         outcome.principal = Some(format!("{}::{principal_id:?}", self.principal_type));
-        let d = self.policy.decide(Some(principal_id), claims, http);
-        outcome.verdict = if d.allow {
-            Verdict::Allow
-        } else {
-            Verdict::Forbidden
-        };
-        if d.allow
+        self.authorize(Some(principal_id), claims, http, &mut outcome);
+        if outcome.verdict == Verdict::Allow
             && let Some((_, outputs)) = self.issuers.get(&*verified.issuer)
         {
             outcome.set_headers = outputs.render(claims, &token);
@@ -254,9 +294,57 @@ impl Engine {
                 outcome.remove_headers.push(h);
             }
         }
-        outcome.policies = d.policies;
-        outcome.errors = d.errors;
         outcome
+    }
+
+    /// The default set's mapping (principal claims, anonymous principal).
+    fn policy(&self) -> &PolicyEngine {
+        &self.sets.default_set().engine
+    }
+
+    /// The policy sets.
+    #[must_use]
+    pub fn policy_sets(&self) -> &PolicySets {
+        &self.sets
+    }
+
+    /// Replaces a policy set's bundle (`default` or a tenant id); an invalid bundle changes
+    /// nothing. Returns the version now in force.
+    pub fn replace_bundle(&mut self, set: &str, wire: &BundleWire) -> Result<u64, SetError> {
+        self.sets.replace_bundle(set, wire)
+    }
+
+    /// Selects the policy set and decides; fills the verdict and its explanation.
+    fn authorize(
+        &self,
+        principal_id: Option<&str>,
+        claims: &serde_json::Map<String, serde_json::Value>,
+        http: HttpRequest<'_>,
+        outcome: &mut Outcome,
+    ) {
+        let token_claims = principal_id.map(|_| claims);
+        let set = match self.sets.select(http.host, token_claims) {
+            Ok(set) => set,
+            Err(e) => {
+                outcome.verdict = Verdict::Forbidden;
+                outcome.errors.push(e);
+                return;
+            }
+        };
+        let d = set.decide(principal_id, claims, http);
+        outcome.policy_set.clone_from(&set.id);
+        outcome.bundle_version = set.version();
+        outcome.shadow = d.shadow.map(|s| (s.allow, s.policies));
+        outcome.verdict = if d.enforced.allow || set.dry_run {
+            Verdict::Allow
+        } else {
+            Verdict::Forbidden
+        };
+        if set.dry_run {
+            outcome.dry_run = Some(d.enforced.allow);
+        }
+        outcome.policies = d.enforced.policies;
+        outcome.errors = d.enforced.errors;
     }
 
     /// Lets the host verify RSA and ECDSA signatures (unless the configuration says

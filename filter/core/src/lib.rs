@@ -5,6 +5,7 @@
 //! Everything the filter does per request is decided here, so it can be tested and benchmarked
 //! natively, in the harness, and inside Envoy with the same code.
 
+pub mod action_routes;
 pub mod bundle;
 pub mod config;
 pub mod decision;
@@ -13,8 +14,10 @@ pub mod engine;
 pub mod extractor;
 pub mod headers;
 pub mod host_crypto;
+pub mod index;
 pub mod jwks;
 pub mod policy;
+pub mod policy_sets;
 pub mod request;
 pub mod routes;
 pub mod token;

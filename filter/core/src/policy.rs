@@ -3,12 +3,17 @@
 use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 
+use std::sync::Arc;
+
 use cedar_policy::{
-    Authorizer, Context, Decision, Entity, EntityId, EntityTypeName, EntityUid,
+    Authorizer, Context, Decision, Entities, Entity, EntityId, EntityTypeName, EntityUid,
     ExpressionConstructionError, Request, RestrictedExpression,
 };
+use cedar_policy_core::entities::{NoEntitiesSchema, TCComputation};
+use cedar_policy_core::extensions::Extensions;
 use serde_json::{Map, Value};
 
+use crate::action_routes::ActionRoutes;
 use crate::bundle::Bundle;
 
 /// How claims become the Cedar principal.
@@ -27,6 +32,8 @@ pub struct PrincipalMapping {
 pub struct RequestMapping {
     pub action_type: EntityTypeName,
     pub resource_type: EntityTypeName,
+    /// Method + path template → action and resource; first match wins.
+    pub routes: ActionRoutes,
 }
 
 /// The outcome of evaluating the bundle for one request.
@@ -62,8 +69,17 @@ pub struct PolicyEngine {
 #[derive(Debug, Clone, Copy)]
 pub struct HttpRequest<'a> {
     pub method: &'a str,
+    /// The path with its query string.
     pub path: &'a str,
     pub host: &'a str,
+    /// Selected request headers (configured names, lower case) that are present.
+    pub headers: &'a [(String, String)],
+    /// Selected query parameters that are present (percent-decoded).
+    pub query: &'a [(String, String)],
+    /// The client's address (no port), when the host tells it.
+    pub source: Option<&'a str>,
+    /// Request time, Unix seconds.
+    pub time: u64,
 }
 
 impl PolicyEngine {
@@ -75,6 +91,12 @@ impl PolicyEngine {
             mapping,
             authorizer: Authorizer::new(),
         }
+    }
+
+    /// The same mapping over another bundle.
+    #[must_use]
+    pub fn with_bundle(&self, bundle: Bundle) -> Self {
+        Self::new(bundle, self.principal.clone(), self.mapping.clone())
     }
 
     /// The bundle in force.
@@ -101,67 +123,126 @@ impl PolicyEngine {
         claims.get(&self.principal.id_claim).and_then(Value::as_str)
     }
 
+    /// The Cedar request for an HTTP request: principal (`None`: the anonymous principal),
+    /// action and resource from the route table or the defaults, and the context record
+    /// (`claims`, `method`, `path`, `host`, `headers`, `query`, `time`, and `source` when
+    /// known), the shape the default schema (`filter/core/schema/portcullis.cedarschema`)
+    /// declares. With `schema`, Cedar checks the request against it.
+    pub fn cedar_request(
+        &self,
+        principal_id: Option<&str>,
+        claims: &Map<String, Value>,
+        http: HttpRequest<'_>,
+        schema: Option<&cedar_policy::Schema>,
+    ) -> Result<Request, String> {
+        let principal = match principal_id {
+            Some(id) => uid(&self.principal.entity_type, id),
+            None => self.principal.anonymous.clone(),
+        };
+        let path = http.path.split(['?', '#']).next().unwrap_or_default();
+        let matched = self.mapping.routes.find(http.method, path);
+        let action_id = matched
+            .as_ref()
+            .and_then(|m| m.action.as_deref())
+            .unwrap_or(http.method);
+        let action = uid(&self.mapping.action_type, action_id);
+        let resource = matched
+            .and_then(|m| m.resource)
+            .unwrap_or_else(|| uid(&self.mapping.resource_type, path));
+
+        let string = |s: &str| RestrictedExpression::new_string(s.to_owned());
+        let pairs = |kv: &[(String, String)]| {
+            RestrictedExpression::new_record(kv.iter().map(|(k, v)| (k.clone(), string(v))))
+        };
+        let mut fields = vec![
+            (
+                "claims".to_owned(),
+                claims_record(claims).map_err(|e| e.to_string())?,
+            ),
+            ("method".to_owned(), string(http.method)),
+            ("path".to_owned(), string(path)),
+            ("host".to_owned(), string(http.host)),
+            (
+                "headers".to_owned(),
+                pairs(http.headers).map_err(|e| e.to_string())?,
+            ),
+            (
+                "query".to_owned(),
+                pairs(http.query).map_err(|e| e.to_string())?,
+            ),
+            (
+                "time".to_owned(),
+                RestrictedExpression::new_long(i64::try_from(http.time).unwrap_or(i64::MAX)),
+            ),
+        ];
+        if let Some(ip) = http
+            .source
+            .filter(|ip| ip.parse::<std::net::IpAddr>().is_ok())
+        {
+            fields.push(("source".to_owned(), RestrictedExpression::new_ip(ip)));
+        }
+        let context = Context::from_pairs(fields).map_err(|e| e.to_string())?;
+        Request::new(principal, action, resource, context, schema).map_err(|e| e.to_string())
+    }
+
+    /// The entities a request is evaluated against: the bundle's, plus the token's principal
+    /// (parents from the groups claim) unless the bundle defines it. The principal's ancestors
+    /// are computed here from the bundle's (already closed) hierarchy, so adding it costs a
+    /// copy of the store's index, not a transitive-closure pass over every entity.
+    fn entities_for(
+        &self,
+        principal: &EntityUid,
+        claims: &Map<String, Value>,
+    ) -> Result<Option<Entities>, String> {
+        let store = &self.bundle.entities;
+        if store.get(principal).is_some() {
+            return Ok(None);
+        }
+        let parents = self.group_parents(claims);
+        let mut closure = parents.clone();
+        for p in &parents {
+            if let Some(ancestors) = store.ancestors(p) {
+                closure.extend(ancestors.cloned());
+            }
+        }
+        let entity = Entity::new_no_attrs(principal.clone(), closure);
+        let core = store
+            .as_ref()
+            .clone()
+            .add_entities(
+                [Arc::new(entity.as_ref().clone())],
+                None::<&NoEntitiesSchema>,
+                TCComputation::AssumeAlreadyComputed,
+                Extensions::all_available(),
+            )
+            .map_err(|e| e.to_string())?;
+        Ok(Some(Entities::from(core)))
+    }
+
     /// Evaluates the bundle. Any failure to build the Cedar request denies (fail closed).
-    #[must_use]
     /// `principal_id` is `None` for the anonymous principal.
+    #[must_use]
     pub fn decide(
         &self,
         principal_id: Option<&str>,
         claims: &Map<String, Value>,
         http: HttpRequest<'_>,
     ) -> PolicyDecision {
-        let principal = match principal_id {
-            Some(id) => uid(&self.principal.entity_type, id),
-            None => self.principal.anonymous.clone(),
-        };
-        let action = uid(&self.mapping.action_type, http.method);
-        let path = http.path.split(['?', '#']).next().unwrap_or_default();
-        let resource = uid(&self.mapping.resource_type, path);
-
-        let claims_expr = match claims_record(claims) {
-            Ok(c) => c,
-            Err(e) => return PolicyDecision::deny_error(e),
-        };
-        let context = Context::from_pairs([
-            ("claims".to_owned(), claims_expr),
-            (
-                "method".to_owned(),
-                RestrictedExpression::new_string(http.method.to_owned()),
-            ),
-            (
-                "path".to_owned(),
-                RestrictedExpression::new_string(path.to_owned()),
-            ),
-            (
-                "host".to_owned(),
-                RestrictedExpression::new_string(http.host.to_owned()),
-            ),
-        ]);
-        let context = match context {
-            Ok(c) => c,
-            Err(e) => return PolicyDecision::deny_error(e),
-        };
-        let request = match Request::new(principal.clone(), action, resource, context, None) {
+        let request = match self.cedar_request(principal_id, claims, http, None) {
             Ok(r) => r,
             Err(e) => return PolicyDecision::deny_error(e),
         };
-
-        // The principal comes from the token unless the bundle defines it (then the bundle's
-        // attributes and parents are authoritative).
-        let response = if principal_id.is_none() || self.bundle.entities.get(&principal).is_some() {
-            self.authorizer
-                .is_authorized(&request, &self.bundle.policies, &self.bundle.entities)
-        } else {
-            let parents = self.group_parents(claims);
-            let entity = Entity::new_no_attrs(principal, parents);
-            match self.bundle.entities.clone().add_entities([entity], None) {
-                Ok(entities) => {
-                    self.authorizer
-                        .is_authorized(&request, &self.bundle.policies, &entities)
-                }
+        let extra = match (principal_id, request.principal()) {
+            (Some(_), Some(p)) => match self.entities_for(p, claims) {
+                Ok(e) => e,
                 Err(e) => return PolicyDecision::deny_error(e),
-            }
+            },
+            _ => None,
         };
+        let entities = extra.as_ref().unwrap_or(&self.bundle.entities);
+        let response = self
+            .authorizer
+            .is_authorized(&request, &self.bundle.policies, entities);
         let mut policies: Vec<String> = response
             .diagnostics()
             .reason()

@@ -38,15 +38,18 @@ enum Matcher {
     Prefix(String),
 }
 
+/// A host pattern: an exact name or `*.example.com`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum HostMatcher {
+pub enum HostMatcher {
     Exact(String),
     /// `*.example.com`, stored as `.example.com`.
     Suffix(String),
 }
 
 impl HostMatcher {
-    fn matches(&self, host: &str) -> bool {
+    /// Whether `host` (no port) matches, case-insensitively.
+    #[must_use]
+    pub fn matches(&self, host: &str) -> bool {
         match self {
             Self::Exact(h) => h.eq_ignore_ascii_case(host),
             Self::Suffix(s) => {
@@ -103,7 +106,8 @@ impl Routes {
     }
 }
 
-fn host_matcher(h: &str) -> Result<HostMatcher, String> {
+/// Compiles a configured host pattern.
+pub fn host_matcher(h: &str) -> Result<HostMatcher, String> {
     let (suffix, name) = match h.strip_prefix("*.") {
         Some(rest) => (true, rest),
         None => (false, h),

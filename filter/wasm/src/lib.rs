@@ -44,6 +44,10 @@ struct Metrics {
     cache_misses: u32,
     host_verified: u32,
     host_fallback: u32,
+    errors: u32,
+    dry_run_would_deny: u32,
+    shadow_disagreements: u32,
+    eval_us: u32,
 }
 
 impl Metrics {
@@ -57,6 +61,11 @@ impl Metrics {
             cache_misses: counter("portcullis.token_cache.misses"),
             host_verified: counter("portcullis.host_verify.confirmed"),
             host_fallback: counter("portcullis.host_verify.declined"),
+            errors: counter("portcullis.errors"),
+            dry_run_would_deny: counter("portcullis.dry_run.would_deny"),
+            shadow_disagreements: counter("portcullis.shadow.disagreements"),
+            eval_us: hostcalls::define_metric(MetricType::Histogram, "portcullis.decision_us")
+                .unwrap_or(0),
         }
     }
 
@@ -124,6 +133,12 @@ impl RequestView for HostRequest<'_> {
     fn header(&self, name: &str) -> Option<String> {
         self.0.get_http_request_header(name)
     }
+
+    fn source_address(&self) -> Option<String> {
+        self.0
+            .get_property(vec!["source", "address"])
+            .and_then(|b| String::from_utf8(b).ok())
+    }
 }
 
 impl HttpContext for Http {
@@ -143,8 +158,19 @@ impl HttpContext for Http {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
         let before = engine.cache_stats();
+        let started = self.get_current_time();
         let outcome = engine.check(&HostRequest(self), now);
+        let elapsed = self
+            .get_current_time()
+            .duration_since(started)
+            .map_or(0, |d| d.as_micros());
         let after = engine.cache_stats();
+        if self.metrics.eval_us != 0 {
+            let _ = hostcalls::record_metric(
+                self.metrics.eval_us,
+                u64::try_from(elapsed).unwrap_or(u64::MAX),
+            );
+        }
         log_outcome(&outcome);
         let m = self.metrics;
         Metrics::add(m.cache_hits, after.hits.saturating_sub(before.hits));
@@ -155,6 +181,15 @@ impl HttpContext for Http {
             Verdict::Unauthenticated(_) => m.unauthenticated,
         };
         Metrics::add(verdict, 1);
+        Metrics::add(m.errors, u64::try_from(outcome.errors.len()).unwrap_or(0));
+        if outcome.dry_run == Some(false) {
+            Metrics::add(m.dry_run_would_deny, 1);
+        }
+        if let Some((shadow_allow, _)) = &outcome.shadow
+            && *shadow_allow != (outcome.verdict == Verdict::Allow)
+        {
+            Metrics::add(m.shadow_disagreements, 1);
+        }
         match outcome.local_reply(engine.debug_headers()) {
             None => {
                 for name in &outcome.remove_headers {
@@ -186,19 +221,37 @@ fn log_outcome(o: &Outcome) {
     for e in &o.errors {
         warn!("portcullis: policy evaluation error: {e}");
     }
+    let who = o.principal.as_deref().unwrap_or("-");
+    let set = &o.policy_set;
     match &o.verdict {
         Verdict::Allow => debug!(
-            "portcullis: allow {} by [{}] (bundle {})",
-            o.principal.as_deref().unwrap_or("-"),
+            "portcullis: allow {who} by [{}] (set {set}, bundle {})",
             o.policies.join(","),
             o.bundle_version
         ),
-        Verdict::Forbidden => debug!(
-            "portcullis: deny {} by [{}] (bundle {})",
-            o.principal.as_deref().unwrap_or("-"),
+        // Denials name the determining policies in the log (clients see them only with
+        // debugHeaders).
+        Verdict::Forbidden => info!(
+            "portcullis: deny {who} by [{}] (set {set}, bundle {})",
             o.policies.join(","),
             o.bundle_version
         ),
         Verdict::Unauthenticated(e) => debug!("portcullis: unauthenticated: {e}"),
+    }
+    if o.dry_run == Some(false) {
+        info!(
+            "portcullis: dry run: would deny {who} (set {set}, bundle {}, policies [{}])",
+            o.bundle_version,
+            o.policies.join(",")
+        );
+    }
+    if let Some((allow, policies)) = &o.shadow
+        && *allow != (o.verdict == Verdict::Allow)
+    {
+        info!(
+            "portcullis: shadow bundle would {} {who} (set {set}, policies [{}])",
+            if *allow { "allow" } else { "deny" },
+            policies.join(",")
+        );
     }
 }

@@ -284,13 +284,15 @@ fn the_host_checks_rsa_and_ecdsa_when_it_can() -> TestResult {
     }
     // A bad signature: the host says no, the Rust check confirms, the token is refused.
     calls.set(0);
+    // forged: bob's signing input with the signature of a token for eve.
     let token = issuer.sign_alg("RS256", &claims)?;
-    let bad = format!("{}A", token.get(..token.len() - 1).ok_or("len")?);
-    let bad = if bad == token {
-        format!("{}B", token.get(..token.len() - 1).ok_or("len")?)
-    } else {
-        bad
-    };
+    let eve = json!({"iss": issuer.issuer, "aud": issuer.audience, "sub": "eve", "exp": t + 600});
+    let other = issuer.sign_alg("RS256", &eve)?;
+    let bad = format!(
+        "{}.{}",
+        token.rsplit_once('.').ok_or("shape")?.0,
+        other.rsplit_once('.').ok_or("shape")?.1
+    );
     assert_eq!(verdict(&e, &bad, t), refused(AuthError::BadSignature));
     assert_eq!(calls.get(), 1);
 

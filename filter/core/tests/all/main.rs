@@ -1,5 +1,7 @@
 //! portcullis-core integration tests: the engine end to end, natively.
 
 mod algorithms;
+mod authorization;
 mod engine;
+mod index;
 mod vectors;

@@ -1,0 +1,187 @@
+//! Cost of one Cedar decision as the bundle grows: `Authorizer::is_authorized` on the whole set
+//! against `PolicyIndex::is_authorized` (only the policies whose scope can match), for bundles
+//! of 10, 1,000 and 10,000 policies of a realistic shape: a few role policies and forbids with
+//! conditions, the rest per-user grants on one document each. The request is allowed by one
+//! per-user grant; every iteration asserts the decision and its reason. At the end a table
+//! gives the means and the 10,000/10 ratio of each.
+
+use std::hint::black_box;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use criterion::{BatchSize, Criterion};
+use portcullis_core::bundle::{Bundle, BundleWire};
+use portcullis_core::index::PolicyIndex;
+use portcullis_core::index::cedar::{
+    Authorizer, Context, Decision, Entities, EntityUid, PolicyId, PolicySet, Request,
+    RestrictedExpression,
+};
+use serde_json::{Value, json};
+
+const SIZES: [usize; 3] = [10, 1_000, 10_000];
+
+/// Role policies and forbids, then per-user grants up to `n` policies in all.
+fn bundle(n: usize) -> Option<Bundle> {
+    let mut policies = String::from(
+        r#"@id("admins") permit(principal in Group::"admins", action, resource);
+@id("staff-read") permit(principal in Group::"staff", action == Action::"GET", resource in Path::"/public");
+@id("no-delete") forbid(principal, action == Action::"DELETE", resource) unless { principal in Group::"admins" };
+@id("blocked") forbid(principal, action, resource) when { context has blocked && context.blocked };
+@id("after-hours") forbid(principal in Group::"contractors", action, resource) when { context.hour > 20 };
+"#,
+    );
+    for i in 0..n.checked_sub(5)? {
+        policies.push_str(&format!(
+            "@id(\"u{i}-doc\") permit(principal == User::\"u{i}\", action == Action::\"GET\", resource == Path::\"/docs/{i}\");\n"
+        ));
+    }
+    let entities = json!([
+        {"uid": {"type": "User", "id": "u3"}, "attrs": {}, "parents": [{"type": "Group", "id": "staff"}]},
+        {"uid": {"type": "User", "id": "root"}, "attrs": {}, "parents": [{"type": "Group", "id": "admins"}]},
+        {"uid": {"type": "Group", "id": "staff"}, "attrs": {}, "parents": []},
+        {"uid": {"type": "Group", "id": "admins"}, "attrs": {}, "parents": []},
+        {"uid": {"type": "Group", "id": "contractors"}, "attrs": {}, "parents": []},
+        {"uid": {"type": "Path", "id": "/docs/3"}, "attrs": {}, "parents": [{"type": "Path", "id": "/docs"}]},
+    ]);
+    let wire = BundleWire {
+        policies,
+        entities,
+        ..BundleWire::default()
+    };
+    let bundle = Bundle::try_from(&wire).ok()?;
+    (bundle.policies.policies().count() == n).then_some(bundle)
+}
+
+/// `User::"u3"` reads `Path::"/docs/3"` at 10:00: allowed by `u3-doc` alone.
+fn request() -> Option<Request> {
+    let uid = |s: &str| s.parse::<EntityUid>().ok();
+    let context = Context::from_pairs([
+        ("hour".to_owned(), RestrictedExpression::new_long(10)),
+        ("blocked".to_owned(), RestrictedExpression::new_bool(false)),
+    ])
+    .ok()?;
+    Request::new(
+        uid(r#"User::"u3""#)?,
+        uid(r#"Action::"GET""#)?,
+        uid(r#"Path::"/docs/3""#)?,
+        context,
+        None,
+    )
+    .ok()
+}
+
+fn cedar_policy_set(src: &str) -> Option<PolicySet> {
+    src.parse().ok()
+}
+
+fn mean_ns(dir: &Path, group: &str, id: &str) -> Option<f64> {
+    // Criterion names the directory of "group/id" "group_id".
+    let path = dir.join(format!("{group}_{id}")).join("new/estimates.json");
+    let text = std::fs::read_to_string(path).ok()?;
+    let v: Value = serde_json::from_str(&text).ok()?;
+    v.get("mean")?.get("point_estimate")?.as_f64()
+}
+
+fn main() {
+    let out = std::env::current_exe()
+        .ok()
+        .and_then(|p| Some(p.parent()?.parent()?.parent()?.join("criterion-policies")))
+        .unwrap_or_else(|| PathBuf::from("target/criterion-policies"));
+    let mut c = Criterion::default()
+        .output_directory(&out)
+        .sample_size(20)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2))
+        .configure_from_args();
+    let Some(req) = request() else {
+        eprintln!("cannot build the request");
+        return;
+    };
+    let authorizer = Authorizer::new();
+    let reason = PolicyId::new("u3-doc");
+    // The fixed cost of one call, and of one policy whose scope does not match.
+    let empty = Entities::empty();
+    let none = cedar_policy_set("");
+    let one = cedar_policy_set(r#"permit(principal in Group::"admins", action, resource);"#);
+    let (Some(none), Some(one)) = (none, one) else {
+        return;
+    };
+    c.bench_function("cedar_call/empty_set", |bch| {
+        bch.iter(|| {
+            let r = authorizer.is_authorized(black_box(&req), &none, &empty);
+            assert_eq!(r.decision(), Decision::Deny);
+        });
+    });
+    c.bench_function("cedar_call/one_policy", |bch| {
+        bch.iter(|| {
+            let r = authorizer.is_authorized(black_box(&req), &one, &empty);
+            assert_eq!(r.decision(), Decision::Deny);
+        });
+    });
+    for n in SIZES {
+        let Some(b) = bundle(n) else {
+            eprintln!("cannot build the bundle of {n} policies");
+            return;
+        };
+        let index = PolicyIndex::new(&b.policies, &b.entities);
+        let s = index.stats();
+        eprintln!("{n} policies: {s:?}");
+        let entities: &Entities = &b.entities;
+        c.bench_function(&format!("cedar_whole_set/{n}"), |bch| {
+            bch.iter(|| {
+                let r = authorizer.is_authorized(black_box(&req), &b.policies, entities);
+                assert_eq!(r.decision(), Decision::Allow);
+                assert!(r.diagnostics().reason().eq([&reason]));
+            });
+        });
+        c.bench_function(&format!("policy_index/{n}"), |bch| {
+            bch.iter(|| {
+                let r = index.is_authorized(&authorizer, black_box(&req), entities);
+                assert_eq!(r.decision, Decision::Allow);
+                assert_eq!(r.reasons, std::slice::from_ref(&reason));
+            });
+        });
+        c.bench_function(&format!("index_build/{n}"), |bch| {
+            bch.iter_batched(
+                || (),
+                |()| {
+                    let i = PolicyIndex::new(&b.policies, entities);
+                    assert_eq!(i.stats().policies, n);
+                    i
+                },
+                BatchSize::PerIteration,
+            );
+        });
+    }
+    c.final_summary();
+
+    let us = |x: Option<f64>| x.map_or_else(|| "-".to_owned(), |x| format!("{:.2} µs", x / 1e3));
+    println!(
+        "\none allowed request, means:\n{:>8} {:>16} {:>14} {:>14} {:>13}",
+        "policies", "cedar whole set", "policy index", "index/whole", "index build"
+    );
+    for n in SIZES {
+        let whole = mean_ns(&out, "cedar_whole_set", &n.to_string());
+        let idx = mean_ns(&out, "policy_index", &n.to_string());
+        let build = mean_ns(&out, "index_build", &n.to_string());
+        let ratio = match (idx, whole) {
+            (Some(i), Some(w)) if w > 0.0 => format!("{:.3}", i / w),
+            _ => "-".to_owned(),
+        };
+        println!(
+            "{n:>8} {:>16} {:>14} {ratio:>14} {:>13}",
+            us(whole),
+            us(idx),
+            us(build)
+        );
+    }
+    let growth = |group: &str| match (mean_ns(&out, group, "10000"), mean_ns(&out, group, "10")) {
+        (Some(big), Some(small)) if small > 0.0 => format!("{:.1}×", big / small),
+        _ => "-".to_owned(),
+    };
+    println!(
+        "ratio 10000/10 policies: cedar whole set {}, policy index {}",
+        growth("cedar_whole_set"),
+        growth("policy_index")
+    );
+}

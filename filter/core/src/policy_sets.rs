@@ -1,0 +1,233 @@
+//! Policy sets: the default one and one per tenant, selected per request by host or by a
+//! tenant claim. Each set enforces its bundle or runs in dry run (evaluate and record, enforce
+//! nothing), and may shadow-evaluate a candidate bundle next to the one in force.
+
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use crate::bundle::{Bundle, BundleError, BundleWire};
+use crate::policy::{HttpRequest, PolicyDecision, PolicyEngine, PrincipalMapping, RequestMapping};
+use crate::routes::{HostMatcher, host_matcher, host_name};
+
+/// Id of the policy set used when no tenant is selected.
+pub const DEFAULT_SET: &str = "default";
+
+/// One tenant's policy set as configured.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TenantConfig {
+    /// Tenant id: the value of the tenant claim that selects this set, and its name in logs
+    /// and metrics.
+    pub id: String,
+    /// Hosts (`:authority` without port; exact or `*.example.com`) served by this tenant.
+    /// Default: none (selected by claim only).
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// The tenant's bundle.
+    pub bundle: BundleWire,
+    /// Evaluate and record, enforce nothing. Default false.
+    #[serde(default)]
+    pub dry_run: bool,
+    /// A candidate bundle evaluated next to `bundle` for every request, never enforced.
+    #[serde(default)]
+    pub shadow_bundle: Option<BundleWire>,
+}
+
+/// A compiled policy set.
+#[derive(Debug)]
+pub struct PolicySet {
+    pub id: String,
+    pub engine: PolicyEngine,
+    pub dry_run: bool,
+    pub shadow: Option<PolicyEngine>,
+}
+
+/// What a policy set decided for one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetDecision {
+    /// The bundle in force.
+    pub enforced: PolicyDecision,
+    /// The shadow bundle's decision, when the set has one.
+    pub shadow: Option<PolicyDecision>,
+}
+
+impl PolicySet {
+    fn compile(
+        id: &str,
+        bundle: &BundleWire,
+        dry_run: bool,
+        shadow: Option<&BundleWire>,
+        principal: &PrincipalMapping,
+        mapping: &RequestMapping,
+    ) -> Result<Self, SetError> {
+        let engine = |wire: &BundleWire| {
+            Bundle::try_from(wire)
+                .map(|b| PolicyEngine::new(b, principal.clone(), mapping.clone()))
+                .map_err(|source| SetError::Bundle {
+                    set: id.to_owned(),
+                    source,
+                })
+        };
+        Ok(Self {
+            id: id.to_owned(),
+            engine: engine(bundle)?,
+            dry_run,
+            shadow: shadow.map(engine).transpose()?,
+        })
+    }
+
+    /// Evaluates the bundle in force and, if any, the shadow bundle.
+    #[must_use]
+    pub fn decide(
+        &self,
+        principal_id: Option<&str>,
+        claims: &Map<String, Value>,
+        http: HttpRequest<'_>,
+    ) -> SetDecision {
+        SetDecision {
+            enforced: self.engine.decide(principal_id, claims, http),
+            shadow: self
+                .shadow
+                .as_ref()
+                .map(|s| s.decide(principal_id, claims, http)),
+        }
+    }
+
+    /// Version of the bundle in force.
+    #[must_use]
+    pub fn version(&self) -> u64 {
+        self.engine.bundle().version
+    }
+}
+
+/// Why policy sets were refused.
+#[derive(Debug, thiserror::Error)]
+pub enum SetError {
+    #[error("policy set {set:?}: bundle refused: {source}")]
+    Bundle { set: String, source: BundleError },
+    #[error("tenant id {0:?} is empty, \"default\", or used twice")]
+    TenantId(String),
+    #[error("tenant {tenant:?}: {message}")]
+    Host { tenant: String, message: String },
+    #[error("no policy set {0:?}")]
+    Unknown(String),
+}
+
+/// All policy sets of a filter.
+#[derive(Debug)]
+pub struct PolicySets {
+    default: PolicySet,
+    tenants: Vec<PolicySet>,
+    /// Host pattern → index into `tenants`, in configuration order.
+    hosts: Vec<(HostMatcher, usize)>,
+    tenant_claim: Option<String>,
+}
+
+impl PolicySets {
+    /// Compiles the default set and the tenants' sets; any invalid bundle refuses them all.
+    pub fn new(
+        default: (&BundleWire, bool, Option<&BundleWire>),
+        tenants: &[TenantConfig],
+        tenant_claim: Option<String>,
+        principal: &PrincipalMapping,
+        mapping: &RequestMapping,
+    ) -> Result<Self, SetError> {
+        let (bundle, dry_run, shadow) = default;
+        let default = PolicySet::compile(DEFAULT_SET, bundle, dry_run, shadow, principal, mapping)?;
+        let mut compiled: Vec<PolicySet> = Vec::with_capacity(tenants.len());
+        let mut hosts = Vec::new();
+        for t in tenants {
+            if t.id.is_empty() || t.id == DEFAULT_SET || compiled.iter().any(|c| c.id == t.id) {
+                return Err(SetError::TenantId(t.id.clone()));
+            }
+            for h in &t.hosts {
+                let m = host_matcher(h).map_err(|message| SetError::Host {
+                    tenant: t.id.clone(),
+                    message,
+                })?;
+                hosts.push((m, compiled.len()));
+            }
+            compiled.push(PolicySet::compile(
+                &t.id,
+                &t.bundle,
+                t.dry_run,
+                t.shadow_bundle.as_ref(),
+                principal,
+                mapping,
+            )?);
+        }
+        Ok(Self {
+            default,
+            tenants: compiled,
+            hosts,
+            tenant_claim,
+        })
+    }
+
+    /// The default set.
+    #[must_use]
+    pub fn default_set(&self) -> &PolicySet {
+        &self.default
+    }
+
+    /// Number of sets, the default one included.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.tenants.len() + 1
+    }
+
+    /// Always false: the default set exists.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// The set for a request: by host first, then by the tenant claim of a verified token
+    /// (`claims`), else the default set. A tenant claim naming no configured tenant is an
+    /// error: the request is denied rather than judged by another tenant's policies.
+    pub fn select(
+        &self,
+        authority: &str,
+        claims: Option<&Map<String, Value>>,
+    ) -> Result<&PolicySet, String> {
+        let host = host_name(authority);
+        if let Some((_, i)) = self.hosts.iter().find(|(m, _)| m.matches(host)) {
+            return self
+                .tenants
+                .get(*i)
+                .ok_or_else(|| "tenant index out of range".to_owned());
+        }
+        let tenant = self
+            .tenant_claim
+            .as_deref()
+            .and_then(|c| claims?.get(c))
+            .and_then(Value::as_str);
+        match tenant {
+            None => Ok(&self.default),
+            Some(id) => self
+                .tenants
+                .iter()
+                .find(|t| t.id == id)
+                .ok_or_else(|| format!("the token's tenant {id:?} has no policy set")),
+        }
+    }
+
+    /// Replaces one set's bundle (a live update). The new bundle is compiled first; if it is
+    /// invalid, nothing changes and the error says why.
+    pub fn replace_bundle(&mut self, set: &str, wire: &BundleWire) -> Result<u64, SetError> {
+        let target = if set == DEFAULT_SET {
+            &mut self.default
+        } else {
+            self.tenants
+                .iter_mut()
+                .find(|t| t.id == set)
+                .ok_or_else(|| SetError::Unknown(set.to_owned()))?
+        };
+        let bundle = Bundle::try_from(wire).map_err(|source| SetError::Bundle {
+            set: set.to_owned(),
+            source,
+        })?;
+        target.engine = target.engine.with_bundle(bundle);
+        Ok(target.version())
+    }
+}
