@@ -266,7 +266,9 @@ impl Engine {
             Extracted::Missing | Extracted::WrongScheme if mode != AuthMode::Required => {
                 // No credentials on a public or optional route: the anonymous principal.
                 outcome.principal = Some(self.policy().anonymous().to_string());
-                self.authorize(None, &serde_json::Map::new(), http, &mut outcome);
+                let none = serde_json::Map::new();
+                let empty = policy::claims_value(&none);
+                self.authorize(None, (&none, &empty), http, &mut outcome);
                 return outcome;
             }
             Extracted::Missing => return outcome.unauthenticated(AuthError::Missing),
@@ -283,7 +285,15 @@ impl Engine {
             ));
         };
         outcome.principal = Some(format!("{}::{principal_id:?}", self.principal_type));
-        self.authorize(Some(principal_id), claims, http, &mut outcome);
+        let cedar_claims = verified
+            .cedar_claims
+            .get_or_init(|| policy::claims_value(claims));
+        self.authorize(
+            Some(principal_id),
+            (claims, cedar_claims),
+            http,
+            &mut outcome,
+        );
         if outcome.verdict == Verdict::Allow
             && let Some((_, outputs)) = self.issuers.get(&*verified.issuer)
         {
@@ -318,7 +328,10 @@ impl Engine {
     fn authorize(
         &self,
         principal_id: Option<&str>,
-        claims: &serde_json::Map<String, serde_json::Value>,
+        (claims, cedar_claims): (
+            &serde_json::Map<String, serde_json::Value>,
+            &cedar_policy_core::ast::Value,
+        ),
         http: HttpRequest<'_>,
         outcome: &mut Outcome,
     ) {
@@ -331,7 +344,7 @@ impl Engine {
                 return;
             }
         };
-        let d = set.decide(principal_id, claims, http);
+        let d = set.decide(principal_id, claims, cedar_claims, http);
         outcome.policy_set.clone_from(&set.id);
         outcome.bundle_version = set.version();
         outcome.shadow = d.shadow.map(|s| (s.allow, s.policies));
@@ -382,6 +395,7 @@ impl Engine {
             .and_then(verifier::numeric_date)
             .ok_or(AuthError::NoExpiry)?;
         let verified = Verified {
+            cedar_claims: Rc::default(),
             claims: Rc::new(t.claims),
             issuer: Rc::from(issuer.iss.as_str()),
             exp,

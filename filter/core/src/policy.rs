@@ -1,14 +1,15 @@
 //! HTTP request + verified claims → Cedar request → decision.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::str::FromStr;
 
 use std::sync::Arc;
 
 use cedar_policy::{
-    Authorizer, Context, Decision, Entities, Entity, EntityId, EntityTypeName, EntityUid,
-    ExpressionConstructionError, Request, RestrictedExpression,
+    Authorizer, Context, Decision, Entities, Entity, EntityId, EntityTypeName, EntityUid, Request,
+    RestrictedExpression,
 };
+use cedar_policy_core::ast::{Value as CedarValue, ValueKind};
 use cedar_policy_core::entities::{NoEntitiesSchema, TCComputation};
 use cedar_policy_core::extensions::Extensions;
 use serde_json::{Map, Value};
@@ -131,7 +132,7 @@ impl PolicyEngine {
     pub fn cedar_request(
         &self,
         principal_id: Option<&str>,
-        claims: &Map<String, Value>,
+        claims: &CedarValue,
         http: HttpRequest<'_>,
         schema: Option<&cedar_policy::Schema>,
     ) -> Result<Request, String> {
@@ -150,38 +151,35 @@ impl PolicyEngine {
             .and_then(|m| m.resource)
             .unwrap_or_else(|| uid(&self.mapping.resource_type, path));
 
-        let string = |s: &str| RestrictedExpression::new_string(s.to_owned());
+        // The record is assembled from values directly: the claims part was converted once
+        // per token, and nothing here needs Cedar's expression evaluator.
         let pairs = |kv: &[(String, String)]| {
-            RestrictedExpression::new_record(kv.iter().map(|(k, v)| (k.clone(), string(v))))
+            CedarValue::record(
+                kv.iter()
+                    .map(|(k, v)| (k.as_str(), CedarValue::from(v.as_str()))),
+                None,
+            )
         };
-        let mut fields = vec![
+        let mut fields: Vec<(&str, CedarValue)> = vec![
+            ("claims", claims.clone()),
+            ("method", CedarValue::from(http.method)),
+            ("path", CedarValue::from(path)),
+            ("host", CedarValue::from(http.host)),
+            ("headers", pairs(http.headers)),
+            ("query", pairs(http.query)),
             (
-                "claims".to_owned(),
-                claims_record(claims).map_err(|e| e.to_string())?,
-            ),
-            ("method".to_owned(), string(http.method)),
-            ("path".to_owned(), string(path)),
-            ("host".to_owned(), string(http.host)),
-            (
-                "headers".to_owned(),
-                pairs(http.headers).map_err(|e| e.to_string())?,
-            ),
-            (
-                "query".to_owned(),
-                pairs(http.query).map_err(|e| e.to_string())?,
-            ),
-            (
-                "time".to_owned(),
-                RestrictedExpression::new_long(i64::try_from(http.time).unwrap_or(i64::MAX)),
+                "time",
+                CedarValue::from(i64::try_from(http.time).unwrap_or(i64::MAX)),
             ),
         ];
-        if let Some(ip) = http
-            .source
-            .filter(|ip| ip.parse::<std::net::IpAddr>().is_ok())
-        {
-            fields.push(("source".to_owned(), RestrictedExpression::new_ip(ip)));
+        if let Some(ip) = http.source.and_then(ip_value) {
+            fields.push(("source", ip));
         }
-        let context = Context::from_pairs(fields).map_err(|e| e.to_string())?;
+        let record = match CedarValue::record(fields, None).value {
+            ValueKind::Record(r) => r,
+            _ => return Err("context is not a record".to_owned()),
+        };
+        let context = Context::from(cedar_policy_core::ast::Context::Value(record));
         Request::new(principal, action, resource, context, schema).map_err(|e| e.to_string())
     }
 
@@ -226,9 +224,10 @@ impl PolicyEngine {
         &self,
         principal_id: Option<&str>,
         claims: &Map<String, Value>,
+        cedar_claims: &CedarValue,
         http: HttpRequest<'_>,
     ) -> PolicyDecision {
-        let request = match self.cedar_request(principal_id, claims, http, None) {
+        let request = match self.cedar_request(principal_id, cedar_claims, http, None) {
             Ok(r) => r,
             Err(e) => return PolicyDecision::deny_error(e),
         };
@@ -291,29 +290,39 @@ pub fn type_name(s: &str) -> Result<EntityTypeName, String> {
     EntityTypeName::from_str(s).map_err(|e| format!("{s:?} is not a Cedar entity type name: {e}"))
 }
 
-/// Claims as a Cedar record. JSON values with no Cedar counterpart (null, non-integer numbers)
-/// are left out rather than failing the request.
-fn claims_record(
-    claims: &Map<String, Value>,
-) -> Result<RestrictedExpression, ExpressionConstructionError> {
-    let fields: HashMap<String, RestrictedExpression> = claims
-        .iter()
-        .filter_map(|(k, v)| json_to_cedar(v).map(|e| (k.clone(), e)))
-        .collect();
-    RestrictedExpression::new_record(fields)
+/// Claims as a Cedar record value. JSON values with no Cedar counterpart (null, non-integer
+/// numbers) are left out rather than failing the request.
+#[must_use]
+pub fn claims_value(claims: &Map<String, Value>) -> CedarValue {
+    CedarValue::record(
+        claims
+            .iter()
+            .filter_map(|(k, v)| json_to_cedar(v).map(|e| (k.as_str(), e))),
+        None,
+    )
 }
 
-fn json_to_cedar(v: &Value) -> Option<RestrictedExpression> {
+fn json_to_cedar(v: &Value) -> Option<CedarValue> {
     Some(match v {
-        Value::Bool(b) => RestrictedExpression::new_bool(*b),
-        Value::String(s) => RestrictedExpression::new_string(s.clone()),
-        Value::Number(n) => RestrictedExpression::new_long(n.as_i64()?),
-        Value::Array(a) => RestrictedExpression::new_set(a.iter().filter_map(json_to_cedar)),
-        Value::Object(o) => RestrictedExpression::new_record(
+        Value::Bool(b) => CedarValue::from(*b),
+        Value::String(s) => CedarValue::from(s.as_str()),
+        Value::Number(n) => CedarValue::from(n.as_i64()?),
+        Value::Array(a) => CedarValue::set(a.iter().filter_map(json_to_cedar), None),
+        Value::Object(o) => CedarValue::record(
             o.iter()
-                .filter_map(|(k, v)| json_to_cedar(v).map(|e| (k.clone(), e))),
-        )
-        .ok()?,
+                .filter_map(|(k, v)| json_to_cedar(v).map(|e| (k.as_str(), e))),
+            None,
+        ),
         Value::Null => return None,
     })
+}
+
+/// An `ipaddr` value for a textual IP address (through Cedar's own extension constructor).
+fn ip_value(ip: &str) -> Option<CedarValue> {
+    ip.parse::<std::net::IpAddr>().ok()?;
+    let ctx = Context::from_pairs([("ip".to_owned(), RestrictedExpression::new_ip(ip))]).ok()?;
+    match ctx.as_ref() {
+        cedar_policy_core::ast::Context::Value(m) => m.get("ip").cloned(),
+        cedar_policy_core::ast::Context::RestrictedResidual(_) => None,
+    }
 }

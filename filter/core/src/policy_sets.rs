@@ -82,14 +82,15 @@ impl PolicySet {
         &self,
         principal_id: Option<&str>,
         claims: &Map<String, Value>,
+        cedar_claims: &cedar_policy_core::ast::Value,
         http: HttpRequest<'_>,
     ) -> SetDecision {
         SetDecision {
-            enforced: self.engine.decide(principal_id, claims, http),
+            enforced: self.engine.decide(principal_id, claims, cedar_claims, http),
             shadow: self
                 .shadow
                 .as_ref()
-                .map(|s| s.decide(principal_id, claims, http)),
+                .map(|s| s.decide(principal_id, claims, cedar_claims, http)),
         }
     }
 

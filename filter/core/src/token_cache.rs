@@ -6,6 +6,7 @@
 //! than it would be without the cache. Bounded: when full, expired entries go first, then an
 //! eighth of the entries, arbitrarily.
 
+use std::cell::OnceCell;
 use std::rc::Rc;
 
 use hashbrown::HashMap;
@@ -19,6 +20,9 @@ pub struct Verified {
     pub issuer: Rc<str>,
     /// Expiry (Unix seconds).
     pub exp: u64,
+    /// The claims as a Cedar record, built on first use and then reused by every request
+    /// that carries the same token.
+    pub cedar_claims: Rc<OnceCell<cedar_policy_core::ast::Value>>,
 }
 
 /// Hit and miss counts.
@@ -110,6 +114,7 @@ mod tests {
 
     fn v(exp: u64) -> Verified {
         Verified {
+            cedar_claims: Rc::default(),
             claims: Rc::new(Map::new()),
             issuer: "i".into(),
             exp,

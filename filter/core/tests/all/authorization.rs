@@ -270,12 +270,22 @@ fn default_schema_validates_the_mapping() -> TestResult {
         source: Some("192.0.2.1"),
         time: 1_900_000_100,
     };
-    policy.cedar_request(Some("bob"), claims, http, Some(&schema))?;
+    policy.cedar_request(
+        Some("bob"),
+        &portcullis_core::policy::claims_value(claims),
+        http,
+        Some(&schema),
+    )?;
     let anonymous = HttpRequest {
         source: None,
         ..http
     };
-    policy.cedar_request(None, &serde_json::Map::new(), anonymous, Some(&schema))?;
+    policy.cedar_request(
+        None,
+        &portcullis_core::policy::claims_value(&serde_json::Map::new()),
+        anonymous,
+        Some(&schema),
+    )?;
     // A bundle carrying the schema is validated when it loads.
     let mut cfg = harness::demo::plugin_config(&issuer);
     cfg["bundle"]["schema"] = json!(SCHEMA);
