@@ -120,3 +120,67 @@ fn invalid_configuration_fails_closed() -> TestResult {
     );
     Ok(())
 }
+
+/// Issue-4 features inside real Envoy: a tenant selected by host in dry run (the deny it
+/// would have made is counted, the request goes through), the client address from Envoy's
+/// `source.address` property in the Cedar context, and the evaluation-time histogram.
+#[test]
+fn tenants_dry_run_and_source_address_in_envoy() -> TestResult {
+    let issuer = DevIssuer::generate()?;
+    let mut cfg = demo::plugin_config(&issuer);
+    let demo_policies = cfg["bundle"]["policies"]
+        .as_str()
+        .ok_or("policies")?
+        .to_owned();
+    // loopback-internal: only callers on the loopback interface reach /internal.
+    cfg["bundle"]["policies"] = json!(format!(
+        "{demo_policies}\n@id(\"loopback-internal\")\npermit (principal, action == Action::\"GET\", resource == Path::\"/internal\")\nwhen {{ context has source && context.source.isLoopback() }};"
+    ));
+    cfg["routes"] = json!([{"path": "/internal", "auth": "public"}]);
+    cfg["tenants"] = json!([{
+        "id": "trial",
+        "hosts": ["trial.example.com"],
+        "dryRun": true,
+        "bundle": {"version": 2, "policies": "@id(\"nothing-yet\") forbid (principal, action, resource);"},
+    }]);
+    let ports = Ports::free()?;
+    let mut proxy = Envoy::start(&envoy::config(ports, &paths::wasm()?, &cfg)?, ports, 1)?;
+    proxy.wait_ready(Duration::from_secs(60))?;
+    let agent = http::agent(Duration::from_secs(10));
+    let bob = format!("Bearer {}", issuer.token("bob", &["staff"]));
+    let send = |method: &str, host: &str, path: &str| -> Result<u16, Box<dyn Error>> {
+        let req = ureq::http::Request::builder()
+            .method(method)
+            .uri(proxy.url(path))
+            .header("host", host)
+            .header("authorization", &bob)
+            .body(())?;
+        Ok(agent.run(req)?.status().as_u16())
+    };
+    // The trial tenant's policies forbid everything, but it runs in dry run.
+    assert_eq!(send("DELETE", "trial.example.com", "/api/x")?, 200);
+    assert_eq!(send("GET", "trial.example.com", "/api/x")?, 200);
+    // The default set enforces: bob may not DELETE.
+    assert_eq!(send("DELETE", "api.example.com", "/api/x")?, 403);
+    // The source address reached Cedar: loopback callers get /internal.
+    assert_eq!(send("GET", "api.example.com", "/internal")?, 200);
+    assert_eq!(
+        proxy.stat("wasmcustom.portcullis.dry_run.would_deny")?,
+        Some(2)
+    );
+    assert_eq!(proxy.stat("wasmcustom.portcullis.denied")?, Some(1));
+    // The histogram exists (Envoy lists histograms with their quantiles, not a count).
+    let stats = http::text(
+        agent
+            .get(format!(
+                "http://127.0.0.1:{}/stats?filter=decision_us",
+                ports.admin
+            ))
+            .call()?,
+    );
+    assert!(
+        stats.contains("wasmcustom.portcullis.decision_us"),
+        "{stats}"
+    );
+    Ok(())
+}
