@@ -7,9 +7,9 @@
 
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use criterion::{BatchSize, Criterion};
+use criterion::Criterion;
 use portcullis_core::bundle::{Bundle, BundleWire};
 use portcullis_core::index::PolicyIndex;
 use portcullis_core::index::cedar::{
@@ -119,14 +119,19 @@ fn main() {
         });
     });
     for n in SIZES {
+        let started = Instant::now();
         let Some(b) = bundle(n) else {
             eprintln!("cannot build the bundle of {n} policies");
             return;
         };
-        let index = PolicyIndex::new(&b.policies, &b.entities);
-        let s = index.stats();
-        eprintln!("{n} policies: {s:?}");
+        eprintln!("{n} policies: bundle compiled in {:.1?}", started.elapsed());
+        let index = PolicyIndex::new(&b.policies);
         let entities: &Entities = &b.entities;
+        eprintln!(
+            "{n} policies: {:?}; the request reaches {:?}",
+            index.stats(),
+            index.reach(&req, entities)
+        );
         c.bench_function(&format!("cedar_whole_set/{n}"), |bch| {
             bch.iter(|| {
                 let r = authorizer.is_authorized(black_box(&req), &b.policies, entities);
@@ -142,15 +147,11 @@ fn main() {
             });
         });
         c.bench_function(&format!("index_build/{n}"), |bch| {
-            bch.iter_batched(
-                || (),
-                |()| {
-                    let i = PolicyIndex::new(&b.policies, entities);
-                    assert_eq!(i.stats().policies, n);
-                    i
-                },
-                BatchSize::PerIteration,
-            );
+            bch.iter(|| {
+                let i = PolicyIndex::new(black_box(&b.policies));
+                assert_eq!(i.stats().policies, n);
+                i
+            });
         });
     }
     c.final_summary();
