@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 const SIZES: [usize; 3] = [10, 1_000, 10_000];
 
 /// Role policies and forbids, then per-user grants up to `n` policies in all.
-fn bundle(n: usize) -> Option<Bundle> {
+fn wire(n: usize) -> Option<BundleWire> {
     let mut policies = String::from(
         r#"@id("admins") permit(principal in Group::"admins", action, resource);
 @id("staff-read") permit(principal in Group::"staff", action == Action::"GET", resource in Path::"/public");
@@ -43,12 +43,15 @@ fn bundle(n: usize) -> Option<Bundle> {
         {"uid": {"type": "Group", "id": "contractors"}, "attrs": {}, "parents": []},
         {"uid": {"type": "Path", "id": "/docs/3"}, "attrs": {}, "parents": [{"type": "Path", "id": "/docs"}]},
     ]);
-    let wire = BundleWire {
+    Some(BundleWire {
         policies,
         entities,
         ..BundleWire::default()
-    };
-    let bundle = Bundle::try_from(&wire).ok()?;
+    })
+}
+
+fn bundle(n: usize) -> Option<Bundle> {
+    let bundle = Bundle::try_from(&wire(n)?).ok()?;
     (bundle.policies.policies().count() == n).then_some(bundle)
 }
 
@@ -154,6 +157,7 @@ fn main() {
             });
         });
     }
+    filter_decisions(&mut c);
     c.final_summary();
 
     let us = |x: Option<f64>| x.map_or_else(|| "-".to_owned(), |x| format!("{:.2} µs", x / 1e3));
@@ -185,4 +189,60 @@ fn main() {
         growth("cedar_whole_set"),
         growth("policy_index")
     );
+    println!(
+        "whole filter decision (cached token), 10 → 10000 policies: native {} → {} ({}), in wasm {} → {} ({})",
+        us(mean_ns(&out, "filter_native", "10")),
+        us(mean_ns(&out, "filter_native", "10000")),
+        growth("filter_native"),
+        us(mean_ns(&out, "filter_wasm", "10")),
+        us(mean_ns(&out, "filter_wasm", "10000")),
+        growth("filter_wasm"),
+    );
+}
+
+/// The whole filter with the bundle inline in its configuration: natively through the core
+/// engine and inside the built module through the wasmtime host, a cached token for `u3`
+/// reading `/docs/3` (allowed by `u3-doc`).
+fn filter_decisions(c: &mut Criterion) {
+    use harness::devkeys::{DevIssuer, now};
+    use harness::host::{Host, Plugin, Request as HostRequest, VmOptions};
+    use portcullis_core::{Engine, StaticRequest, Verdict};
+    let Ok(issuer) = DevIssuer::generate() else {
+        return;
+    };
+    let token = issuer.token("u3", &["staff"]);
+    let plugin = Plugin::built()
+        .map_err(|e| eprintln!("no wasm benchmarks: {e}"))
+        .ok();
+    let mut host = plugin.as_ref().map(Host::new);
+    for n in [10, 10_000] {
+        let Some(w) = wire(n) else { return };
+        let mut cfg = harness::demo::plugin_config(&issuer);
+        if let (Some(o), Ok(b)) = (cfg.as_object_mut(), serde_json::to_value(&w)) {
+            o.insert("bundle".into(), b);
+        }
+        let Ok(engine) = Engine::from_json(cfg.to_string().as_bytes()) else {
+            eprintln!("configuration with {n} policies refused");
+            return;
+        };
+        let req = StaticRequest::new("GET", "/docs/3").with_bearer(&token);
+        let t = now();
+        c.bench_function(&format!("filter_native/{n}"), |bch| {
+            bch.iter(|| {
+                let out = engine.check(black_box(&req), t);
+                assert_eq!(out.verdict, Verdict::Allow);
+                assert_eq!(out.policies, ["u3-doc"]);
+            });
+        });
+        if let Some(host) = host.as_mut()
+            && let Ok(vm) = host.start_vm(VmOptions::new(cfg.to_string().into_bytes()))
+        {
+            c.bench_function(&format!("filter_wasm/{n}"), |bch| {
+                bch.iter(|| {
+                    let r = HostRequest::get("/docs/3").bearer(&token);
+                    assert_eq!(host.send(vm, r).map(|e| e.status()).ok(), Some(200));
+                });
+            });
+        }
+    }
 }

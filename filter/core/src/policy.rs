@@ -16,6 +16,7 @@ use serde_json::{Map, Value};
 
 use crate::action_routes::ActionRoutes;
 use crate::bundle::Bundle;
+use crate::index::PolicyIndex;
 
 /// How claims become the Cedar principal.
 #[derive(Debug, Clone)]
@@ -61,6 +62,8 @@ impl PolicyDecision {
 #[derive(Debug)]
 pub struct PolicyEngine {
     bundle: Bundle,
+    /// Pre-indexed policies: only those whose scope can match a request are evaluated.
+    index: PolicyIndex,
     principal: PrincipalMapping,
     mapping: RequestMapping,
     authorizer: Authorizer,
@@ -87,6 +90,7 @@ impl PolicyEngine {
     #[must_use]
     pub fn new(bundle: Bundle, principal: PrincipalMapping, mapping: RequestMapping) -> Self {
         Self {
+            index: PolicyIndex::new(&bundle.policies),
             bundle,
             principal,
             mapping,
@@ -239,23 +243,16 @@ impl PolicyEngine {
             _ => None,
         };
         let entities = extra.as_ref().unwrap_or(&self.bundle.entities);
+        // Same decision, reasons and errors as `Authorizer::is_authorized` on the whole set
+        // (tests/all/index.rs checks it on random bundles), at a cost that does not grow with
+        // the number of policies that cannot apply.
         let response = self
-            .authorizer
-            .is_authorized(&request, &self.bundle.policies, entities);
-        let mut policies: Vec<String> = response
-            .diagnostics()
-            .reason()
-            .map(ToString::to_string)
-            .collect();
-        policies.sort_unstable();
+            .index
+            .is_authorized(&self.authorizer, &request, entities);
         PolicyDecision {
-            allow: response.decision() == Decision::Allow,
-            policies,
-            errors: response
-                .diagnostics()
-                .errors()
-                .map(ToString::to_string)
-                .collect(),
+            allow: response.decision == Decision::Allow,
+            policies: response.reasons.iter().map(ToString::to_string).collect(),
+            errors: response.errors.iter().map(ToString::to_string).collect(),
         }
     }
 
