@@ -13,6 +13,10 @@ use crate::{Error, Result, paths};
 /// The Envoy configuration template (`envoy/portcullis.yaml`).
 pub const TEMPLATE: &str = include_str!("../../envoy/portcullis.yaml");
 
+/// The native comparison template (`envoy/jwt-authn-rbac.yaml`): Envoy's `jwt_authn` and `rbac`
+/// filters with rules mirroring the demo policies.
+pub const JWT_AUTHN_RBAC_TEMPLATE: &str = include_str!("../../envoy/jwt-authn-rbac.yaml");
+
 /// The ports one Envoy uses, all on 127.0.0.1.
 #[derive(Debug, Clone, Copy)]
 pub struct Ports {
@@ -96,6 +100,29 @@ pub fn baseline_config(ports: Ports) -> Result<String> {
     )
 }
 
+/// Envoy's native `jwt_authn` (trusting `issuer` for `audience`, keys `jwks` inline, jwt cache
+/// on) and `rbac` (the demo policies as RBAC rules) for `ports`: the native comparison.
+pub fn jwt_authn_rbac_config(
+    ports: Ports,
+    issuer: &str,
+    audience: &str,
+    jwks: &Value,
+) -> Result<String> {
+    // JSON string literals are valid YAML double-quoted scalars.
+    let quote = |s: &str| serde_json::to_string(s).map_err(|e| Error::Template(e.to_string()));
+    render(
+        JWT_AUTHN_RBAC_TEMPLATE,
+        &[
+            ("ADMIN_PORT", ports.admin.to_string()),
+            ("PORT", ports.listener.to_string()),
+            ("UPSTREAM_PORT", ports.upstream.to_string()),
+            ("ISSUER", quote(issuer)?),
+            ("AUDIENCE", quote(audience)?),
+            ("JWKS", quote(&jwks.to_string())?),
+        ],
+    )
+}
+
 /// Checks a configuration with `envoy --mode validate`.
 pub fn validate(config_yaml: &str) -> Result<()> {
     let dir = tempfile::tempdir()?;
@@ -149,13 +176,14 @@ impl Envoy {
             .arg(&cfg)
             .args(["--disable-hot-restart", "--concurrency"])
             .arg(concurrency.to_string())
-            .args([
-                "-l",
-                "warning",
-                "--component-log-level",
-                "wasm:debug",
-                "--log-path",
-            ])
+            .args(["-l", "warning", "--component-log-level"])
+            // Envoy's default level for the filter's lines; `PORTCULLIS_ENVOY_LOG=debug` shows
+            // every decision (and slows every request down by writing it).
+            .arg(format!(
+                "wasm:{}",
+                std::env::var("PORTCULLIS_ENVOY_LOG").unwrap_or_else(|_| "info".to_owned())
+            ))
+            .arg("--log-path")
             .arg(&log)
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -34,14 +34,24 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// Filter size, Envoy start-up time and memory, with and without the filter.
+    /// Filter size, Envoy start-up time, memory and throughput: no filter, Envoy's native
+    /// jwt_authn+RBAC, and Portcullis.
     Measure {
-        /// Requests sent to each variant.
+        /// Sequential requests sent to each variant.
         #[arg(long, default_value_t = 2000)]
         requests: u32,
         /// Measure this .wasm instead of building the default one.
         #[arg(long)]
         wasm: Option<std::path::PathBuf>,
+        /// Seconds of each load run (wrk), after a 3 s warm-up; 0 skips the load runs.
+        #[arg(long, default_value_t = 10)]
+        seconds: u32,
+        /// wrk connections (one wrk thread).
+        #[arg(long, default_value_t = 16)]
+        connections: u32,
+        /// Measured wrk runs per variant, alternating between the variants; medians are shown.
+        #[arg(long, default_value_t = 3)]
+        rounds: u32,
     },
     /// Install what is missing, build the filter, run every test in the workspace.
     Test {
@@ -58,7 +68,19 @@ fn main() -> ExitCode {
         Task::Envoy => tools::ensure_envoy().map(|p| println!("{}", p.display())),
         Task::Demo { port } => demo::run(port),
         Task::Bench { args } => tools::bench(&args),
-        Task::Measure { requests, wasm } => measure::run(requests, wasm),
+        Task::Measure {
+            requests,
+            wasm,
+            seconds,
+            connections,
+            rounds,
+        } => measure::run(&measure::Options {
+            requests,
+            wasm,
+            seconds,
+            connections,
+            rounds,
+        }),
         Task::Test { cargo_args } => tools::test(&cargo_args),
     };
     match result {

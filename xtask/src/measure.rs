@@ -1,7 +1,8 @@
-//! `cargo xtask measure`: size of the filter, Envoy start-up time, memory and a sequential
-//! request loop, with and without the filter, measured in the same run.
+//! `cargo xtask measure`: size of the filter, Envoy start-up time, memory, a sequential request
+//! loop and a load run (wrk), for Envoy without a filter, with Envoy's native `jwt_authn` + `rbac`
+//! and with Portcullis, measured in the same run.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -11,19 +12,146 @@ use harness::{demo, http};
 
 use crate::Result;
 
+/// What `cargo xtask measure` does.
+#[derive(Debug)]
+pub struct Options {
+    /// Sequential requests per variant.
+    pub requests: u32,
+    /// The filter to measure (else the default build).
+    pub wasm: Option<PathBuf>,
+    /// Length of each measured wrk run; 0 skips the load phase (as do 0 rounds).
+    pub seconds: u32,
+    /// wrk connections.
+    pub connections: u32,
+    /// Measured wrk runs per variant.
+    pub rounds: u32,
+}
+
+/// Warm-up before each measured wrk run (V8 tiers up, caches fill).
+const WARMUP_SECONDS: u32 = 3;
+/// The path every measured request asks for.
+const LOAD_PATH: &str = "/api/hello";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Variant {
+    NoFilter,
+    JwtAuthnRbac,
+    Portcullis,
+}
+
+impl Variant {
+    const ALL: [Self; 3] = [Self::NoFilter, Self::JwtAuthnRbac, Self::Portcullis];
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::NoFilter => "envoy, no filter",
+            Self::JwtAuthnRbac => "envoy + jwt_authn+RBAC",
+            Self::Portcullis => "envoy + portcullis",
+        }
+    }
+
+    fn config(self, ports: Ports, wasm: &Path, issuer: &DevIssuer) -> Result<String> {
+        match self {
+            Self::NoFilter => envoy::baseline_config(ports),
+            Self::JwtAuthnRbac => envoy::jwt_authn_rbac_config(
+                ports,
+                &issuer.issuer,
+                &issuer.audience,
+                &issuer.jwks(),
+            ),
+            Self::Portcullis => {
+                // The demo configuration without its debug response header: what a deployment
+                // runs, and no more work than the native variant does.
+                let mut plugin = demo::plugin_config(issuer);
+                if let Some(o) = plugin.as_object_mut() {
+                    o.insert("debugHeaders".into(), false.into());
+                }
+                envoy::config(ports, wasm, &plugin)
+            }
+        }
+        .map_err(|e| e.to_string())
+    }
+
+    /// Counters that must grow by at least the number of answered requests under load: the
+    /// filter allowed each one, and its token cache (not a signature check) answered it.
+    fn counters(self) -> &'static [&'static str] {
+        match self {
+            Self::NoFilter => &[],
+            Self::JwtAuthnRbac => &[
+                "http.ingress.rbac.allowed",
+                "http.ingress.jwt_authn.allowed",
+                "http.ingress.jwt_authn.jwt_cache_hit",
+            ],
+            Self::Portcullis => &[
+                "wasmcustom.portcullis.allowed",
+                "wasmcustom.portcullis.token_cache.hits",
+            ],
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Who {
+    Nobody,
+    Forged,
+    Bob,
+    Alice,
+}
+
+/// Requests sent to every variant before the measurements, with the status a filtered variant
+/// must answer (the no-filter variant answers 200 to all): the demo's decisions.
+const CHECKS: [(&str, &str, Who, u16); 6] = [
+    ("GET", LOAD_PATH, Who::Nobody, 401),
+    ("GET", LOAD_PATH, Who::Forged, 401),
+    ("GET", LOAD_PATH, Who::Bob, 200),
+    ("DELETE", "/api/items/7", Who::Bob, 403),
+    ("GET", "/admin/users", Who::Bob, 403),
+    ("DELETE", "/admin/users/9", Who::Alice, 200),
+];
+
+struct Tokens {
+    bob: String,
+    alice: String,
+    forged: String,
+}
+
+impl Tokens {
+    fn of(&self, who: Who) -> Option<&str> {
+        match who {
+            Who::Nobody => None,
+            Who::Forged => Some(&self.forged),
+            Who::Bob => Some(&self.bob),
+            Who::Alice => Some(&self.alice),
+        }
+    }
+}
+
 struct Row {
-    name: &'static str,
+    variant: Variant,
     first_answer: Duration,
     rss_ready_kib: u64,
     rss_after_kib: u64,
     per_second: f64,
 }
 
-/// Measures and prints a table.
-pub fn run(requests: u32, wasm: Option<PathBuf>) -> Result {
+/// One variant's measured wrk runs.
+struct Load {
+    variant: Variant,
+    runs: Vec<WrkResult>,
+    rss_after_kib: u64,
+    counters: Vec<(&'static str, u64)>,
+}
+
+/// Measures and prints the tables.
+pub fn run(opts: &Options) -> Result {
     crate::tools::ensure_envoy()?;
-    let wasm = match wasm {
-        Some(w) => w,
+    let wrk = if opts.seconds > 0 && opts.rounds > 0 {
+        Some(crate::tools::ensure_wrk()?)
+    } else {
+        None
+    };
+    let wasm = match &opts.wasm {
+        Some(w) => w.clone(),
         None => crate::wasm::build()?,
     };
     let size = std::fs::metadata(&wasm).map_err(|e| e.to_string())?.len();
@@ -42,26 +170,30 @@ pub fn run(requests: u32, wasm: Option<PathBuf>) -> Result {
     );
 
     let issuer = DevIssuer::generate().map_err(|e| e.to_string())?;
-    let token = issuer.token("bob", &["staff"]);
+    let other = DevIssuer::generate().map_err(|e| e.to_string())?;
+    let tokens = Tokens {
+        bob: issuer.token("bob", &["staff"]),
+        alice: issuer.token("alice", &["admins"]),
+        forged: other.token("bob", &["admins"]),
+    };
+    let auth = format!("Bearer {}", tokens.bob);
     let mut rows = Vec::new();
-    for with_filter in [false, true] {
+    // All three stay up for the load phase, which alternates between them.
+    let mut proxies = Vec::new();
+    for variant in Variant::ALL {
         let ports = Ports::free().map_err(|e| e.to_string())?;
-        let cfg = if with_filter {
-            envoy::config(ports, &wasm, &demo::plugin_config(&issuer))
-        } else {
-            envoy::baseline_config(ports)
-        }
-        .map_err(|e| e.to_string())?;
+        let cfg = variant.config(ports, &wasm, &issuer)?;
         let mut proxy = Envoy::start(&cfg, ports, 1).map_err(|e| e.to_string())?;
         let first_answer = proxy
             .wait_ready(Duration::from_secs(120))
             .map_err(|e| e.to_string())?;
         let rss_ready_kib = proxy.rss_kib().unwrap_or(0);
+        check_decisions(&proxy, variant, &tokens)?;
+
         let agent = http::agent(Duration::from_secs(10));
-        let url = proxy.url("/api/hello");
-        let auth = format!("Bearer {token}");
+        let url = proxy.url(LOAD_PATH);
         let started = Instant::now();
-        for i in 0..requests {
+        for i in 0..opts.requests {
             let resp = agent
                 .get(&url)
                 .header("authorization", &auth)
@@ -76,27 +208,25 @@ pub fn run(requests: u32, wasm: Option<PathBuf>) -> Result {
             }
             let _ = http::text(resp);
         }
-        let per_second = f64::from(requests) / started.elapsed().as_secs_f64();
+        let per_second = f64::from(opts.requests) / started.elapsed().as_secs_f64();
         rows.push(Row {
-            name: if with_filter {
-                "envoy + portcullis"
-            } else {
-                "envoy, no filter"
-            },
+            variant,
             first_answer,
             rss_ready_kib,
             rss_after_kib: proxy.rss_kib().unwrap_or(0),
             per_second,
         });
+        proxies.push((variant, proxy));
     }
+
     println!(
-        "\n{:<20} {:>14} {:>14} {:>16} {:>14}",
-        "variant", "first answer", "RSS ready", "RSS after load", "req/s (1 conn)"
+        "\n{:<24} {:>14} {:>14} {:>16} {:>14}",
+        "variant", "first answer", "RSS ready", "RSS after seq.", "req/s (1 conn)"
     );
     for r in &rows {
         println!(
-            "{:<20} {:>12.0?} {:>11} MiB {:>13} MiB {:>14.0}",
-            r.name,
+            "{:<24} {:>12.0?} {:>11} MiB {:>13} MiB {:>14.0}",
+            r.variant.name(),
             r.first_answer,
             r.rss_ready_kib / 1024,
             r.rss_after_kib / 1024,
@@ -104,7 +234,446 @@ pub fn run(requests: u32, wasm: Option<PathBuf>) -> Result {
         );
     }
     println!(
-        "\n({requests} sequential GET requests with an RS256 token, one keep-alive connection, one Envoy worker)"
+        "({} sequential GET {LOAD_PATH} with an RS256 token, one keep-alive connection, one Envoy worker)",
+        opts.requests
     );
+
+    if let Some(wrk) = &wrk {
+        let loads = load_phase(&mut proxies, wrk, opts, &auth)?;
+        print_load_table(&loads, opts);
+    }
+    for (variant, proxy) in &mut proxies {
+        if !proxy.is_running() {
+            return Err(format!(
+                "{}: Envoy exited during the run:\n{}",
+                variant.name(),
+                proxy.log()
+            ));
+        }
+    }
     Ok(())
+}
+
+/// Pins the Envoys, warms each up, then runs wrk `opts.rounds` times against each, alternating
+/// between the variants (each round starts with another one) so that drifts in the machine's
+/// speed spread over all of them.
+fn load_phase(
+    proxies: &mut [(Variant, Envoy)],
+    wrk: &Path,
+    opts: &Options,
+    auth: &str,
+) -> Result<Vec<Load>> {
+    let pinning = pinning();
+    println!("\nload generator: {} ({})", wrk.display(), wrk_version(wrk));
+    match &pinning {
+        Some(p) => {
+            for (_, proxy) in proxies.iter() {
+                crate::tools::run(
+                    Command::new("taskset")
+                        .args(["-a", "-c", "-p"])
+                        .arg(p.envoy.to_string())
+                        .arg(proxy.pid().to_string())
+                        .stdout(std::process::Stdio::null()),
+                    "taskset (Envoy)",
+                )?;
+            }
+            println!(
+                "pinning (taskset): every Envoy (all threads) to CPU {}, wrk to CPU {}",
+                p.envoy, p.wrk
+            );
+        }
+        None => println!(
+            "pinning: none (taskset unusable or fewer than two CPUs): Envoy and wrk share the CPUs"
+        ),
+    }
+    let pinning = pinning.as_ref();
+    let mut loads = Vec::new();
+    for (variant, proxy) in proxies.iter() {
+        let warm = run_wrk(
+            wrk,
+            pinning,
+            WARMUP_SECONDS,
+            opts.connections,
+            auth,
+            &proxy.url(LOAD_PATH),
+        )
+        .map_err(|e| format!("{} (warm-up): {e}", variant.name()))?;
+        println!(
+            "warm-up {WARMUP_SECONDS} s, {}: {:.0} req/s",
+            variant.name(),
+            warm.per_second
+        );
+        loads.push(Load {
+            variant: *variant,
+            runs: Vec::new(),
+            rss_after_kib: 0,
+            counters: variant.counters().iter().map(|n| (*n, 0)).collect(),
+        });
+    }
+    let n = proxies.len();
+    for round in 0..opts.rounds {
+        for k in 0..n {
+            let i = (k + round as usize) % n;
+            let (Some((variant, proxy)), Some(load)) = (proxies.get(i), loads.get_mut(i)) else {
+                continue;
+            };
+            let before = read_counters(proxy, *variant)?;
+            let result = run_wrk(
+                wrk,
+                pinning,
+                opts.seconds,
+                opts.connections,
+                auth,
+                &proxy.url(LOAD_PATH),
+            )
+            .map_err(|e| format!("{}: {e}", variant.name()))?;
+            let after = read_counters(proxy, *variant)?;
+            // The filter decided every answer, from its token cache.
+            for (((name, b), (_, a)), (_, total)) in
+                before.iter().zip(&after).zip(load.counters.iter_mut())
+            {
+                let grew = a.saturating_sub(*b);
+                if grew < result.requests {
+                    return Err(format!(
+                        "{}: {name} grew by {grew} while wrk counted {} answers",
+                        variant.name(),
+                        result.requests
+                    ));
+                }
+                *total += grew;
+            }
+            println!(
+                "round {}, {}: {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, {} answers, all 2xx",
+                round + 1,
+                variant.name(),
+                result.per_second,
+                result.p50_ms,
+                result.p99_ms,
+                result.requests
+            );
+            load.runs.push(result);
+        }
+    }
+    for ((_, proxy), load) in proxies.iter().zip(&mut loads) {
+        load.rss_after_kib = proxy.rss_kib().unwrap_or(0);
+    }
+    Ok(loads)
+}
+
+/// The demo's decisions, asserted on this variant before anything is measured.
+fn check_decisions(proxy: &Envoy, variant: Variant, tokens: &Tokens) -> Result {
+    let agent = http::agent(Duration::from_secs(10));
+    let mut seen = Vec::new();
+    for (method, path, who, filtered) in CHECKS {
+        let expected = if variant == Variant::NoFilter {
+            200
+        } else {
+            filtered
+        };
+        let mut req = ureq::http::Request::builder()
+            .method(method)
+            .uri(proxy.url(path));
+        if let Some(t) = tokens.of(who) {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let req = req.body(()).map_err(|e| e.to_string())?;
+        let resp = agent
+            .run(req)
+            .map_err(|e| format!("{method} {path} ({who:?}): {e}"))?;
+        let status = resp.status().as_u16();
+        let _ = http::text(resp);
+        if status != expected {
+            return Err(format!(
+                "{}: {method} {path} as {who:?}: status {status}, expected {expected}",
+                variant.name()
+            ));
+        }
+        seen.push(format!("{method} {path} {who:?} {status}"));
+    }
+    println!("{}: checked {}", variant.name(), seen.join(", "));
+    Ok(())
+}
+
+/// Where Envoy and wrk run: one CPU each.
+#[derive(Debug)]
+struct Pinning {
+    envoy: u32,
+    wrk: u32,
+}
+
+/// Two CPUs this process may use, if `taskset` works here.
+fn pinning() -> Option<Pinning> {
+    let out = Command::new("taskset")
+        .args(["-c", "-p"])
+        .arg(std::process::id().to_string())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())?;
+    // "pid 123's current affinity list: 0-3,6"
+    let text = String::from_utf8_lossy(&out.stdout);
+    let list = text.rsplit(':').next()?.trim();
+    let mut cpus = Vec::new();
+    for part in list.split(',') {
+        match part.split_once('-') {
+            Some((a, b)) => cpus.extend(a.trim().parse::<u32>().ok()?..=b.trim().parse().ok()?),
+            None => cpus.push(part.trim().parse().ok()?),
+        }
+    }
+    match cpus.as_slice() {
+        [envoy, wrk, ..] => Some(Pinning {
+            envoy: *envoy,
+            wrk: *wrk,
+        }),
+        _ => None,
+    }
+}
+
+fn read_counters(proxy: &Envoy, variant: Variant) -> Result<Vec<(&'static str, u64)>> {
+    variant
+        .counters()
+        .iter()
+        .map(|name| {
+            proxy
+                .stat(name)
+                .map_err(|e| e.to_string())?
+                .map(|v| (*name, v))
+                .ok_or_else(|| format!("{}: no counter {name}", variant.name()))
+        })
+        .collect()
+}
+
+fn wrk_version(wrk: &Path) -> String {
+    // `wrk -v` prints its version and exits with status 1.
+    Command::new(wrk).arg("-v").output().map_or_else(
+        |e| format!("version unknown: {e}"),
+        |o| {
+            let text = String::from_utf8_lossy(&o.stdout).into_owned()
+                + &String::from_utf8_lossy(&o.stderr);
+            text.lines()
+                .next()
+                .and_then(|l| l.split(" Copyright").next())
+                .unwrap_or("version unknown")
+                .trim()
+                .to_owned()
+        },
+    )
+}
+
+#[derive(Debug)]
+struct WrkResult {
+    per_second: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    requests: u64,
+}
+
+fn run_wrk(
+    wrk: &Path,
+    pinning: Option<&Pinning>,
+    seconds: u32,
+    connections: u32,
+    auth: &str,
+    url: &str,
+) -> Result<WrkResult> {
+    let mut cmd = match pinning {
+        Some(p) => {
+            let mut c = Command::new("taskset");
+            c.args(["-c", &p.wrk.to_string()]).arg(wrk);
+            c
+        }
+        None => Command::new(wrk),
+    };
+    cmd.args(["-t1", &format!("-c{connections}"), &format!("-d{seconds}s")])
+        .args(["--latency", "-H"])
+        .arg(format!("authorization: {auth}"))
+        .arg(url);
+    let out = cmd
+        .output()
+        .map_err(|e| format!("wrk: cannot start: {e}"))?;
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() {
+        return Err(format!("wrk failed ({}):\n{text}", out.status));
+    }
+    parse_wrk(&text).map_err(|e| format!("wrk: {e}:\n{text}"))
+}
+
+/// Reads wrk's report; any non-2xx/3xx answer or socket error is an error.
+fn parse_wrk(text: &str) -> Result<WrkResult> {
+    let mut per_second = None;
+    let mut p50_ms = None;
+    let mut p99_ms = None;
+    let mut requests = None;
+    for line in text.lines().map(str::trim) {
+        let mut words = line.split_whitespace();
+        let first = words.next().unwrap_or("");
+        let second = words.next().unwrap_or("");
+        if line.starts_with("Non-2xx or 3xx responses") {
+            return Err("answers other than 2xx/3xx (a broken setup must not look fast)".into());
+        } else if line.starts_with("Socket errors") {
+            return Err("socket errors".into());
+        } else if first == "Requests/sec:" {
+            per_second = second.parse::<f64>().ok();
+        } else if first == "50%" {
+            p50_ms = latency_ms(second);
+        } else if first == "99%" {
+            p99_ms = latency_ms(second);
+        } else if line.contains(" requests in ") {
+            requests = first.parse::<u64>().ok();
+        }
+    }
+    match (per_second, p50_ms, p99_ms, requests) {
+        (Some(per_second), Some(p50_ms), Some(p99_ms), Some(requests)) if requests > 0 => {
+            Ok(WrkResult {
+                per_second,
+                p50_ms,
+                p99_ms,
+                requests,
+            })
+        }
+        _ => Err("unreadable report (no Requests/sec, 50%, 99% or request count)".into()),
+    }
+}
+
+/// wrk's latency ("812.00us", "1.23ms", "1.05s", "1.20m") in milliseconds.
+fn latency_ms(text: &str) -> Option<f64> {
+    let split = text.find(|c: char| c.is_ascii_alphabetic())?;
+    let (number, unit) = text.split_at(split);
+    let n: f64 = number.parse().ok()?;
+    match unit {
+        "us" => Some(n / 1000.0),
+        "ms" => Some(n),
+        "s" => Some(n * 1000.0),
+        "m" => Some(n * 60_000.0),
+        _ => None,
+    }
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    match (values.get(mid), values.len() % 2) {
+        (Some(v), 1) => *v,
+        (Some(v), _) => values
+            .get(mid.wrapping_sub(1))
+            .map_or(*v, |w| (v + w) / 2.0),
+        (None, _) => f64::NAN,
+    }
+}
+
+fn print_load_table(loads: &[Load], opts: &Options) {
+    let rates = |v: Variant| -> Vec<f64> {
+        loads
+            .iter()
+            .find(|l| l.variant == v)
+            .map(|l| l.runs.iter().map(|r| r.per_second).collect())
+            .unwrap_or_default()
+    };
+    let base = median(rates(Variant::NoFilter));
+    println!(
+        "\n{:<24} {:>10} {:>10} {:>10} {:>13} {:>15}   req/s per round",
+        "variant", "req/s", "p50", "p99", "vs no filter", "RSS after load"
+    );
+    for l in loads {
+        let rate = median(l.runs.iter().map(|r| r.per_second).collect());
+        let rounds: Vec<String> = l
+            .runs
+            .iter()
+            .map(|r| format!("{:.0}", r.per_second))
+            .collect();
+        println!(
+            "{:<24} {:>10.0} {:>7.2} ms {:>7.2} ms {:>13.2} {:>11} MiB   {}",
+            l.variant.name(),
+            rate,
+            median(l.runs.iter().map(|r| r.p50_ms).collect()),
+            median(l.runs.iter().map(|r| r.p99_ms).collect()),
+            rate / base,
+            l.rss_after_kib / 1024,
+            rounds.join(" ")
+        );
+    }
+    let ours = rates(Variant::Portcullis);
+    let theirs = rates(Variant::JwtAuthnRbac);
+    let per_round: Vec<String> = ours
+        .iter()
+        .zip(&theirs)
+        .map(|(p, n)| format!("{:.2}", p / n))
+        .collect();
+    println!(
+        "portcullis / jwt_authn+RBAC: {:.2} (medians; per round {}; goal >= 1.00)",
+        median(ours) / median(theirs),
+        per_round.join(" ")
+    );
+    let counters: Vec<String> = loads
+        .iter()
+        .flat_map(|l| l.counters.iter().map(|(n, g)| format!("{n} +{g}")))
+        .collect();
+    println!(
+        "(medians of {} rounds of wrk -t1 -c{} -d{}s --latency per variant, alternating, after a {WARMUP_SECONDS} s \
+         warm-up each; GET {LOAD_PATH} with one repeated RS256 token; Envoy --concurrency 1; portcullis with the demo \
+         configuration, debugHeaders off; every answer 2xx; \
+         filter counters over the measured runs: {})",
+        opts.rounds,
+        opts.connections,
+        opts.seconds,
+        counters.join(", ")
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const REPORT: &str = "Running 10s test @ http://127.0.0.1:1/api/hello
+  1 threads and 16 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency     1.52ms  300.00us   9.87ms   90.00%
+    Req/Sec    10.50k   500.00    11.00k    70.00%
+  Latency Distribution
+     50%  812.00us
+     75%    1.60ms
+     90%    1.80ms
+     99%    2.50ms
+  104500 requests in 10.00s, 14.00MB read
+Requests/sec:  10449.12
+Transfer/sec:      1.40MB
+";
+
+    #[test]
+    fn reads_a_wrk_report() {
+        let r = parse_wrk(REPORT).unwrap();
+        assert_eq!(r.requests, 104_500);
+        assert!((r.per_second - 10449.12).abs() < 1e-9);
+        assert!((r.p50_ms - 0.812).abs() < 1e-9);
+        assert!((r.p99_ms - 2.5).abs() < 1e-9);
+    }
+
+    #[test]
+    fn refuses_errors_in_a_wrk_report() {
+        let bad = REPORT.replace(
+            "Requests/sec",
+            "  Non-2xx or 3xx responses: 3\nRequests/sec",
+        );
+        assert!(parse_wrk(&bad).is_err());
+        let bad = REPORT.replace(
+            "Requests/sec",
+            "  Socket errors: connect 0, read 1, write 0, timeout 0\nRequests/sec",
+        );
+        assert!(parse_wrk(&bad).is_err());
+        assert!(parse_wrk("").is_err());
+    }
+
+    #[test]
+    fn medians() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert!(median(Vec::new()).is_nan());
+    }
+
+    #[test]
+    fn reads_latency_units() {
+        assert_eq!(latency_ms("500.00us"), Some(0.5));
+        assert_eq!(latency_ms("2.00s"), Some(2000.0));
+        assert_eq!(latency_ms("1.5x"), None);
+    }
 }

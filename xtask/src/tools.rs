@@ -154,6 +154,22 @@ pub fn ensure_envoy() -> Result<PathBuf> {
     }
 }
 
+/// The HTTP load generator `wrk`: the one on `PATH`, else Debian's package `wrk` installed.
+pub fn ensure_wrk() -> Result<PathBuf> {
+    let on_path = || {
+        std::env::var_os("PATH").and_then(|path| {
+            std::env::split_paths(&path)
+                .map(|dir| dir.join("wrk"))
+                .find(|p| p.is_file())
+        })
+    };
+    if let Some(wrk) = on_path() {
+        return Ok(wrk);
+    }
+    apt_install(&["wrk"])?;
+    on_path().ok_or_else(|| "Debian package wrk installed, but no wrk on PATH".to_owned())
+}
+
 /// `cargo xtask test`: tools, wasm, formatting and lints, then every test.
 pub fn test(extra: &[String]) -> Result {
     let started = Instant::now();

@@ -84,6 +84,12 @@ impl RootContext for Root {
             error!("portcullis: no plugin configuration given; refusing to start");
             return false;
         };
+        // Format log lines only at the level the host keeps (Envoy's wasm component level, read
+        // once per configuration): a debug line per request costs formatting and a host call
+        // even when Envoy drops it.
+        if let Ok(level) = hostcalls::get_log_level() {
+            proxy_wasm::set_log_level(level);
+        }
         match Engine::from_json(&bytes) {
             Ok(mut engine) => {
                 self.metrics = Metrics::define();

@@ -37,3 +37,16 @@ fn istio_wasmplugin_is_accepted_by_the_filter() -> TestResult {
     assert_eq!(engine.bundle_version(), 1);
     Ok(())
 }
+
+#[test]
+fn jwt_authn_rbac_comparison_config_validates() -> TestResult {
+    let issuer = harness::devkeys::DevIssuer::generate()?;
+    let cfg = harness::envoy::jwt_authn_rbac_config(
+        harness::envoy::Ports::free()?,
+        &issuer.issuer,
+        &issuer.audience,
+        &issuer.jwks(),
+    )?;
+    harness::envoy::validate(&cfg)?;
+    Ok(())
+}
