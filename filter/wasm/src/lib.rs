@@ -26,12 +26,13 @@ static ALLOCATOR: lol_alloc::AssumeSingleThreaded<lol_alloc::FreeListAllocator> 
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Trace);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root { engine: None, metrics: Metrics::default() }) });
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root { engine: None, metrics: Metrics::default(), by_policy: Rc::default() }) });
 }}
 
 struct Root {
     engine: Option<Rc<Engine>>,
     metrics: Metrics,
+    by_policy: Rc<PolicyCounters>,
 }
 
 /// Counters, visible in Envoy as `wasmcustom.portcullis.*` (README lists them).
@@ -73,6 +74,43 @@ impl Metrics {
         if id != 0 && n > 0 {
             let _ = hostcalls::increment_metric(id, i64::try_from(n).unwrap_or(i64::MAX));
         }
+    }
+}
+
+/// `portcullis.denied_by.<policy id>` counters, defined the first time a policy denies (at most
+/// one per policy of the bundles in force).
+#[derive(Debug, Default)]
+struct PolicyCounters(std::cell::RefCell<std::collections::HashMap<String, u32>>);
+
+impl PolicyCounters {
+    fn denied_by(&self, policy: &str) {
+        let Ok(mut ids) = self.0.try_borrow_mut() else {
+            return;
+        };
+        let id = match ids.get(policy) {
+            Some(id) => *id,
+            None => {
+                // Stat names keep letters, digits, '-' and '_'; anything else becomes '_'.
+                let name: String = policy
+                    .chars()
+                    .map(|c| {
+                        if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                            c
+                        } else {
+                            '_'
+                        }
+                    })
+                    .collect();
+                let id = hostcalls::define_metric(
+                    MetricType::Counter,
+                    &format!("portcullis.denied_by.{name}"),
+                )
+                .unwrap_or(0);
+                ids.insert(policy.to_owned(), id);
+                id
+            }
+        };
+        Metrics::add(id, 1);
     }
 }
 
@@ -118,6 +156,7 @@ impl RootContext for Root {
         Some(Box::new(Http {
             engine: self.engine.clone(),
             metrics: self.metrics,
+            by_policy: self.by_policy.clone(),
         }))
     }
 
@@ -129,6 +168,7 @@ impl RootContext for Root {
 struct Http {
     engine: Option<Rc<Engine>>,
     metrics: Metrics,
+    by_policy: Rc<PolicyCounters>,
 }
 
 impl Context for Http {}
@@ -187,6 +227,11 @@ impl HttpContext for Http {
             Verdict::Unauthenticated(_) => m.unauthenticated,
         };
         Metrics::add(verdict, 1);
+        if outcome.verdict == Verdict::Forbidden {
+            for id in &outcome.policies {
+                self.by_policy.denied_by(id);
+            }
+        }
         Metrics::add(m.errors, u64::try_from(outcome.errors.len()).unwrap_or(0));
         if outcome.dry_run == Some(false) {
             Metrics::add(m.dry_run_would_deny, 1);

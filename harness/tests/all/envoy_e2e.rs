@@ -64,6 +64,11 @@ fn decisions_through_real_envoy() -> TestResult {
     // fixtures, plus the token-less request `wait_ready` sends.
     assert_eq!(proxy.stat("wasmcustom.portcullis.allowed")?, Some(2));
     assert_eq!(proxy.stat("wasmcustom.portcullis.denied")?, Some(2));
+    // The determining policy of each deny is counted under its id.
+    assert_eq!(
+        proxy.stat("wasmcustom.portcullis.denied_by.admin-area-admins-only")?,
+        Some(1)
+    );
     assert_eq!(
         proxy.stat("wasmcustom.portcullis.unauthenticated")?,
         Some(8)
