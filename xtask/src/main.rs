@@ -52,6 +52,11 @@ enum Task {
         /// Measured wrk runs per variant, alternating between the variants; medians are shown.
         #[arg(long, default_value_t = 3)]
         rounds: u32,
+        /// Distinct tokens cycled through in the first-sight load run (Portcullis runs with its
+        /// token cache off, jwt_authn's holds 100), so every request verifies a signature; 0
+        /// skips that run.
+        #[arg(long, default_value_t = 2000)]
+        first_sight_tokens: u32,
     },
     /// Install what is missing, build the filter, run every test in the workspace.
     Test {
@@ -74,12 +79,14 @@ fn main() -> ExitCode {
             seconds,
             connections,
             rounds,
+            first_sight_tokens,
         } => measure::run(&measure::Options {
             requests,
             wasm,
             seconds,
             connections,
             rounds,
+            first_sight_tokens,
         }),
         Task::Test { cargo_args } => tools::test(&cargo_args),
     };

@@ -25,6 +25,8 @@ pub struct Options {
     pub connections: u32,
     /// Measured wrk runs per variant.
     pub rounds: u32,
+    /// Distinct tokens of the first-sight run; 0 skips it.
+    pub first_sight_tokens: u32,
 }
 
 /// Warm-up before each measured wrk run (V8 tiers up, caches fill).
@@ -241,6 +243,9 @@ pub fn run(opts: &Options) -> Result {
     if let Some(wrk) = &wrk {
         let loads = load_phase(&mut proxies, wrk, opts, &auth)?;
         print_load_table(&loads, opts);
+        if opts.first_sight_tokens > 0 {
+            first_sight_phase(&proxies, wrk, opts, &issuer, &wasm)?;
+        }
     }
     for (variant, proxy) in &mut proxies {
         if !proxy.is_running() {
@@ -358,6 +363,170 @@ fn load_phase(
         load.rss_after_kib = proxy.rss_kib().unwrap_or(0);
     }
     Ok(loads)
+}
+
+/// Every request carries a token the filters have not seen recently: `first_sight_tokens`
+/// distinct tokens, cycled by a wrk script, more than any token cache here holds. Measures
+/// signature verification under load: Portcullis with Envoy's `verify_signature` (default),
+/// Portcullis with its own wasm-compiled RSA (`hostCrypto: false`), and jwt_authn+RBAC, against
+/// the no-filter baseline; one round each.
+fn first_sight_phase(
+    proxies: &[(Variant, Envoy)],
+    wrk: &Path,
+    opts: &Options,
+    issuer: &DevIssuer,
+    wasm: &Path,
+) -> Result {
+    let started = Instant::now();
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let mut lines = String::new();
+    let t = harness::devkeys::now();
+    for i in 0..opts.first_sight_tokens {
+        // jti makes every token distinct: {"iss","aud","sub":"bob","groups":["staff"],"jti":i,...}
+        let token = issuer.sign(&serde_json::json!({
+            "iss": issuer.issuer, "aud": issuer.audience, "sub": "bob", "groups": ["staff"],
+            "jti": i.to_string(), "iat": t, "exp": t + 3600,
+        }));
+        lines.push_str(&token);
+        lines.push('\n');
+    }
+    let tokens = dir.path().join("tokens.txt");
+    std::fs::write(&tokens, lines).map_err(|e| e.to_string())?;
+    let script = dir.path().join("first-sight.lua");
+    std::fs::write(
+        &script,
+        format!(
+            "local tokens = {{}}\nfor line in io.lines(\"{}\") do tokens[#tokens + 1] = line end\n\
+             local i = 0\nrequest = function()\n  i = i % #tokens + 1\n  \
+             return wrk.format(\"GET\", \"{LOAD_PATH}\", {{[\"authorization\"] = \"Bearer \" .. tokens[i]}})\nend\n",
+            tokens.display()
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    println!(
+        "\nfirst sight: {} distinct RS256 tokens signed in {:.1?}",
+        opts.first_sight_tokens,
+        started.elapsed()
+    );
+
+    // Two more Portcullis instances with the token cache off (every request verifies a
+    // signature): one lets Envoy verify RSA, one verifies in wasm.
+    let pinning = pinning();
+    let mut extra = Vec::new();
+    for host_crypto in [true, false] {
+        let ports = Ports::free().map_err(|e| e.to_string())?;
+        let mut plugin = demo::plugin_config(issuer);
+        if let Some(o) = plugin.as_object_mut() {
+            o.insert("debugHeaders".into(), false.into());
+            o.insert("hostCrypto".into(), host_crypto.into());
+            o.insert("tokenCache".into(), serde_json::json!({"capacity": 0}));
+        }
+        let cfg = envoy::config(ports, wasm, &plugin).map_err(|e| e.to_string())?;
+        let mut proxy = Envoy::start(&cfg, ports, 1).map_err(|e| e.to_string())?;
+        proxy
+            .wait_ready(Duration::from_secs(120))
+            .map_err(|e| e.to_string())?;
+        if let Some(p) = &pinning {
+            crate::tools::run(
+                Command::new("taskset")
+                    .args(["-a", "-c", "-p"])
+                    .arg(p.envoy.to_string())
+                    .arg(proxy.pid().to_string())
+                    .stdout(std::process::Stdio::null()),
+                "taskset (Envoy)",
+            )?;
+        }
+        extra.push(proxy);
+    }
+    let auth = format!("@{}", script.display());
+    let mut rows: Vec<(&str, WrkResult)> = Vec::new();
+    let mut runs: Vec<(&str, &Envoy, &[&str])> = proxies
+        .iter()
+        .filter_map(|(v, p)| match v {
+            Variant::NoFilter => Some((v.name(), p, &[][..])),
+            Variant::JwtAuthnRbac => Some((v.name(), p, &["http.ingress.rbac.allowed"][..])),
+            Variant::Portcullis => None,
+        })
+        .collect();
+    if let [host, in_wasm] = extra.as_slice() {
+        runs.push((
+            "portcullis, verify_signature",
+            host,
+            &[
+                "wasmcustom.portcullis.allowed",
+                "wasmcustom.portcullis.host_verify.confirmed",
+            ],
+        ));
+        runs.push((
+            "portcullis, RSA in wasm",
+            in_wasm,
+            &["wasmcustom.portcullis.allowed"],
+        ));
+    }
+    for (name, proxy, counters) in runs {
+        let read = |n: &str| proxy.stat(n).map_err(|e| e.to_string());
+        // Warm-up with the same script (V8 tiers up the verification code too).
+        run_wrk(
+            wrk,
+            pinning.as_ref(),
+            WARMUP_SECONDS,
+            opts.connections,
+            &auth,
+            &proxy.url(LOAD_PATH),
+        )
+        .map_err(|e| format!("{name} (warm-up): {e}"))?;
+        let mid: Vec<Option<u64>> = counters.iter().map(|n| read(n)).collect::<Result<_>>()?;
+        let r = run_wrk(
+            wrk,
+            pinning.as_ref(),
+            opts.seconds,
+            opts.connections,
+            &auth,
+            &proxy.url(LOAD_PATH),
+        )
+        .map_err(|e| format!("{name}: {e}"))?;
+        // Every answer was allowed by the filter, signatures verified the advertised way.
+        for (n, m) in counters.iter().zip(&mid) {
+            let after = read(n)?.unwrap_or(0);
+            let grew = after.saturating_sub(m.unwrap_or(0));
+            if grew < r.requests {
+                return Err(format!(
+                    "{name}: {n} grew by {grew} while wrk counted {} answers",
+                    r.requests
+                ));
+            }
+        }
+        println!(
+            "first sight, {name}: {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, {} answers, all 2xx",
+            r.per_second, r.p50_ms, r.p99_ms, r.requests
+        );
+        rows.push((name, r));
+    }
+    let base = rows
+        .iter()
+        .find(|(n, _)| *n == Variant::NoFilter.name())
+        .map(|(_, r)| r.per_second)
+        .unwrap_or(0.0);
+    println!(
+        "\n{:<30} {:>10} {:>10} {:>10} {:>22}",
+        "first sight (new token each)", "req/s", "p50", "p99", "filter µs/request"
+    );
+    for (name, r) in &rows {
+        let cost = if base > 0.0 && r.per_second > 0.0 {
+            format!("{:.1}", 1e6 / r.per_second - 1e6 / base)
+        } else {
+            "-".to_owned()
+        };
+        println!(
+            "{name:<30} {:>10.0} {:>7.2} ms {:>7.2} ms {cost:>22}",
+            r.per_second, r.p50_ms, r.p99_ms
+        );
+    }
+    println!(
+        "(one round of wrk -t1 -c{} -d{}s per variant after a {WARMUP_SECONDS} s warm-up, {} tokens cycled; filter µs/request = 1/req/s − 1/req/s without filter, one pinned worker)",
+        opts.connections, opts.seconds, opts.first_sight_tokens
+    );
+    Ok(())
 }
 
 /// The demo's decisions, asserted on this variant before anything is measured.
@@ -484,9 +653,13 @@ fn run_wrk(
         None => Command::new(wrk),
     };
     cmd.args(["-t1", &format!("-c{connections}"), &format!("-d{seconds}s")])
-        .args(["--latency", "-H"])
-        .arg(format!("authorization: {auth}"))
-        .arg(url);
+        .arg("--latency");
+    // `auth` is a header value, or `@script.lua` for a wrk script that sets it per request.
+    match auth.strip_prefix('@') {
+        Some(script) => cmd.args(["-s", script]),
+        None => cmd.arg("-H").arg(format!("authorization: {auth}")),
+    };
+    cmd.arg(url);
     let out = cmd
         .output()
         .map_err(|e| format!("wrk: cannot start: {e}"))?;
