@@ -173,15 +173,24 @@ struct Http {
 
 impl Context for Http {}
 
-struct HostRequest<'a>(&'a Http);
+/// The request as the core sees it: every header read in one host call (the core asks for
+/// several: pseudo-headers, token sources, context headers), the client address on demand.
+struct HostRequest<'a> {
+    http: &'a Http,
+    headers: Vec<(String, String)>,
+}
 
 impl RequestView for HostRequest<'_> {
     fn header(&self, name: &str) -> Option<String> {
-        self.0.get_http_request_header(name)
+        // Envoy hands header names in lower case, as the core asks for them.
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
     }
 
     fn source_address(&self) -> Option<String> {
-        self.0
+        self.http
             .get_property(vec!["source", "address"])
             .and_then(|b| String::from_utf8(b).ok())
     }
@@ -199,13 +208,16 @@ impl HttpContext for Http {
             );
             return Action::Pause;
         };
-        let now = self
-            .get_current_time()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
         let before = engine.cache_stats();
         let started = self.get_current_time();
-        let outcome = engine.check(&HostRequest(self), now);
+        let now = started
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let request = HostRequest {
+            http: self,
+            headers: self.get_http_request_headers(),
+        };
+        let outcome = engine.check(&request, now);
         let elapsed = self
             .get_current_time()
             .duration_since(started)
