@@ -244,7 +244,11 @@ impl Engine {
                 .filter(|(k, _)| self.context_query.contains(k))
                 .collect()
         };
-        let source = req.source_address();
+        let source = if self.sets.need_source() {
+            req.source_address()
+        } else {
+            None
+        };
         let http = HttpRequest {
             method: &method,
             path: &path,

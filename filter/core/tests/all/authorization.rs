@@ -425,3 +425,41 @@ fn an_invalid_bundle_keeps_the_last_good_one() -> TestResult {
     assert!(e.replace_bundle("nobody", &good).is_err());
     Ok(())
 }
+
+/// A request that counts how often the client address is asked for.
+struct Counting {
+    inner: StaticRequest,
+    asked: std::cell::Cell<u32>,
+}
+
+impl portcullis_core::RequestView for Counting {
+    fn header(&self, name: &str) -> Option<String> {
+        self.inner.header(name)
+    }
+    fn source_address(&self) -> Option<String> {
+        self.asked.set(self.asked.get() + 1);
+        self.inner.source_address()
+    }
+}
+
+#[test]
+fn the_client_address_is_asked_for_only_when_a_policy_can_read_it() -> TestResult {
+    use portcullis_core::RequestView as _;
+    let issuer = DevIssuer::generate()?;
+    let req = Counting {
+        inner: StaticRequest::new("GET", "/api/x")
+            .with_bearer(&issuer.token("bob", &[]))
+            .with_source("10.0.0.1:5"),
+        asked: std::cell::Cell::new(0),
+    };
+    // The demo bundle never mentions `source`.
+    let demo = Engine::from_json(harness::demo::plugin_config(&issuer).to_string().as_bytes())?;
+    assert_eq!(demo.check(&req, now()).verdict, Verdict::Allow);
+    assert_eq!(req.asked.get(), 0);
+    // This file's bundle does (`no-writes-from-outside`).
+    let e = engine_with(&issuer, json!({}))?;
+    assert_eq!(e.check(&req, now()).verdict, Verdict::Allow);
+    assert_eq!(req.asked.get(), 1);
+    assert_eq!(req.inner.source_address().as_deref(), Some("10.0.0.1:5"));
+    Ok(())
+}
