@@ -7,11 +7,10 @@
 //! filter's own Rust crypto compiled to wasm — the fallback path. Inside Envoy, RSA and ECDSA
 //! are checked by Envoy's BoringSSL instead (`cargo xtask measure` measures that).
 
-use std::hint::black_box;
-use std::path::PathBuf;
-use std::time::Duration;
+mod common;
 
-use criterion::Criterion;
+use std::hint::black_box;
+
 use harness::devkeys::{DevIssuer, now, sign_fixed};
 use harness::host::{Host, Plugin, Request, VmOptions};
 use portcullis_core::{Engine, StaticRequest, Verdict};
@@ -41,25 +40,8 @@ fn setup(issuer: &DevIssuer, alg: &str) -> Option<(Value, String)> {
     Some((cfg, token))
 }
 
-fn mean_ns(dir: &std::path::Path, group: &str, id: &str) -> Option<f64> {
-    // Criterion names the directory of "group/id" "group_id".
-    let path = dir.join(format!("{group}_{id}")).join("new/estimates.json");
-    let text = std::fs::read_to_string(path).ok()?;
-    let v: Value = serde_json::from_str(&text).ok()?;
-    v.get("mean")?.get("point_estimate")?.as_f64()
-}
-
 fn main() {
-    let out = std::env::current_exe()
-        .ok()
-        .and_then(|p| Some(p.parent()?.parent()?.parent()?.join("criterion-algorithms")))
-        .unwrap_or_else(|| PathBuf::from("target/criterion-algorithms"));
-    let mut c = Criterion::default()
-        .output_directory(&out)
-        .sample_size(20)
-        .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(2))
-        .configure_from_args();
+    let (mut c, out) = common::criterion("algorithms");
     let Ok(issuer) = DevIssuer::generate() else {
         eprintln!("cannot generate a key");
         return;
@@ -103,9 +85,9 @@ fn main() {
         "alg", "verify native", "decision native", "decision wasm", "wasm/native"
     );
     for alg in ALGS {
-        let v = mean_ns(&out, "verify_native", alg);
-        let n = mean_ns(&out, "decision_native", alg);
-        let w = mean_ns(&out, "decision_wasm", alg);
+        let v = common::mean_ns(&out, "verify_native", alg);
+        let n = common::mean_ns(&out, "decision_native", alg);
+        let w = common::mean_ns(&out, "decision_wasm", alg);
         let us =
             |x: Option<f64>| x.map_or_else(|| "-".to_owned(), |x| format!("{:.1} µs", x / 1e3));
         let ratio = match (w, n) {

@@ -5,9 +5,11 @@
 //! per-user grant; every iteration asserts the decision and its reason. At the end a table
 //! gives the means and the 10,000/10 ratio of each.
 
+mod common;
+
 use std::hint::black_box;
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+
+use std::time::Instant;
 
 use criterion::Criterion;
 use portcullis_core::bundle::{Bundle, BundleWire};
@@ -16,7 +18,7 @@ use portcullis_core::index::cedar::{
     Authorizer, Context, Decision, Entities, EntityUid, PolicyId, PolicySet, Request,
     RestrictedExpression,
 };
-use serde_json::{Value, json};
+use serde_json::json;
 
 const SIZES: [usize; 3] = [10, 1_000, 10_000];
 
@@ -77,25 +79,8 @@ fn cedar_policy_set(src: &str) -> Option<PolicySet> {
     src.parse().ok()
 }
 
-fn mean_ns(dir: &Path, group: &str, id: &str) -> Option<f64> {
-    // Criterion names the directory of "group/id" "group_id".
-    let path = dir.join(format!("{group}_{id}")).join("new/estimates.json");
-    let text = std::fs::read_to_string(path).ok()?;
-    let v: Value = serde_json::from_str(&text).ok()?;
-    v.get("mean")?.get("point_estimate")?.as_f64()
-}
-
 fn main() {
-    let out = std::env::current_exe()
-        .ok()
-        .and_then(|p| Some(p.parent()?.parent()?.parent()?.join("criterion-policies")))
-        .unwrap_or_else(|| PathBuf::from("target/criterion-policies"));
-    let mut c = Criterion::default()
-        .output_directory(&out)
-        .sample_size(20)
-        .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(2))
-        .configure_from_args();
+    let (mut c, out) = common::criterion("policies");
     let Some(req) = request() else {
         eprintln!("cannot build the request");
         return;
@@ -166,9 +151,9 @@ fn main() {
         "policies", "cedar whole set", "policy index", "index/whole", "index build"
     );
     for n in SIZES {
-        let whole = mean_ns(&out, "cedar_whole_set", &n.to_string());
-        let idx = mean_ns(&out, "policy_index", &n.to_string());
-        let build = mean_ns(&out, "index_build", &n.to_string());
+        let whole = common::mean_ns(&out, "cedar_whole_set", &n.to_string());
+        let idx = common::mean_ns(&out, "policy_index", &n.to_string());
+        let build = common::mean_ns(&out, "index_build", &n.to_string());
         let ratio = match (idx, whole) {
             (Some(i), Some(w)) if w > 0.0 => format!("{:.3}", i / w),
             _ => "-".to_owned(),
@@ -180,7 +165,10 @@ fn main() {
             us(build)
         );
     }
-    let growth = |group: &str| match (mean_ns(&out, group, "10000"), mean_ns(&out, group, "10")) {
+    let growth = |group: &str| match (
+        common::mean_ns(&out, group, "10000"),
+        common::mean_ns(&out, group, "10"),
+    ) {
         (Some(big), Some(small)) if small > 0.0 => format!("{:.1}×", big / small),
         _ => "-".to_owned(),
     };
@@ -191,11 +179,11 @@ fn main() {
     );
     println!(
         "whole filter decision (cached token), 10 → 10000 policies: native {} → {} ({}), in wasm {} → {} ({})",
-        us(mean_ns(&out, "filter_native", "10")),
-        us(mean_ns(&out, "filter_native", "10000")),
+        us(common::mean_ns(&out, "filter_native", "10")),
+        us(common::mean_ns(&out, "filter_native", "10000")),
         growth("filter_native"),
-        us(mean_ns(&out, "filter_wasm", "10")),
-        us(mean_ns(&out, "filter_wasm", "10000")),
+        us(common::mean_ns(&out, "filter_wasm", "10")),
+        us(common::mean_ns(&out, "filter_wasm", "10000")),
         growth("filter_wasm"),
     );
 }

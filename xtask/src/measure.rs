@@ -273,14 +273,7 @@ fn load_phase(
     match &pinning {
         Some(p) => {
             for (_, proxy) in proxies.iter() {
-                crate::tools::run(
-                    Command::new("taskset")
-                        .args(["-a", "-c", "-p"])
-                        .arg(p.envoy.to_string())
-                        .arg(proxy.pid().to_string())
-                        .stdout(std::process::Stdio::null()),
-                    "taskset (Envoy)",
-                )?;
+                p.pin(proxy)?;
             }
             println!(
                 "pinning (taskset): every Envoy (all threads) to CPU {}, wrk to CPU {}",
@@ -427,14 +420,7 @@ fn first_sight_phase(
             .wait_ready(Duration::from_secs(120))
             .map_err(|e| e.to_string())?;
         if let Some(p) = &pinning {
-            crate::tools::run(
-                Command::new("taskset")
-                    .args(["-a", "-c", "-p"])
-                    .arg(p.envoy.to_string())
-                    .arg(proxy.pid().to_string())
-                    .stdout(std::process::Stdio::null()),
-                "taskset (Envoy)",
-            )?;
+            p.pin(&proxy)?;
         }
         extra.push(proxy);
     }
@@ -568,6 +554,20 @@ fn check_decisions(proxy: &Envoy, variant: Variant, tokens: &Tokens) -> Result {
 struct Pinning {
     envoy: u32,
     wrk: u32,
+}
+
+impl Pinning {
+    /// Moves every thread of an Envoy to the Envoy CPU.
+    fn pin(&self, proxy: &Envoy) -> Result {
+        crate::tools::run(
+            Command::new("taskset")
+                .args(["-a", "-c", "-p"])
+                .arg(self.envoy.to_string())
+                .arg(proxy.pid().to_string())
+                .stdout(std::process::Stdio::null()),
+            "taskset (Envoy)",
+        )
+    }
 }
 
 /// Two CPUs this process may use, if `taskset` works here.
