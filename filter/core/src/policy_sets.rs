@@ -166,6 +166,8 @@ pub struct PolicySets {
     /// Host pattern → index into `tenants`, in configuration order.
     hosts: Vec<(HostMatcher, usize)>,
     tenant_claim: Option<String>,
+    /// Whether any set may read `context.source` (kept up to date on replacement).
+    need_source: bool,
 }
 
 impl PolicySets {
@@ -201,17 +203,24 @@ impl PolicySets {
                 mapping,
             )?);
         }
-        Ok(Self {
+        let mut sets = Self {
             default,
             tenants: compiled,
             hosts,
             tenant_claim,
-        })
+            need_source: false,
+        };
+        sets.need_source = sets.any_mentions_source();
+        Ok(sets)
     }
 
     /// Whether any policy may read `context.source` (then the host is asked for it).
     #[must_use]
     pub fn need_source(&self) -> bool {
+        self.need_source
+    }
+
+    fn any_mentions_source(&self) -> bool {
         self.default.mentions_source || self.tenants.iter().any(|t| t.mentions_source)
     }
 
@@ -281,6 +290,8 @@ impl PolicySets {
         target.engine = target.engine.with_bundle(bundle);
         // The shadow bundle (if any) stays; it may still need the address.
         target.mentions_source = mentions_source(wire) || target.shadow.is_some();
-        Ok(target.version())
+        let version = target.version();
+        self.need_source = self.any_mentions_source();
+        Ok(version)
     }
 }
