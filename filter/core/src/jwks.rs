@@ -338,6 +338,29 @@ fn b64(kid: &str, member: &'static str, v: Option<&String>) -> Result<Vec<u8>, J
     })
 }
 
+/// The uncompressed SEC1 point (`0x04 || x || y`) of an EC JWK whose coordinates are `len`
+/// bytes each.
+fn ec_point(
+    kid: &str,
+    jwk: &JwkWire,
+    len: usize,
+    what: &'static str,
+) -> Result<Vec<u8>, JwksError> {
+    let x = b64(kid, "x", jwk.x.as_ref())?;
+    let y = b64(kid, "y", jwk.y.as_ref())?;
+    if x.len() != len || y.len() != len {
+        return Err(JwksError::Invalid {
+            kid: kid.to_owned(),
+            what,
+        });
+    }
+    let mut sec1 = Vec::with_capacity(1 + 2 * len);
+    sec1.push(0x04);
+    sec1.extend_from_slice(&x);
+    sec1.extend_from_slice(&y);
+    Ok(sec1)
+}
+
 impl TryFrom<&JwkWire> for Key {
     type Error = JwksError;
 
@@ -366,15 +389,7 @@ impl TryFrom<&JwkWire> for Key {
                 KeyMaterial::Rsa(k)
             }
             ("EC", Some("P-256")) => {
-                let x = b64(&kid, "x", jwk.x.as_ref())?;
-                let y = b64(&kid, "y", jwk.y.as_ref())?;
-                if x.len() != 32 || y.len() != 32 {
-                    return Err(JwksError::Invalid { kid, what: "P-256" });
-                }
-                let mut sec1 = Vec::with_capacity(65);
-                sec1.push(0x04);
-                sec1.extend_from_slice(&x);
-                sec1.extend_from_slice(&y);
+                let sec1 = ec_point(&kid, jwk, 32, "P-256")?;
                 KeyMaterial::P256(p256::ecdsa::VerifyingKey::from_sec1_bytes(&sec1).map_err(
                     |_| JwksError::Invalid {
                         kid: kid.clone(),
@@ -383,15 +398,7 @@ impl TryFrom<&JwkWire> for Key {
                 )?)
             }
             ("EC", Some("P-384")) => {
-                let x = b64(&kid, "x", jwk.x.as_ref())?;
-                let y = b64(&kid, "y", jwk.y.as_ref())?;
-                if x.len() != 48 || y.len() != 48 {
-                    return Err(JwksError::Invalid { kid, what: "P-384" });
-                }
-                let mut sec1 = Vec::with_capacity(97);
-                sec1.push(0x04);
-                sec1.extend_from_slice(&x);
-                sec1.extend_from_slice(&y);
+                let sec1 = ec_point(&kid, jwk, 48, "P-384")?;
                 KeyMaterial::P384(p384::ecdsa::VerifyingKey::from_sec1_bytes(&sec1).map_err(
                     |_| JwksError::Invalid {
                         kid: kid.clone(),
