@@ -6,6 +6,7 @@
 //!   mints RS256 tokens, and its public JWK Set.
 //! - [`demo`]: the embedded default plugin configuration the demo and end-to-end tests use.
 //! - [`paths`]: where the built `.wasm` and the Envoy binary are.
+//! - [`postgres`]: a private Postgres cluster (initdb/pg_ctl) for tests and the live demo.
 //! - `host` (feature `wasm-host`, on by default): a wasmtime host for the proxy-wasm ABI that
 //!   runs the built filter without Envoy.
 
@@ -17,6 +18,7 @@ pub mod fixtures;
 pub mod host;
 pub mod http;
 pub mod paths;
+pub mod postgres;
 
 /// Errors from the harness.
 #[derive(Debug, thiserror::Error)]

@@ -20,6 +20,7 @@ pub mod policy;
 pub mod policy_sets;
 pub mod request;
 pub mod routes;
+pub mod signed_bundle;
 pub mod token;
 pub mod token_cache;
 pub mod verifier;

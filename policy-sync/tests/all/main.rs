@@ -1,3 +1,10 @@
-//! policy-sync CLI tests.
+//! policy-sync tests: the CLI, and the service against a real Postgres (a private cluster
+//! started by `support`).
 
+mod admin;
 mod bundle_cli;
+mod cli;
+mod decisions;
+mod long_poll;
+mod publishing;
+mod support;

@@ -1,0 +1,51 @@
+//! Who is waiting for which tenant's next version. Long-poll requests subscribe here; the
+//! listener announces every version published by any replica (NOTIFY), and a periodic read of
+//! the latest versions covers notifications lost while the LISTEN connection was down.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use tokio::sync::watch;
+
+/// Latest known version per tenant, with waiters.
+#[derive(Debug, Default)]
+pub struct Hub {
+    tenants: Mutex<HashMap<String, watch::Sender<i64>>>,
+}
+
+impl Hub {
+    fn with<R>(&self, tenant: &str, f: impl FnOnce(&watch::Sender<i64>) -> R) -> R {
+        // A poisoned lock only means another thread panicked while holding it; the map itself
+        // is always consistent (single inserts), so keep using it.
+        let mut map = self.tenants.lock().unwrap_or_else(|e| e.into_inner());
+        let sender = map
+            .entry(tenant.to_owned())
+            .or_insert_with(|| watch::channel(0).0);
+        f(sender)
+    }
+
+    /// A receiver that sees the tenant's latest announced version.
+    pub fn subscribe(&self, tenant: &str) -> watch::Receiver<i64> {
+        self.with(tenant, watch::Sender::subscribe)
+    }
+
+    /// Records that `version` of `tenant` is published; wakes waiters if it is newer.
+    pub fn announce(&self, tenant: &str, version: i64) {
+        self.with(tenant, |s| {
+            s.send_if_modified(|v| {
+                if version > *v {
+                    *v = version;
+                    true
+                } else {
+                    false
+                }
+            })
+        });
+    }
+
+    /// The latest version announced for any tenant.
+    pub fn latest(&self) -> i64 {
+        let map = self.tenants.lock().unwrap_or_else(|e| e.into_inner());
+        map.values().map(|s| *s.borrow()).max().unwrap_or(0)
+    }
+}

@@ -1,0 +1,244 @@
+//! `policy-sync serve`: the background work (publisher, LISTEN connection, JWKS fetching,
+//! decision-log partitions) and the HTTP server.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use deadpool_postgres::Pool;
+use tokio::sync::Notify;
+
+use crate::api::{self, ApiSettings, AppState};
+use crate::db;
+use crate::hub::Hub;
+use crate::jwks_fetch::{FetchSettings, Fetcher};
+use crate::listener;
+use crate::metrics::Metrics;
+use crate::publish::{self, PublishError, Published};
+use crate::signing::Signer;
+
+/// Everything `serve` needs.
+#[derive(Debug)]
+pub struct ServeConfig {
+    pub listen: SocketAddr,
+    pub database_url: String,
+    pub replica_url: Option<String>,
+    pub pool_size: usize,
+    pub signer: Signer,
+    pub api: ApiSettings,
+    pub fetch: FetchSettings,
+}
+
+/// A started service: its state (for tests) and the address it listens on.
+#[derive(Debug)]
+pub struct Running {
+    pub state: AppState,
+    pub addr: SocketAddr,
+    pub server: tokio::task::JoinHandle<()>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Running {
+    /// Stops the server and every background task.
+    pub fn abort(&self) {
+        self.server.abort();
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.abort();
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Db(#[from] db::DbError),
+    #[error("cannot listen on {addr}: {reason}")]
+    Listen { addr: SocketAddr, reason: String },
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    #[error("JWKS fetcher: {0}")]
+    Fetcher(String),
+}
+
+/// Migrates, publishes what is there, starts the background tasks and the HTTP server.
+pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
+    let pool = db::pool(&config.database_url, config.pool_size)?;
+    let applied = db::migrate(&pool).await?;
+    if !applied.is_empty() {
+        tracing::info!(?applied, "migrations applied");
+    }
+    let read_pool = config
+        .replica_url
+        .as_deref()
+        .map(|u| db::pool(u, config.pool_size))
+        .transpose()?;
+    let metrics = Metrics::new()?;
+    let hub = Arc::new(Hub::default());
+    let wake = Arc::new(Notify::new());
+    let signer = Arc::new(config.signer);
+    tracing::info!(key_id = signer.key_id(), public_key = %signer.public_key_text(), "signing bundles");
+    let fetcher = Arc::new(
+        Fetcher::new(pool.clone(), metrics.clone(), config.fetch)
+            .map_err(|e| ServeError::Fetcher(e.to_string()))?,
+    );
+    let state = AppState {
+        pool: pool.clone(),
+        read_pool,
+        signer: Arc::clone(&signer),
+        hub: Arc::clone(&hub),
+        metrics: metrics.clone(),
+        wake_publisher: Arc::clone(&wake),
+        fetcher: Arc::clone(&fetcher),
+        settings: config.api.clone(),
+    };
+    // Publish whatever the database holds before answering anyone.
+    attempt(&state, "start").await;
+    let mut tasks = vec![
+        tokio::spawn(listener::run(
+            config.database_url.clone(),
+            Arc::clone(&hub),
+            Arc::clone(&wake),
+            metrics.clone(),
+        )),
+        tokio::spawn(publisher(state.clone())),
+        tokio::spawn(refresh_versions(state.clone())),
+        tokio::spawn(decision_partitions(
+            pool.clone(),
+            config.api.decision_retention_days,
+        )),
+    ];
+    tasks.push(tokio::spawn(async move { fetcher.run().await }));
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| ServeError::Listen {
+            addr: config.listen,
+            reason: e.to_string(),
+        })?;
+    let addr = listener.local_addr().map_err(|e| ServeError::Listen {
+        addr: config.listen,
+        reason: e.to_string(),
+    })?;
+    let router = api::app(state.clone());
+    let server = tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, router).await {
+            tracing::error!(error = %e, "the HTTP server stopped");
+        }
+    });
+    tracing::info!(%addr, "policy-sync listening");
+    Ok(Running {
+        state,
+        addr,
+        server,
+        tasks,
+    })
+}
+
+/// One publishing attempt, with its metrics and log lines.
+pub async fn attempt(state: &AppState, reason: &str) -> Option<Published> {
+    let started = Instant::now();
+    let result = publish::publish(&state.pool, &state.signer, reason).await;
+    state
+        .metrics
+        .publish_seconds
+        .observe(started.elapsed().as_secs_f64());
+    match result {
+        Ok(p) => {
+            if let Published::New { version, tenants } = &p {
+                state.metrics.published.inc();
+                tracing::info!(version, ?tenants, "published");
+                for t in tenants {
+                    state.hub.announce(t, *version);
+                }
+                state.metrics.latest_version.set(state.hub.latest());
+            }
+            Some(p)
+        }
+        Err(PublishError::Invalid(problems)) => {
+            state.metrics.publish_refused.inc();
+            tracing::warn!(
+                problems = %crate::diagnostics::summary(&problems),
+                "the source state is invalid; the last good version stays served"
+            );
+            None
+        }
+        Err(e) => {
+            state.metrics.publish_errors.inc();
+            tracing::warn!(error = %e, "publishing failed; retrying");
+            None
+        }
+    }
+}
+
+/// Publishes whenever woken (NOTIFY, an API write), and every 30 s in any case; retries
+/// after a second while Postgres is unreachable.
+async fn publisher(state: AppState) {
+    loop {
+        tokio::select! {
+            () = state.wake_publisher.notified() => {}
+            () = tokio::time::sleep(Duration::from_secs(30)) => {}
+        }
+        if attempt(&state, "change").await.is_none() {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+}
+
+/// Learns the latest versions every few seconds, in case a notification was lost.
+async fn refresh_versions(state: AppState) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let Ok(c) = state.pool.get().await else {
+            continue;
+        };
+        if let Ok(rows) = c
+            .query(
+                "SELECT DISTINCT ON (tenant) tenant, version FROM bundles
+                 ORDER BY tenant, version DESC",
+                &[],
+            )
+            .await
+        {
+            for row in rows {
+                state.hub.announce(row.get(0), row.get(1));
+            }
+            state.metrics.latest_version.set(state.hub.latest());
+        }
+    }
+}
+
+/// Keeps today's and tomorrow's decision-log partitions and drops those past retention.
+async fn decision_partitions(pool: Pool, retention_days: i32) {
+    loop {
+        match maintain_partitions(&pool, retention_days).await {
+            Ok(dropped) if dropped > 0 => {
+                tracing::info!(dropped, "old decision-log partitions dropped");
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "decision-log partition upkeep failed"),
+        }
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+    }
+}
+
+/// Creates today's and tomorrow's partitions; drops those older than `retention_days`.
+pub async fn maintain_partitions(pool: &Pool, retention_days: i32) -> Result<i32, db::DbError> {
+    let c = pool.get().await?;
+    c.execute(
+        "SELECT portcullis_decision_partition((now() AT TIME ZONE 'UTC')::date + d)
+         FROM generate_series(0, 1) AS d",
+        &[],
+    )
+    .await?;
+    Ok(c.query_one(
+        "SELECT portcullis_drop_decision_partitions($1)",
+        &[&retention_days],
+    )
+    .await?
+    .get(0))
+}

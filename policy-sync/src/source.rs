@@ -1,0 +1,254 @@
+//! The source state in Postgres and how it becomes bundles: one per tenant, each validated as
+//! the filter will validate it, with positioned problems when it is not valid.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use cedar_policy::{Entities, Policy, PolicyId, PolicySet, Schema, ValidationMode, Validator};
+use deadpool_postgres::GenericClient;
+use portcullis_core::signed_bundle::IssuerKeys;
+use portcullis_core::{Bundle, BundleWire};
+use serde::{Deserialize, Serialize};
+
+use crate::db::DbError;
+use crate::diagnostics::Problem;
+
+/// Every tenant's policies, schema and entities. Stored with each version (for rollback).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Source {
+    pub tenants: BTreeMap<String, TenantSource>,
+}
+
+/// One tenant's source rows.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TenantSource {
+    pub policies: Vec<PolicyRow>,
+    #[serde(default)]
+    pub schema: Option<String>,
+    #[serde(default)]
+    pub entities: Vec<serde_json::Value>,
+}
+
+/// One stored policy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PolicyRow {
+    pub id: String,
+    pub text: String,
+    pub enabled: bool,
+}
+
+/// Policy ids: letters, digits and `_ . : -`, starting with a letter or digit, at most 128.
+pub fn valid_policy_id(id: &str) -> bool {
+    let mut chars = id.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && id.len() <= 128
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '-'))
+}
+
+/// Tenant ids: letters, digits and `_ . -`, starting with a letter or digit, at most 63.
+pub fn valid_tenant_id(id: &str) -> bool {
+    let mut chars = id.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && id.len() <= 63
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+}
+
+/// Reads the source of every tenant (or of one).
+pub async fn load(c: &impl GenericClient, only: Option<&str>) -> Result<Source, DbError> {
+    let mut tenants: BTreeMap<String, TenantSource> = BTreeMap::new();
+    for row in c
+        .query(
+            "SELECT id FROM tenants WHERE $1::text IS NULL OR id = $1 ORDER BY id",
+            &[&only],
+        )
+        .await?
+    {
+        tenants.insert(row.get(0), TenantSource::default());
+    }
+    for row in c
+        .query(
+            "SELECT tenant, id, text, enabled FROM policies
+             WHERE $1::text IS NULL OR tenant = $1 ORDER BY tenant, id",
+            &[&only],
+        )
+        .await?
+    {
+        if let Some(t) = tenants.get_mut(row.get::<_, &str>(0)) {
+            t.policies.push(PolicyRow {
+                id: row.get(1),
+                text: row.get(2),
+                enabled: row.get(3),
+            });
+        }
+    }
+    for row in c
+        .query(
+            "SELECT tenant, text FROM schemas WHERE $1::text IS NULL OR tenant = $1",
+            &[&only],
+        )
+        .await?
+    {
+        if let Some(t) = tenants.get_mut(row.get::<_, &str>(0)) {
+            t.schema = Some(row.get(1));
+        }
+    }
+    for row in c
+        .query(
+            "SELECT tenant, entity FROM entities
+             WHERE $1::text IS NULL OR tenant = $1 ORDER BY tenant, uid",
+            &[&only],
+        )
+        .await?
+    {
+        if let Some(t) = tenants.get_mut(row.get::<_, &str>(0)) {
+            t.entities.push(row.get(1));
+        }
+    }
+    Ok(Source { tenants })
+}
+
+/// Reads every issuer with its keys, sorted, as they go into documents.
+pub async fn load_issuers(c: &impl GenericClient) -> Result<Vec<IssuerKeys>, DbError> {
+    let mut issuers: Vec<IssuerKeys> = Vec::new();
+    for row in c
+        .query(
+            "SELECT issuer, audiences, settings FROM issuers ORDER BY issuer",
+            &[],
+        )
+        .await?
+    {
+        issuers.push(IssuerKeys {
+            issuer: row.get(0),
+            audiences: row.get(1),
+            jwks: serde_json::json!({"keys": []}),
+            settings: row.get(2),
+        });
+    }
+    let mut keys: BTreeMap<String, Vec<serde_json::Value>> = BTreeMap::new();
+    for row in c
+        .query("SELECT issuer, jwk FROM keys ORDER BY issuer, kid", &[])
+        .await?
+    {
+        keys.entry(row.get(0)).or_default().push(row.get(1));
+    }
+    for issuer in &mut issuers {
+        if let Some(k) = keys.remove(&issuer.issuer) {
+            issuer.jwks = serde_json::json!({ "keys": k });
+        }
+    }
+    Ok(issuers)
+}
+
+impl TenantSource {
+    /// The bundle for this tenant, checked policy by policy (with positions), then as a whole
+    /// exactly as the filter checks it.
+    pub fn bundle(&self, version: u64) -> Result<BundleWire, Vec<Problem>> {
+        let mut problems = Vec::new();
+        let mut set = PolicySet::new();
+        let mut texts: BTreeMap<String, Arc<str>> = BTreeMap::new();
+        let mut out = String::new();
+        for row in self.policies.iter().filter(|p| p.enabled) {
+            let name = format!("policy {:?}", row.id);
+            let text: Arc<str> = Arc::from(row.text.as_str());
+            if !valid_policy_id(&row.id) {
+                problems.push(Problem::plain(&name, "invalid policy id"));
+                continue;
+            }
+            match Policy::parse(Some(PolicyId::new(&row.id)), &row.text) {
+                Err(e) => problems.extend(Problem::from_diagnostic(&name, &text, &e)),
+                Ok(p) => {
+                    if let Some(a) = p.annotation("id").filter(|a| *a != row.id) {
+                        problems.push(Problem::plain(
+                            &name,
+                            format!("its @id annotation {a:?} differs from the policy id"),
+                        ));
+                        continue;
+                    }
+                    if p.annotation("id").is_none() {
+                        out.push_str(&format!("@id({:?})\n", row.id));
+                    }
+                    out.push_str(row.text.trim_end());
+                    out.push_str("\n\n");
+                    if set.add(p).is_err() {
+                        problems.push(Problem::plain(&name, "duplicate policy id"));
+                    }
+                    texts.insert(row.id.clone(), text);
+                }
+            }
+        }
+        let schema = match &self.schema {
+            None => None,
+            Some(src) => {
+                let text: Arc<str> = Arc::from(src.as_str());
+                match Schema::from_cedarschema_str(src) {
+                    Ok((s, _warnings)) => Some(s),
+                    Err(e) => {
+                        problems.extend(Problem::from_diagnostic("schema", &text, &e));
+                        None
+                    }
+                }
+            }
+        };
+        if let Some(schema) = &schema {
+            let result = Validator::new(schema.clone()).validate(&set, ValidationMode::Strict);
+            for e in result.validation_errors() {
+                let id = e.policy_id().to_string();
+                let name = format!("policy {id:?}");
+                match texts.get(&id) {
+                    Some(text) => problems.extend(Problem::from_diagnostic(&name, text, e)),
+                    None => problems.push(Problem::plain(&name, e.to_string())),
+                }
+            }
+        }
+        for entity in &self.entities {
+            if let Err(e) = Entities::from_json_value(
+                serde_json::Value::Array(vec![entity.clone()]),
+                schema.as_ref(),
+            ) {
+                let uid = entity
+                    .get("uid")
+                    .map_or_else(|| "?".to_owned(), ToString::to_string);
+                problems.push(Problem::plain(format!("entity {uid}"), render(&e)));
+            }
+        }
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        let wire = BundleWire {
+            version,
+            policies: out,
+            schema: self.schema.clone(),
+            entities: serde_json::Value::Array(self.entities.clone()),
+        };
+        // The filter's own check, on exactly what it will receive.
+        Bundle::try_from(&wire).map_err(|e| vec![Problem::plain("bundle", e.to_string())])?;
+        Ok(wire)
+    }
+}
+
+/// An error with its sources, on one line.
+pub fn render(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        src = s.source();
+    }
+    out
+}
+
+/// The uid of an entity in Cedar's JSON format, as Cedar prints it (`Type::"id"`).
+pub fn entity_uid(entity: &serde_json::Value) -> Result<String, Problem> {
+    let parsed = Entities::from_json_value(serde_json::Value::Array(vec![entity.clone()]), None)
+        .map_err(|e| Problem::plain("entity", render(&e)))?;
+    let uid = parsed
+        .iter()
+        .next()
+        .map(|e| e.uid().to_string())
+        .ok_or_else(|| Problem::plain("entity", "no entity given"))?;
+    Ok(uid)
+}
