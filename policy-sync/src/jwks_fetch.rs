@@ -639,9 +639,6 @@ impl Fetcher {
     /// Deletes the fetched keys of issuers that no longer have a `jwks_uri` or discovery URL
     /// (checked first, so that nothing is written when there are none).
     async fn drop_unfetched(&self, client: &deadpool_postgres::Client) -> Result<(), FetchError> {
-        const ORPHANS: &str = "FROM keys k USING issuers i
-             WHERE k.issuer = i.issuer AND k.origin = 'fetched'
-               AND i.jwks_uri IS NULL AND i.discovery_url IS NULL";
         let any: bool = client
             .query_one(
                 "SELECT EXISTS (SELECT 1 FROM keys k JOIN issuers i ON k.issuer = i.issuer
@@ -651,7 +648,14 @@ impl Fetcher {
             .await?
             .get(0);
         if any {
-            let n = client.execute(&format!("DELETE {ORPHANS}"), &[]).await?;
+            let n = client
+                .execute(
+                    "DELETE FROM keys k USING issuers i
+                      WHERE k.issuer = i.issuer AND k.origin = 'fetched'
+                        AND i.jwks_uri IS NULL AND i.discovery_url IS NULL",
+                    &[],
+                )
+                .await?;
             tracing::info!(
                 keys = n,
                 "dropped fetched keys of issuers no longer fetched"

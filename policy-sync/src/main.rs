@@ -457,9 +457,14 @@ async fn run(cli: Cli) -> Outcome {
         }
         Command::Keygen { out } => {
             let signer = Signer::generate();
-            signer
-                .write_new(&out)
-                .map_err(|e| Failure::new(1, e.to_string()))?;
+            signer.write_new(&out).map_err(|e| {
+                let code = if matches!(e, policy_sync::signing::KeyError::Exists(_)) {
+                    2
+                } else {
+                    1
+                };
+                Failure::new(code, e.to_string())
+            })?;
             Ok(format!(
                 "wrote the signing key to {} (keep it secret)\nkey id:     {}\npublic key: {}",
                 out.display(),
@@ -711,12 +716,17 @@ async fn policy(url: Option<&String>, command: PolicyCommand) -> Outcome {
             schema,
             tenant,
         } => {
-            let schema_text = match (schema, tenant) {
-                (Some(path), _) => Some(read(&path)?),
-                (None, Some(t)) => store::get_schema(&pool(url)?, &t).await?,
+            let schema = match (schema, &tenant) {
+                (Some(path), _) => Some((path.display().to_string(), read(&path)?)),
+                (None, Some(t)) => store::get_schema(&pool(url)?, t)
+                    .await?
+                    .map(|text| (format!("schema of tenant {t}"), text)),
                 (None, None) => None,
             };
-            validate_policy_file(&file, schema_text.as_deref())
+            validate_policy_file(
+                &file,
+                schema.as_ref().map(|(n, t)| (n.as_str(), t.as_str())),
+            )
         }
         PolicyCommand::Put {
             file,
@@ -772,7 +782,7 @@ async fn policy(url: Option<&String>, command: PolicyCommand) -> Outcome {
 }
 
 /// Validates a policy file; problems are positioned in the file.
-fn validate_policy_file(file: &Path, schema: Option<&str>) -> Outcome {
+fn validate_policy_file(file: &Path, schema: Option<(&str, &str)>) -> Outcome {
     use std::str::FromStr as _;
     let text = read(file)?;
     let name = file.display().to_string();
@@ -782,14 +792,27 @@ fn validate_policy_file(file: &Path, schema: Option<&str>) -> Outcome {
         message: format!("{name} does not parse"),
         problems: Problem::from_diagnostic(&name, &source, &e),
     })?;
+    // Policies are named by their `@id` annotations, as in bundles.
+    let mut named = cedar_policy::PolicySet::new();
+    for p in set.policies() {
+        let p = match p.annotation("id") {
+            Some(id) => p.new_id(cedar_policy::PolicyId::new(id)),
+            None => p.clone(),
+        };
+        let id = p.id().to_string();
+        named
+            .add(p)
+            .map_err(|_| Failure::new(3, format!("{name}: two policies share the id {id:?}")))?;
+    }
+    let set = named;
     let count = set.policies().count();
-    if let Some(schema) = schema {
+    if let Some((schema_name, schema)) = schema {
         let schema_src: std::sync::Arc<str> = std::sync::Arc::from(schema);
         let (schema, _) =
             cedar_policy::Schema::from_cedarschema_str(schema).map_err(|e| Failure {
                 code: 3,
                 message: "the schema does not parse".into(),
-                problems: Problem::from_diagnostic("schema", &schema_src, &e),
+                problems: Problem::from_diagnostic(schema_name, &schema_src, &e),
             })?;
         let result = cedar_policy::Validator::new(schema)
             .validate(&set, cedar_policy::ValidationMode::Strict);

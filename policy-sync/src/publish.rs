@@ -109,7 +109,8 @@ pub async fn rollback(pool: &Pool, signer: &Signer, to: i64) -> Result<Published
             .await?;
         }
         for e in &src.entities {
-            let uid = source::entity_uid(e).map_err(|p| PublishError::Invalid(vec![p]))?;
+            let uid = source::entity_uid(e)
+                .map_err(|m| PublishError::Invalid(vec![Problem::plain("entity", m)]))?;
             tx.execute(
                 "INSERT INTO entities (tenant, uid, entity) VALUES ($1, $2, $3)",
                 &[tenant, &uid, e],

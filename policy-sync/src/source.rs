@@ -139,6 +139,15 @@ pub async fn load_issuers(c: &impl GenericClient) -> Result<Vec<IssuerKeys>, DbE
             issuer.jwks = serde_json::json!({ "keys": k });
         }
     }
+    // An issuer without keys (not fetched yet, or its keys went stale) verifies nothing; it
+    // is left out, so its tokens are refused as from an unknown issuer and every document
+    // stays one a filter can load.
+    issuers.retain(|i| {
+        i.jwks
+            .get("keys")
+            .and_then(serde_json::Value::as_array)
+            .is_some_and(|k| !k.is_empty())
+    });
     Ok(issuers)
 }
 
@@ -241,14 +250,14 @@ pub fn render(e: &dyn std::error::Error) -> String {
     out
 }
 
-/// The uid of an entity in Cedar's JSON format, as Cedar prints it (`Type::"id"`).
-pub fn entity_uid(entity: &serde_json::Value) -> Result<String, Problem> {
+/// The uid of an entity in Cedar's JSON format, as Cedar prints it (`Type::"id"`); the error
+/// says why the entity is not valid.
+pub fn entity_uid(entity: &serde_json::Value) -> Result<String, String> {
     let parsed = Entities::from_json_value(serde_json::Value::Array(vec![entity.clone()]), None)
-        .map_err(|e| Problem::plain("entity", render(&e)))?;
-    let uid = parsed
+        .map_err(|e| render(&e))?;
+    parsed
         .iter()
         .next()
         .map(|e| e.uid().to_string())
-        .ok_or_else(|| Problem::plain("entity", "no entity given"))?;
-    Ok(uid)
+        .ok_or_else(|| "no entity given".to_owned())
 }

@@ -246,7 +246,10 @@ pub async fn put_entities(
 ) -> Result<usize> {
     let mut uids = Vec::with_capacity(entities.len());
     for e in entities {
-        uids.push(source::entity_uid(e).map_err(|p| StoreError::Invalid(vec![p]))?);
+        uids.push(
+            source::entity_uid(e)
+                .map_err(|m| StoreError::Invalid(vec![Problem::plain("entity", m)]))?,
+        );
     }
     let mut c = pool.get().await?;
     let tx = c.transaction().await?;

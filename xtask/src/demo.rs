@@ -9,10 +9,18 @@ use harness::{demo, http};
 
 use crate::Result;
 
-/// Runs until Ctrl-C (or until Envoy exits), then stops Envoy.
-pub fn run(port: u16) -> Result {
+/// Runs until Ctrl-C (or until Envoy exits), then stops Envoy (and with `live`, policy-sync
+/// and its Postgres).
+pub fn run(port: u16, live: bool) -> Result {
     crate::tools::ensure_envoy()?;
     let wasm = crate::wasm::build()?;
+    let live = if live {
+        Some(crate::live::start(
+            &harness::paths::repo_root().join("envoy/demo-policies.cedar"),
+        )?)
+    } else {
+        None
+    };
     let issuer = DevIssuer::generate().map_err(|e| e.to_string())?;
     let free = Ports::free().map_err(|e| e.to_string())?;
     let ports = Ports {
@@ -21,24 +29,38 @@ pub fn run(port: u16) -> Result {
     };
     std::net::TcpListener::bind(("127.0.0.1", port))
         .map_err(|e| format!("port {port} is not free ({e}); pass --port"))?;
-    let config =
-        envoy::config(ports, &wasm, &demo::plugin_config(&issuer)).map_err(|e| e.to_string())?;
+    let plugin_config = live
+        .as_ref()
+        .map_or_else(|| demo::plugin_config(&issuer), |l| l.plugin_config.clone());
+    let config = envoy::config(ports, &wasm, &plugin_config).map_err(|e| e.to_string())?;
     let mut proxy = Envoy::start(&config, ports, 2).map_err(|e| e.to_string())?;
     let ready = proxy
         .wait_ready(Duration::from_secs(60))
         .map_err(|e| e.to_string())?;
 
     let base = proxy.url("");
-    let alice = issuer.token("alice", &["admins"]);
-    let bob = issuer.token("bob", &["staff"]);
+    let (alice, bob) = match &live {
+        Some(l) => (l.alice.clone(), l.bob.clone()),
+        None => (
+            issuer.token("alice", &["admins"]),
+            issuer.token("bob", &["staff"]),
+        ),
+    };
     println!(
         "Portcullis demo: Envoy {} serving {base} (first answer {ready:.2?} after start)",
         proxy.pid()
     );
     println!("Filter: {}", wasm.display());
-    println!(
-        "Policies: envoy/demo-policies.cedar; tokens from a dev RSA key generated just now.\n"
-    );
+    match &live {
+        None => println!(
+            "Policies: envoy/demo-policies.cedar; tokens from a dev RSA key generated just now.\n"
+        ),
+        Some(l) => println!(
+            "Policies: envoy/demo-policies.cedar, stored in Postgres and published by policy-sync \
+             as version {}; tokens from `policy-sync dev-token` (EdDSA).\n",
+            l.version
+        ),
+    }
     println!("ALICE={alice}   # sub alice, groups [admins]");
     println!("BOB={bob}   # sub bob, groups [staff]\n");
 
@@ -99,6 +121,32 @@ pub fn run(port: u16) -> Result {
         "\nStats: curl -s http://127.0.0.1:{}/stats | grep wasm",
         ports.admin
     );
+    if let Some(l) = &live {
+        println!("\npolicy-sync (Postgres is the source of truth):");
+        println!("  export PORTCULLIS_DATABASE_URL='{}'", l.database_url);
+        println!("  export ADMIN={}   # admin API token", l.admin_token);
+        println!("  export FILTER={}   # filter token", l.filter_token);
+        println!("  {} policy list", l.binary.display());
+        println!(
+            "  curl -s -H \"authorization: Bearer $FILTER\" '{}/v1/bundles/default?after={}&wait=30'   # waits for the next version",
+            l.api, l.version
+        );
+        println!(
+            "  curl -s -X PUT -H \"authorization: Bearer $ADMIN\" -H 'content-type: application/json' \\\n    \
+             -d '{{\"text\": \"forbid(principal, action == Action::\\\"DELETE\\\", resource);\"}}' \\\n    \
+             {}/v1/admin/tenants/default/policies/no-deletes   # the waiting curl answers at once",
+            l.api
+        );
+        println!(
+            "  curl -s -H \"authorization: Bearer $ADMIN\" {}/v1/admin/versions",
+            l.api
+        );
+        println!(
+            "The filter in this Envoy took version {} when it started (scratch files in {}).",
+            l.version,
+            l.dir.path().display()
+        );
+    }
     println!("Press Ctrl-C to stop.");
 
     let (tx, rx) = mpsc::channel();
@@ -108,7 +156,14 @@ pub fn run(port: u16) -> Result {
     .map_err(|e| format!("cannot handle Ctrl-C: {e}"))?;
     loop {
         if rx.recv_timeout(Duration::from_millis(500)).is_ok() {
-            println!("\nstopping Envoy");
+            println!(
+                "\nstopping Envoy{}",
+                if live.is_some() {
+                    ", policy-sync and Postgres"
+                } else {
+                    ""
+                }
+            );
             break;
         }
         if !proxy.is_running() {
@@ -116,5 +171,6 @@ pub fn run(port: u16) -> Result {
         }
     }
     drop(proxy);
+    drop(live);
     Ok(())
 }

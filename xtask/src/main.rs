@@ -1,6 +1,7 @@
 //! `cargo xtask <task>`: everything needed to build, demo and test Portcullis on a fresh machine.
 
 mod demo;
+mod live;
 mod measure;
 mod tools;
 mod wasm;
@@ -27,6 +28,10 @@ enum Task {
         /// Port of the filtered listener.
         #[arg(long, default_value_t = 10000)]
         port: u16,
+        /// Also start Postgres (a private cluster) and policy-sync, store the demo policies
+        /// there and configure the filter from the document policy-sync publishes.
+        #[arg(long)]
+        live: bool,
     },
     /// Build the filter and run the criterion benchmarks (native and in wasm).
     Bench {
@@ -71,7 +76,7 @@ fn main() -> ExitCode {
     let result = match cli.task {
         Task::Wasm => wasm::build().map(|p| println!("{}", p.display())),
         Task::Envoy => tools::ensure_envoy().map(|p| println!("{}", p.display())),
-        Task::Demo { port } => demo::run(port),
+        Task::Demo { port, live } => demo::run(port, live),
         Task::Bench { args } => tools::bench(&args),
         Task::Measure {
             requests,

@@ -174,6 +174,7 @@ pub fn ensure_wrk() -> Result<PathBuf> {
 pub fn test(extra: &[String]) -> Result {
     let started = Instant::now();
     let envoy = ensure_envoy()?;
+    let postgres = ensure_postgres()?;
     let built = crate::wasm::build_all()?;
     eprintln!("xtask: checking formatting and lints");
     let has = |tool: &str| {
@@ -230,11 +231,22 @@ pub fn test(extra: &[String]) -> Result {
             .args(extra)
             .env(paths::WASM_ENV, &built.filter)
             .env(paths::PROBE_ENV, &built.probe)
-            .env(paths::ENVOY_ENV, &envoy),
+            .env(paths::ENVOY_ENV, &envoy)
+            .env(harness::postgres::PG_BIN_ENV, &postgres),
         "cargo test",
     )?;
     eprintln!("xtask: all tests passed in {:.0?}", started.elapsed());
     Ok(())
+}
+
+/// The directory of Postgres' server binaries (`initdb`, `pg_ctl`), installing Debian's
+/// `postgresql` when there is none. Tests and the live demo start private clusters with them.
+pub fn ensure_postgres() -> Result<PathBuf> {
+    if let Ok(bin) = harness::postgres::bin_dir() {
+        return Ok(bin);
+    }
+    apt_install(&["postgresql"])?;
+    harness::postgres::bin_dir().map_err(|e| e.to_string())
 }
 
 /// `cargo xtask bench`: the criterion benchmarks with the built modules.

@@ -4,13 +4,13 @@
 //! key sets, and on-demand refreshes (coalesced, rate-limited).
 
 use std::convert::Infallible;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, anyhow, bail, ensure};
 use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::Response;
 use axum::routing::get;
 use base64::Engine as _;
@@ -102,7 +102,7 @@ impl TestIssuer {
     }
 
     fn set(&self, f: impl FnOnce(&mut Served)) {
-        f(&mut self.served.lock().unwrap());
+        f(&mut lock(&self.served));
     }
 
     fn serve_keys(&self, jwks: &Value) {
@@ -110,13 +110,34 @@ impl TestIssuer {
     }
 
     fn jwks_hits(&self) -> usize {
-        self.served.lock().unwrap().jwks_hits
+        lock(&self.served).jwks_hits
     }
+
+    fn discovery_hits(&self) -> usize {
+        lock(&self.served).discovery_hits
+    }
+}
+
+fn lock(served: &Mutex<Served>) -> std::sync::MutexGuard<'_, Served> {
+    served.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A response with a body and headers.
+fn respond(status: u16, body: Body, headers: &[(&'static str, Option<String>)]) -> Response {
+    let mut response = Response::new(body);
+    *response.status_mut() =
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    for (name, value) in headers {
+        if let Some(v) = value.as_deref().and_then(|v| HeaderValue::from_str(v).ok()) {
+            response.headers_mut().insert(*name, v);
+        }
+    }
+    response
 }
 
 async fn discovery(State(served): State<Arc<Mutex<Served>>>) -> Response {
     let doc = {
-        let mut s = served.lock().unwrap();
+        let mut s = lock(&served);
         s.discovery_hits += 1;
         json!({
             "issuer": s.issuer,
@@ -124,15 +145,16 @@ async fn discovery(State(served): State<Arc<Mutex<Served>>>) -> Response {
             "authorization_endpoint": format!("{}/authorize", s.base),
         })
     };
-    Response::builder()
-        .header("content-type", "application/json")
-        .body(Body::from(doc.to_string()))
-        .unwrap()
+    respond(
+        200,
+        Body::from(doc.to_string()),
+        &[("content-type", Some("application/json".into()))],
+    )
 }
 
 async fn jwks_handler(State(served): State<Arc<Mutex<Served>>>) -> Response {
     let (status, body, cache_control, age, chunked, delay) = {
-        let mut s = served.lock().unwrap();
+        let mut s = lock(&served);
         s.jwks_hits += 1;
         (
             s.status,
@@ -146,15 +168,6 @@ async fn jwks_handler(State(served): State<Arc<Mutex<Served>>>) -> Response {
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
-    let mut response = Response::builder()
-        .status(StatusCode::from_u16(status).unwrap())
-        .header("content-type", "application/jwk-set+json");
-    if let Some(cc) = cache_control {
-        response = response.header("cache-control", cc);
-    }
-    if let Some(age) = age {
-        response = response.header("age", age);
-    }
     let body = if chunked {
         let chunks: Vec<Result<Bytes, Infallible>> = body
             .into_bytes()
@@ -165,7 +178,15 @@ async fn jwks_handler(State(served): State<Arc<Mutex<Served>>>) -> Response {
     } else {
         Body::from(body)
     };
-    response.body(body).unwrap()
+    respond(
+        status,
+        body,
+        &[
+            ("content-type", Some("application/jwk-set+json".into())),
+            ("cache-control", cache_control),
+            ("age", age),
+        ],
+    )
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -174,22 +195,19 @@ async fn jwks_handler(State(served): State<Arc<Mutex<Served>>>) -> Response {
 /// A public Ed25519 JWK from a fixed seed.
 fn ed25519(seed: u8, kid: Option<&str>) -> Value {
     let public = ed25519_dalek::SigningKey::from_bytes(&[seed; 32]).verifying_key();
-    let mut jwk = json!({
-        "kty": "OKP",
-        "crv": "Ed25519",
-        "x": URL_SAFE_NO_PAD.encode(public.to_bytes()),
-        "use": "sig",
-    });
-    if let Some(kid) = kid {
-        jwk["kid"] = json!(kid);
+    let x = URL_SAFE_NO_PAD.encode(public.to_bytes());
+    match kid {
+        Some(kid) => json!({"kty": "OKP", "crv": "Ed25519", "x": x, "use": "sig", "kid": kid}),
+        None => json!({"kty": "OKP", "crv": "Ed25519", "x": x, "use": "sig"}),
     }
-    jwk
 }
 
 /// An RSA public JWK with a `bits`-bit modulus (content irrelevant: only public checks run).
 fn rsa(bits: usize, kid: &str) -> Value {
     let mut n = vec![0xc3u8; bits / 8];
-    n[0] = 0xe1;
+    if let Some(top) = n.first_mut() {
+        *top = 0xe1;
+    }
     json!({"kty": "RSA", "kid": kid, "alg": "RS256", "n": URL_SAFE_NO_PAD.encode(&n), "e": "AQAB"})
 }
 
@@ -546,7 +564,7 @@ async fn discovery_and_the_periodic_loop() -> Result<()> {
     }
     task.abort();
     ensure!(stored == pairs(&[("d1", "fetched")]), "{stored:?}");
-    ensure!(server.served.lock().unwrap().discovery_hits >= 1);
+    ensure!(server.discovery_hits() >= 1);
     match fetcher.refresh("https://uploaded-only.test").await {
         Err(FetchError::NotFetched(_)) => {}
         other => bail!("expected NotFetched, got {other:?}"),
@@ -572,6 +590,18 @@ async fn discovery_and_the_periodic_loop() -> Result<()> {
             .is_some_and(|e| e.contains("discovery document names issuer")),
         "{state:?}"
     );
+
+    // An issuer that is no longer fetched loses its fetched keys at the next pass.
+    db.pool
+        .get()
+        .await?
+        .execute(
+            "UPDATE issuers SET discovery_url = NULL WHERE issuer = $1",
+            &[&iss],
+        )
+        .await?;
+    ensure!(fetcher.fetch_due().await? == 0);
+    ensure!(kids(&db, iss).await?.is_empty());
     Ok(())
 }
 

@@ -5,6 +5,7 @@ mod admin;
 mod bundle_cli;
 mod cli;
 mod decisions;
+mod jwks_fetch;
 mod long_poll;
 mod publishing;
 mod support;

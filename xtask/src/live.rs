@@ -1,0 +1,193 @@
+//! `cargo xtask demo --live`: the demo with its policies in Postgres, published by
+//! policy-sync. A private Postgres cluster (initdb/pg_ctl, removed afterwards), `policy-sync
+//! serve` with a fresh signing key, the demo policies stored with `policy-sync policy put`,
+//! tokens from `policy-sync dev-token`, and Envoy's filter configured from the document
+//! policy-sync serves (its bundle and the dev issuer's keys).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use harness::postgres::Cluster;
+
+use crate::Result;
+use crate::tools::{self, cargo};
+
+/// A child process killed on drop.
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// What the live demo set up, for the Envoy part of the demo.
+pub struct Live {
+    /// Envoy plugin configuration built from the published document.
+    pub plugin_config: serde_json::Value,
+    pub alice: String,
+    pub bob: String,
+    pub version: u64,
+    pub api: String,
+    pub filter_token: String,
+    pub admin_token: String,
+    pub database_url: String,
+    pub binary: PathBuf,
+    pub dir: tempfile::TempDir,
+    _server: Guard,
+    _cluster: Cluster,
+}
+
+fn policy_sync(binary: &Path, url: &str, args: &[&str]) -> Result<String> {
+    let out = Command::new(binary)
+        .args(args)
+        .env("PORTCULLIS_DATABASE_URL", url)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run policy-sync: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "policy-sync {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// Starts Postgres and policy-sync, stores the demo policies and mints the demo tokens.
+pub fn start(policies: &Path) -> Result<Live> {
+    tools::ensure_postgres()?;
+    eprintln!("xtask: building policy-sync");
+    tools::run(
+        cargo().args(["build", "--quiet", "-p", "policy-sync"]),
+        "cargo build -p policy-sync",
+    )?;
+    let binary = tools::target_dir().join("debug/policy-sync");
+    let cluster = Cluster::start().map_err(|e| e.to_string())?;
+    let url = cluster
+        .create_database("portcullis")
+        .map_err(|e| e.to_string())?;
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let key = dir.path().join("signing.key");
+    let keygen = policy_sync(&binary, &url, &["keygen", "--out", &key.to_string_lossy()])?;
+    policy_sync(&binary, &url, &["migrate"])?;
+    let policies = policy_sync(
+        &binary,
+        &url,
+        &["policy", "put", &policies.to_string_lossy()],
+    )?;
+    let admin_token = policy_sync(&binary, &url, &["token", "create", "demo-admin"])?;
+    let filter_token = policy_sync(
+        &binary,
+        &url,
+        &["token", "create", "demo-filter", "--role", "filter"],
+    )?;
+    let dev_key = dir.path().join("dev-issuer.key");
+    let dev = |sub: &str, groups: &str| {
+        policy_sync(
+            &binary,
+            &url,
+            &[
+                "dev-token",
+                "--sub",
+                sub,
+                "--groups",
+                groups,
+                "--key-file",
+                &dev_key.to_string_lossy(),
+            ],
+        )
+    };
+    let alice = dev("alice", "admins")?;
+    let bob = dev("bob", "staff")?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(|e| e.to_string())?
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let server = Command::new(&binary)
+        .args(["serve", "--listen", &listen, "--signing-key"])
+        .arg(&key)
+        .env("PORTCULLIS_DATABASE_URL", &url)
+        .env("PORTCULLIS_LOG", "warn")
+        .stdin(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot start policy-sync: {e}"))?;
+    let server = Guard(server);
+    let api = format!("http://{listen}");
+    // The document policy-sync publishes: wait until it serves one.
+    let agent = harness::http::agent(Duration::from_secs(5));
+    let started = Instant::now();
+    let signed: serde_json::Value = loop {
+        let got = agent
+            .get(format!("{api}/v1/bundles/default?wait=0"))
+            .header("authorization", format!("Bearer {filter_token}"))
+            .call();
+        if let Ok(r) = got
+            && r.status() == 200
+        {
+            break serde_json::from_str(&harness::http::text(r)).map_err(|e| e.to_string())?;
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            return Err("policy-sync did not publish within 30 s".into());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let doc: serde_json::Value = signed
+        .get("payload")
+        .and_then(|p| p.as_str())
+        .and_then(|p| serde_json::from_str(p).ok())
+        .ok_or("policy-sync served no document")?;
+    let version = doc
+        .get("version")
+        .and_then(serde_json::Value::as_u64)
+        .unwrap_or(0);
+    let issuers: Vec<serde_json::Value> = doc
+        .get("issuers")
+        .and_then(|i| i.as_array())
+        .map(|all| {
+            all.iter()
+                .map(|i| {
+                    let mut config = i.get("settings").cloned().unwrap_or_default();
+                    if let Some(map) = config.as_object_mut() {
+                        for k in ["issuer", "audiences", "jwks"] {
+                            if let Some(v) = i.get(k) {
+                                map.insert(k.into(), v.clone());
+                            }
+                        }
+                    }
+                    config
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let plugin_config = serde_json::json!({
+        "issuers": issuers,
+        "bundle": doc.get("bundle").cloned().unwrap_or_default(),
+        "debugHeaders": true,
+    });
+    println!(
+        "policy-sync {api} (Postgres on 127.0.0.1:{})",
+        cluster.port()
+    );
+    println!("{}", keygen.lines().skip(1).collect::<Vec<_>>().join("\n"));
+    println!("policies stored: {policies}");
+    println!("published version {version}; the filter is configured from that document\n");
+    Ok(Live {
+        plugin_config,
+        alice,
+        bob,
+        version,
+        api,
+        filter_token,
+        admin_token,
+        database_url: url,
+        binary,
+        dir,
+        _server: server,
+        _cluster: cluster,
+    })
+}
