@@ -305,8 +305,12 @@ fn policy_validate_positions_problems_in_the_file() -> TestResult {
     assert!(out.stderr.contains("for policy `b`"), "{out:?}");
     assert!(!out.stderr.contains("policy1"), "{out:?}");
     // A schema that does not parse is named by its file.
-    let bad_schema = write(dir.path(), "bad.cedarschema", "entity User;
-entity {")?;
+    let bad_schema = write(
+        dir.path(),
+        "bad.cedarschema",
+        "entity User;
+entity {",
+    )?;
     let out = cli_sync(None, &["policy", "validate", &ill, "--schema", &bad_schema])?;
     assert_eq!(out.code, 3, "{out:?}");
     assert!(out.stderr.contains(&format!("[{bad_schema}:2:")), "{out:?}");

@@ -6,6 +6,7 @@ mod bundle_cli;
 mod cli;
 mod decisions;
 mod jwks_fetch;
+mod keys_api;
 mod long_poll;
 mod publishing;
 mod support;
