@@ -93,20 +93,7 @@ impl Cluster {
         let mut last = String::new();
         for _ in 0..5 {
             let port = free_port()?;
-            let mut start = pg_command(as_postgres, &bin.join("pg_ctl"));
-            start
-                .args(["-w", "-t", "30", "-D"])
-                .arg(&data)
-                .arg("-l")
-                .arg(dir.path().join("postgres.log"))
-                .arg("-o")
-                .arg(format!(
-                    "-p {port} -c listen_addresses=127.0.0.1 -k {} -c fsync=off \
-                     -c synchronous_commit=off -c full_page_writes=off -c max_connections=200",
-                    dir.path().display()
-                ))
-                .arg("start");
-            match run(&mut start, "pg_ctl start") {
+            match run(&mut start_command(as_postgres, &bin, dir.path(), port), "pg_ctl start") {
                 Ok(()) => {
                     return Ok(Self {
                         bin,
@@ -160,10 +147,23 @@ impl Cluster {
         std::fs::read_to_string(self.dir.path().join("postgres.log")).unwrap_or_default()
     }
 
-    /// Stops the server immediately (tests of "Postgres went away").
+    /// Starts the server again after [`Cluster::stop`], on the same port.
+    pub fn restart(&self) -> Result<()> {
+        run(
+            &mut start_command(self.as_postgres, &self.bin, self.dir.path(), self.port),
+            "pg_ctl start",
+        )
+    }
+
+    /// Stops the server (`fast`: clients are disconnected, committed work is kept; the test
+    /// cluster runs with `synchronous_commit=off`, so an immediate stop could lose commits).
     pub fn stop(&self) -> Result<()> {
+        self.stop_mode("fast")
+    }
+
+    fn stop_mode(&self, mode: &str) -> Result<()> {
         let mut stop = pg_command(self.as_postgres, &self.bin.join("pg_ctl"));
-        stop.args(["-w", "-m", "immediate", "-D"])
+        stop.args(["-w", "-m", mode, "-D"])
             .arg(self.dir.path().join("data"))
             .arg("stop");
         run(&mut stop, "pg_ctl stop")
@@ -205,8 +205,25 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        let _ = self.stop();
+        let _ = self.stop_mode("immediate");
     }
+}
+
+fn start_command(as_postgres: bool, bin: &Path, dir: &Path, port: u16) -> Command {
+    let mut start = pg_command(as_postgres, &bin.join("pg_ctl"));
+    start
+        .args(["-w", "-t", "30", "-D"])
+        .arg(dir.join("data"))
+        .arg("-l")
+        .arg(dir.join("postgres.log"))
+        .arg("-o")
+        .arg(format!(
+            "-p {port} -c listen_addresses=127.0.0.1 -k {} -c fsync=off \
+             -c synchronous_commit=off -c full_page_writes=off -c max_connections=200",
+            dir.display()
+        ))
+        .arg("start");
+    start
 }
 
 fn pg_command(as_postgres: bool, program: &Path) -> Command {

@@ -26,7 +26,7 @@ pub async fn run(url: String, hub: Arc<Hub>, wake_publisher: Arc<Notify>, metric
             }
         }
         tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(5));
+        backoff = (backoff * 2).min(Duration::from_secs(2));
     }
 }
 

@@ -9,4 +9,5 @@ mod jwks_fetch;
 mod keys_api;
 mod long_poll;
 mod publishing;
+mod resilience;
 mod support;
