@@ -93,7 +93,10 @@ impl Cluster {
         let mut last = String::new();
         for _ in 0..5 {
             let port = free_port()?;
-            match run(&mut start_command(as_postgres, &bin, dir.path(), port), "pg_ctl start") {
+            match run(
+                &mut start_command(as_postgres, &bin, dir.path(), port),
+                "pg_ctl start",
+            ) {
                 Ok(()) => {
                     return Ok(Self {
                         bin,

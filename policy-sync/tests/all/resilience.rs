@@ -38,7 +38,14 @@ async fn postgres_down_and_back() -> TestResult {
     assert_eq!(r.status(), 503);
     let body: serde_json::Value = r.json().await?;
     assert_eq!(body["error"], "database unavailable");
-    assert!(svc.http.get(format!("{}/healthz", svc.base)).send().await?.status().is_success());
+    assert!(
+        svc.http
+            .get(format!("{}/healthz", svc.base))
+            .send()
+            .await?
+            .status()
+            .is_success()
+    );
 
     cluster.restart()?;
     // A write straight into Postgres once it is back: only a reconnected LISTEN (or the
@@ -58,7 +65,10 @@ async fn postgres_down_and_back() -> TestResult {
     let doc = doc.verify(&support::signer().public_key())?;
     assert_eq!(doc.version, 3);
     assert!(doc.bundle.policies.contains("after-restart"));
-    println!("published {:?} after the post-restart commit", started.elapsed());
+    println!(
+        "published {:?} after the post-restart commit",
+        started.elapsed()
+    );
     let r = svc.http.get(format!("{}/readyz", svc.base)).send().await?;
     assert_eq!(r.status(), 200);
     assert!(svc.running.state.metrics.listener_connects.get() >= 2);
