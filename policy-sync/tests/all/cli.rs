@@ -1142,3 +1142,83 @@ async fn versions_rollback_and_bundle_show() -> TestResult {
     assert_eq!(versions[0]["rollbackOf"], 2);
     Ok(())
 }
+
+// ---------------------------------------------------------------------------------------------
+// serve
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_runs_until_interrupted_and_refuses_bad_settings() -> TestResult {
+    let url = support::empty_database()?;
+    let dir = tempfile::tempdir()?;
+    let key = write_service_key(dir.path())?;
+    // Refusals before anything starts.
+    let out = cli(&url, &["serve", "--listen", "127.0.0.1:0"]).await?;
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(out.stderr.contains("no signing key"), "{out:?}");
+    let bad_key = write(dir.path(), "bad.key", "not a key")?;
+    let out = cli(&url, &["serve", "--signing-key", &bad_key]).await?;
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(out.stderr.contains("32-byte Ed25519 seed"), "{out:?}");
+    let out = cli(&url, &["serve", "--signing-key", &key, "--pool-size", "0"]).await?;
+    assert_eq!(out.code, 2, "{out:?}");
+    let down = format!(
+        "postgres://postgres@127.0.0.1:{}/x?connect_timeout=1",
+        std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port()
+    );
+    let out = cli(&down, &["serve", "--signing-key", &key]).await?;
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("Postgres"), "{out:?}");
+    assert!(!out.stderr.contains("panicked"), "{out:?}");
+
+    // The real thing: migrates the empty database, publishes, answers, stops on SIGINT.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_policy-sync"))
+        .args([
+            "--database-url",
+            &url,
+            "serve",
+            "--signing-key",
+            &key,
+            "--listen",
+        ])
+        .arg(format!("127.0.0.1:{port}"))
+        .env("PORTCULLIS_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let http = reqwest::Client::new();
+    let started = Instant::now();
+    let ready: Value = loop {
+        if let Ok(r) = http
+            .get(format!("http://127.0.0.1:{port}/readyz"))
+            .send()
+            .await
+            && r.status() == 200
+        {
+            break r.json().await?;
+        }
+        if started.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            return Err("policy-sync serve never became ready".into());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(ready, json!({"ready": true, "version": 1}));
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()?;
+    assert!(status.success());
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output()).await??;
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let stdout = String::from_utf8(out.stdout)?;
+    assert!(
+        stdout.contains(&format!("policy-sync listening on http://127.0.0.1:{port}")),
+        "{stdout}"
+    );
+    assert!(stdout.contains("stopped"), "{stdout}");
+    Ok(())
+}
