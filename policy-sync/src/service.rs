@@ -150,13 +150,9 @@ pub async fn attempt(state: &AppState, reason: &str) -> Option<Published> {
     match result {
         Ok(p) => {
             if let Published::New { version, tenants } = &p {
-                state.metrics.published.inc();
                 tracing::info!(version, ?tenants, "published");
-                for t in tenants {
-                    state.hub.announce(t, *version);
-                }
-                state.metrics.latest_version.set(state.hub.latest());
             }
+            state.record(&p);
             Some(p)
         }
         Err(PublishError::Invalid(problems)) => {

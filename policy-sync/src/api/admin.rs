@@ -23,12 +23,7 @@ async fn published(
     let reason = format!("{what} (by {})", caller.name);
     let version = match publish::publish(&state.pool, &state.signer, &reason).await {
         Ok(p) => {
-            if let Published::New { version, tenants } = &p {
-                state.metrics.published.inc();
-                for t in tenants {
-                    state.hub.announce(t, *version);
-                }
-            }
+            state.record(&p);
             Some(p.version())
         }
         Err(e) => {
@@ -347,12 +342,7 @@ pub async fn rollback(
     match publish::rollback(&s.pool, &s.signer, body.to).await {
         Ok(p) => {
             let changed = matches!(p, Published::New { .. });
-            if let Published::New { version, tenants } = &p {
-                s.metrics.published.inc();
-                for t in tenants {
-                    s.hub.announce(t, *version);
-                }
-            }
+            s.record(&p);
             Ok(Json(RollbackAnswer {
                 version: p.version(),
                 changed,

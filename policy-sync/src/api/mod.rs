@@ -75,6 +75,20 @@ pub struct AppState {
     pub settings: ApiSettings,
 }
 
+impl AppState {
+    /// Records a publishing result: counts a new version and wakes its waiters here at once
+    /// (other replicas learn of it through NOTIFY).
+    pub fn record(&self, published: &crate::publish::Published) {
+        if let crate::publish::Published::New { version, tenants } = published {
+            self.metrics.published.inc();
+            for t in tenants {
+                self.hub.announce(t, *version);
+            }
+            self.metrics.latest_version.set(self.hub.latest());
+        }
+    }
+}
+
 /// The whole API.
 pub fn app(state: AppState) -> Router {
     let admin = Router::new()
