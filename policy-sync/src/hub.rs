@@ -5,12 +5,15 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+use axum::body::Bytes;
 use tokio::sync::watch;
 
-/// Latest known version per tenant, with waiters.
+/// Latest known version per tenant, with waiters, and the latest document read (so that the
+/// waiters woken by one version cost one database read, not one each).
 #[derive(Debug, Default)]
 pub struct Hub {
     tenants: Mutex<HashMap<String, watch::Sender<i64>>>,
+    documents: Mutex<HashMap<String, (i64, Bytes)>>,
 }
 
 impl Hub {
@@ -41,6 +44,23 @@ impl Hub {
                 }
             })
         });
+    }
+
+    /// The cached document of `tenant` if it is at least `version`: (version, JSON bytes).
+    pub fn document(&self, tenant: &str, version: i64) -> Option<(i64, Bytes)> {
+        let docs = self.documents.lock().unwrap_or_else(|e| e.into_inner());
+        docs.get(tenant).filter(|(v, _)| *v >= version).cloned()
+    }
+
+    /// Keeps a document read from the database, unless a newer one is cached.
+    pub fn keep_document(&self, tenant: &str, version: i64, json: Bytes) {
+        let mut docs = self.documents.lock().unwrap_or_else(|e| e.into_inner());
+        match docs.get(tenant) {
+            Some((v, _)) if *v >= version => {}
+            _ => {
+                docs.insert(tenant.to_owned(), (version, json));
+            }
+        }
     }
 
     /// The latest version announced for any tenant.

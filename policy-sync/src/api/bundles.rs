@@ -5,6 +5,7 @@
 //! answers the moment a newer version is published, on any replica. At the end of the wait
 //! it answers 304 Not Modified. The ETag is the version.
 
+use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -75,12 +76,16 @@ pub async fn get_bundle(
     }
     loop {
         let known = *announced.borrow_and_update();
-        if let Some((version, signed)) = read_latest(&state, &tenant, known).await?
+        if let Some((version, json)) = read_latest(&state, &tenant, known).await?
             && version > after
         {
             state.metrics.bundles_served.inc();
-            let mut response = (StatusCode::OK, axum::Json(signed)).into_response();
+            let mut response = (StatusCode::OK, json).into_response();
             let h = response.headers_mut();
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
             if let Ok(v) = HeaderValue::from_str(&format!("\"{version}\"")) {
                 h.insert(header::ETAG, v);
             }
@@ -108,23 +113,37 @@ pub async fn get_bundle(
     }
 }
 
-/// The latest document: from the read replica when there is one and it has caught up with
-/// what was announced, else from the primary.
+/// The latest document as JSON: the cached one when it is as new as what was announced, else
+/// from the read replica when there is one and it has caught up, else from the primary.
 async fn read_latest(
     state: &AppState,
     tenant: &str,
     announced: i64,
-) -> Result<Option<(i64, portcullis_core::signed_bundle::SignedBundle)>, ApiError> {
+) -> Result<Option<(i64, Bytes)>, ApiError> {
+    if announced > 0
+        && let Some(cached) = state.hub.document(tenant, announced)
+    {
+        return Ok(Some(cached));
+    }
+    let mut found = None;
     if let Some(replica) = &state.read_pool {
         match replica.get().await {
             Ok(c) => match publish::latest(&c, tenant).await {
-                Ok(Some(found)) if found.0 >= announced => return Ok(Some(found)),
+                Ok(Some(doc)) if doc.0 >= announced => found = Some(doc),
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "read replica failed; using the primary"),
             },
             Err(e) => tracing::warn!(error = %e, "read replica unreachable; using the primary"),
         }
     }
-    let c = state.pool.get().await?;
-    Ok(publish::latest(&c, tenant).await?)
+    if found.is_none() {
+        let c = state.pool.get().await?;
+        found = publish::latest(&c, tenant).await?;
+    }
+    let Some((version, signed)) = found else {
+        return Ok(None);
+    };
+    let json = Bytes::from(serde_json::to_vec(&signed).map_err(|_| ApiError::Internal)?);
+    state.hub.keep_document(tenant, version, json.clone());
+    Ok(Some((version, json)))
 }

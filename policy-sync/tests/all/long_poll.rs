@@ -167,3 +167,62 @@ async fn a_read_replica_serves_bundles_and_an_unreachable_one_falls_back() -> Te
     assert_eq!(doc.ok_or("none")?.version, 2);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_commit_wakes_every_waiter() -> TestResult {
+    let url = support::database().await?;
+    let svc = support::service(&url).await?;
+    const WAITERS: usize = 300;
+    // Plain HTTP/1.1 clients need one connection per parked request.
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(WAITERS)
+        .build()?;
+    let mut waiting = Vec::new();
+    for _ in 0..WAITERS {
+        let req = http
+            .get(format!("{}/v1/bundles/default?after=1&wait=20", svc.base))
+            .bearer_auth(&svc.filter)
+            .send();
+        waiting.push(tokio::spawn(async move {
+            let r = req.await?;
+            let status = r.status().as_u16();
+            let body = r.bytes().await?;
+            Ok::<_, reqwest::Error>((Instant::now(), status, body))
+        }));
+    }
+    let started = Instant::now();
+    while svc.running.state.metrics.waiters.get() < i64::try_from(WAITERS)? {
+        if started.elapsed() > Duration::from_secs(15) {
+            return Err(format!(
+                "only {} of {WAITERS} requests parked",
+                svc.running.state.metrics.waiters.get()
+            )
+            .into());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (status, body) = svc.put_policy("default", "get-ok", PERMIT_GET).await?;
+    assert_eq!(status, 200, "{body}");
+    let committed = Instant::now();
+    let mut last = committed;
+    let mut first_body = None;
+    for w in waiting {
+        let (at, status, body) = w.await??;
+        assert_eq!(status, 200);
+        let doc = serde_json::from_slice::<SignedBundle>(&body)?
+            .verify(&support::signer().public_key())?;
+        assert_eq!(doc.version, 2);
+        // Every waiter got the same bytes.
+        match &first_body {
+            None => first_body = Some(body),
+            Some(b) => assert_eq!(b, &body),
+        }
+        last = last.max(at);
+    }
+    println!(
+        "{WAITERS} waiting requests all answered {:?} after the admin write returned",
+        last.duration_since(committed)
+    );
+    assert_eq!(svc.running.state.metrics.waiters.get(), 0);
+    Ok(())
+}
