@@ -143,6 +143,7 @@ fn main() {
         });
     }
     filter_decisions(&mut c);
+    entity_store_decisions(&mut c);
     c.final_summary();
 
     let us = |x: Option<f64>| x.map_or_else(|| "-".to_owned(), |x| format!("{:.2} µs", x / 1e3));
@@ -186,6 +187,68 @@ fn main() {
         us(common::mean_ns(&out, "filter_wasm", "10000")),
         growth("filter_wasm"),
     );
+    println!(
+        "whole filter decision (cached token, principal not in the bundle), 10 → 10000 entities: native {} → {} ({}), in wasm {} → {} ({})",
+        us(common::mean_ns(&out, "entities_native", "10")),
+        us(common::mean_ns(&out, "entities_native", "10000")),
+        growth("entities_native"),
+        us(common::mean_ns(&out, "entities_wasm", "10")),
+        us(common::mean_ns(&out, "entities_wasm", "10000")),
+        growth("entities_wasm"),
+    );
+}
+
+/// The whole filter as the bundle's entity store grows, for a principal the bundle does not
+/// define (the usual case: users come from tokens, the bundle holds groups and resources):
+/// `alice` in `admins` (from her token) reads `/docs/3`, allowed by `admins`.
+fn entity_store_decisions(c: &mut Criterion) {
+    use harness::devkeys::{DevIssuer, now};
+    use harness::host::{Host, Plugin, Request as HostRequest, VmOptions};
+    use portcullis_core::{Engine, StaticRequest, Verdict};
+    let Ok(issuer) = DevIssuer::generate() else {
+        return;
+    };
+    let token = issuer.token("alice", &["admins"]);
+    let plugin = Plugin::built()
+        .map_err(|e| eprintln!("no wasm benchmarks: {e}"))
+        .ok();
+    let mut host = plugin.as_ref().map(Host::new);
+    for m in [10_usize, 10_000] {
+        let Some(mut w) = wire(10) else { return };
+        if let Some(all) = w.entities.as_array_mut() {
+            for i in 0..m {
+                all.push(json!({"uid": {"type": "Path", "id": format!("/files/{i}")},
+                                "attrs": {}, "parents": [{"type": "Path", "id": "/files"}]}));
+            }
+        }
+        let mut cfg = harness::demo::plugin_config(&issuer);
+        if let (Some(o), Ok(b)) = (cfg.as_object_mut(), serde_json::to_value(&w)) {
+            o.insert("bundle".into(), b);
+        }
+        let Ok(engine) = Engine::from_json(cfg.to_string().as_bytes()) else {
+            eprintln!("configuration with {m} entities refused");
+            return;
+        };
+        let req = StaticRequest::new("GET", "/docs/3").with_bearer(&token);
+        let t = now();
+        c.bench_function(&format!("entities_native/{m}"), |bch| {
+            bch.iter(|| {
+                let out = engine.check(black_box(&req), t);
+                assert_eq!(out.verdict, Verdict::Allow);
+                assert_eq!(out.policies, ["admins"]);
+            });
+        });
+        if let Some(host) = host.as_mut()
+            && let Ok(vm) = host.start_vm(VmOptions::new(cfg.to_string().into_bytes()))
+        {
+            c.bench_function(&format!("entities_wasm/{m}"), |bch| {
+                bch.iter(|| {
+                    let r = HostRequest::get("/docs/3").bearer(&token);
+                    assert_eq!(host.send(vm, r).map(|e| e.status()).ok(), Some(200));
+                });
+            });
+        }
+    }
 }
 
 /// The whole filter with the bundle inline in its configuration: natively through the core

@@ -11,6 +11,7 @@ pub mod config;
 pub mod decision;
 pub mod duration;
 pub mod engine;
+pub mod entity_slice;
 pub mod extractor;
 pub mod headers;
 pub mod host_crypto;

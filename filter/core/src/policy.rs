@@ -3,19 +3,16 @@
 use std::collections::HashSet;
 use std::str::FromStr;
 
-use std::sync::Arc;
-
 use cedar_policy::{
     Authorizer, Context, Decision, Entities, Entity, EntityId, EntityTypeName, EntityUid, Request,
     RestrictedExpression,
 };
 use cedar_policy_core::ast::{Value as CedarValue, ValueKind};
-use cedar_policy_core::entities::{NoEntitiesSchema, TCComputation};
-use cedar_policy_core::extensions::Extensions;
 use serde_json::{Map, Value};
 
 use crate::action_routes::ActionRoutes;
 use crate::bundle::Bundle;
+use crate::entity_slice::EntitySlicer;
 use crate::index::PolicyIndex;
 
 /// How claims become the Cedar principal.
@@ -67,6 +64,8 @@ pub struct PolicyEngine {
     principal: PrincipalMapping,
     mapping: RequestMapping,
     authorizer: Authorizer,
+    /// The bundle's entities, indexed to take out what one decision can read.
+    slicer: EntitySlicer,
 }
 
 /// The HTTP side of a request, as Cedar sees it.
@@ -91,6 +90,7 @@ impl PolicyEngine {
     pub fn new(bundle: Bundle, principal: PrincipalMapping, mapping: RequestMapping) -> Self {
         Self {
             index: PolicyIndex::new(&bundle.policies),
+            slicer: EntitySlicer::new(bundle.entities.as_ref(), &bundle.policies),
             bundle,
             principal,
             mapping,
@@ -189,12 +189,14 @@ impl PolicyEngine {
 
     /// The entities a request is evaluated against: the bundle's, plus the token's principal
     /// (parents from the groups claim) unless the bundle defines it. The principal's ancestors
-    /// are computed here from the bundle's (already closed) hierarchy, so adding it costs a
-    /// copy of the store's index, not a transitive-closure pass over every entity.
+    /// are computed here from the bundle's (already closed) hierarchy, and the principal joins
+    /// only the slice of the store the decision can read (`entity_slice`), so the cost does
+    /// not grow with the store.
     fn entities_for(
         &self,
         principal: &EntityUid,
         claims: &Map<String, Value>,
+        request: &Request,
     ) -> Result<Option<Entities>, String> {
         let store = &self.bundle.entities;
         if store.get(principal).is_some() {
@@ -208,17 +210,16 @@ impl PolicyEngine {
             }
         }
         let entity = Entity::new_no_attrs(principal.clone(), closure);
-        let core = store
-            .as_ref()
-            .clone()
-            .add_entities(
-                [Arc::new(entity.as_ref().clone())],
-                None::<&NoEntitiesSchema>,
-                TCComputation::AssumeAlreadyComputed,
-                Extensions::all_available(),
-            )
-            .map_err(|e| e.to_string())?;
-        Ok(Some(Entities::from(core)))
+        let roots = [request.action(), request.resource()]
+            .into_iter()
+            .flatten()
+            .map(AsRef::as_ref);
+        let slice = self.slicer.slice(
+            entity.as_ref().clone(),
+            roots,
+            request.context().map(AsRef::as_ref),
+        )?;
+        Ok(Some(Entities::from(slice)))
     }
 
     /// Evaluates the bundle. Any failure to build the Cedar request denies (fail closed).
@@ -236,7 +237,7 @@ impl PolicyEngine {
             Err(e) => return PolicyDecision::deny_error(e),
         };
         let extra = match (principal_id, request.principal()) {
-            (Some(_), Some(p)) => match self.entities_for(p, claims) {
+            (Some(_), Some(p)) => match self.entities_for(p, claims, &request) {
                 Ok(e) => e,
                 Err(e) => return PolicyDecision::deny_error(e),
             },

@@ -23,7 +23,7 @@ const REQUESTS_PER_SET: usize = 40;
 
 const USERS: usize = 6; // u0..u5; u0..u3 in the store
 const STORED_USERS: usize = 4;
-const GROUPS: usize = 4;
+pub(crate) const GROUPS: usize = 4;
 const DOCS: usize = 5; // d0..d4; d0..d3 in the store
 const STORED_DOCS: usize = 4;
 const FOLDERS: usize = 3;
@@ -33,7 +33,7 @@ const ACTION_GROUPS: [&str; 3] = ["read", "write", "all"];
 fn user(i: usize) -> String {
     format!(r#"User::"u{i}""#)
 }
-fn group(i: usize) -> String {
+pub(crate) fn group(i: usize) -> String {
     format!(r#"Group::"g{i}""#)
 }
 fn doc(i: usize) -> String {
@@ -115,7 +115,7 @@ const CONDITIONS: [&str; 10] = [
     "unless { context has flag && context.flag }",
 ];
 
-fn policies(rng: &mut StdRng) -> Result<String, Box<dyn Error>> {
+pub(crate) fn policies(rng: &mut StdRng) -> Result<String, Box<dyn Error>> {
     let n = rng.gen_range(1..=60);
     let mut src = String::new();
     for i in 0..n {
@@ -142,7 +142,7 @@ fn policies(rng: &mut StdRng) -> Result<String, Box<dyn Error>> {
 
 /// A random store: users in groups, groups in later groups, docs in folders, folders in later
 /// folders, actions in action groups, `read`/`write` in `all`.
-fn entities(rng: &mut StdRng) -> Value {
+pub(crate) fn entities(rng: &mut StdRng) -> Value {
     let mut out = Vec::new();
     for i in 0..STORED_USERS {
         let parents: Vec<Value> = (0..GROUPS)
@@ -214,11 +214,11 @@ fn entities(rng: &mut StdRng) -> Value {
     Value::Array(out)
 }
 
-fn uid(s: &str) -> Result<EntityUid, Box<dyn Error>> {
+pub(crate) fn uid(s: &str) -> Result<EntityUid, Box<dyn Error>> {
     Ok(s.parse()?)
 }
 
-fn request(rng: &mut StdRng) -> Result<Request, Box<dyn Error>> {
+pub(crate) fn request(rng: &mut StdRng) -> Result<Request, Box<dyn Error>> {
     let principal = match rng.gen_range(0..10) {
         0 => r#"Svc::"s0""#.to_owned(),
         1 => group(rng.gen_range(0..GROUPS)),

@@ -3,5 +3,6 @@
 mod algorithms;
 mod authorization;
 mod engine;
+mod entity_slice;
 mod index;
 mod vectors;
