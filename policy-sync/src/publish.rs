@@ -184,6 +184,8 @@ async fn publish_in(
             })),
         }
     }
+    // Every tenant was just built: parses no tenant uses any more can go.
+    source::sweep_parse_cache();
     if !problems.is_empty() {
         return Err(PublishError::Invalid(problems));
     }

@@ -1,14 +1,15 @@
 //! The source state in Postgres and how it becomes bundles: one per tenant, each validated as
 //! the filter will validate it, with positioned problems when it is not valid.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, LazyLock, Mutex};
 
 use cedar_policy::{Entities, Policy, PolicyId, PolicySet, Schema, ValidationMode, Validator};
 use deadpool_postgres::GenericClient;
 use portcullis_core::signed_bundle::IssuerKeys;
 use portcullis_core::{Bundle, BundleWire};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
 
 use crate::db::DbError;
 use crate::diagnostics::Problem;
@@ -166,8 +167,8 @@ impl TenantSource {
                 problems.push(Problem::plain(&name, "invalid policy id"));
                 continue;
             }
-            match Policy::parse(Some(PolicyId::new(&row.id)), &row.text) {
-                Err(e) => problems.extend(Problem::from_diagnostic(&name, &text, &e)),
+            match parse_cached(&row.id, &row.text) {
+                Err(e) => problems.extend(Problem::from_diagnostic(&name, &text, &*e)),
                 Ok(p) => {
                     if let Some(a) = p.annotation("id").filter(|a| *a != row.id) {
                         problems.push(Problem::plain(
@@ -236,6 +237,56 @@ impl TenantSource {
         Bundle::try_from(&wire).map_err(|e| vec![Problem::plain("bundle", e.to_string())])?;
         Ok(wire)
     }
+}
+
+/// Parsed policies by id and text, so that publishing after a change re-parses only what
+/// changed (parsing is most of the cost of a tenant with thousands of policies). Entries not
+/// used by the latest full build are dropped by [`sweep_parse_cache`].
+#[derive(Default)]
+struct ParseCache {
+    generation: u64,
+    policies: HashMap<[u8; 32], (u64, String, String, Policy)>,
+}
+
+static PARSED: LazyLock<Mutex<ParseCache>> = LazyLock::new(Mutex::default);
+
+fn parse_key(id: &str, text: &str) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(id.as_bytes());
+    h.update([0]);
+    h.update(text.as_bytes());
+    h.finalize().into()
+}
+
+fn parse_cached(id: &str, text: &str) -> Result<Policy, Box<cedar_policy::ParseErrors>> {
+    let key = parse_key(id, text);
+    {
+        let mut cache = PARSED.lock().unwrap_or_else(|e| e.into_inner());
+        let generation = cache.generation;
+        if let Some((used, cached_id, cached_text, policy)) = cache.policies.get_mut(&key)
+            && cached_id == id
+            && cached_text == text
+        {
+            *used = generation;
+            return Ok(policy.clone());
+        }
+    }
+    let policy = Policy::parse(Some(PolicyId::new(id)), text).map_err(Box::new)?;
+    let mut cache = PARSED.lock().unwrap_or_else(|e| e.into_inner());
+    let generation = cache.generation;
+    cache.policies.insert(
+        key,
+        (generation, id.to_owned(), text.to_owned(), policy.clone()),
+    );
+    Ok(policy)
+}
+
+/// Drops cached parses the build that just finished did not use, and starts a new generation.
+pub fn sweep_parse_cache() {
+    let mut cache = PARSED.lock().unwrap_or_else(|e| e.into_inner());
+    let current = cache.generation;
+    cache.policies.retain(|_, (used, ..)| *used == current);
+    cache.generation = current.wrapping_add(1);
 }
 
 /// An error with its sources, on one line.

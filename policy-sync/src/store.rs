@@ -154,21 +154,33 @@ pub async fn put_policies(pool: &Pool, tenant: &str, policies: &[PolicyRow]) -> 
             )));
         }
     }
+    let mut seen = std::collections::HashSet::new();
+    if let Some(dup) = policies.iter().find(|p| !seen.insert(p.id.as_str())) {
+        return Err(StoreError::BadInput(format!(
+            "policy id {:?} appears twice",
+            dup.id
+        )));
+    }
     let mut c = pool.get().await?;
     let tx = c.transaction().await?;
     tenant_exists(&tx, tenant).await?;
-    let mut changed = false;
-    for p in policies {
-        changed |= tx
-            .execute(
-                "INSERT INTO policies (tenant, id, text, enabled) VALUES ($1, $2, $3, $4)
-                 ON CONFLICT (tenant, id) DO UPDATE SET text = $3, enabled = $4, updated_at = now()
-                 WHERE policies.text IS DISTINCT FROM $3 OR policies.enabled IS DISTINCT FROM $4",
-                &[&tenant, &p.id, &p.text, &p.enabled],
-            )
-            .await?
-            > 0;
-    }
+    let ids: Vec<&str> = policies.iter().map(|p| p.id.as_str()).collect();
+    let texts: Vec<&str> = policies.iter().map(|p| p.text.as_str()).collect();
+    let enabled: Vec<bool> = policies.iter().map(|p| p.enabled).collect();
+    // One statement for the whole batch.
+    let changed = tx
+        .execute(
+            "INSERT INTO policies (tenant, id, text, enabled)
+             SELECT $1, id, text, enabled FROM unnest($2::text[], $3::text[], $4::bool[])
+                 AS x(id, text, enabled)
+             ON CONFLICT (tenant, id) DO UPDATE
+                 SET text = excluded.text, enabled = excluded.enabled, updated_at = now()
+                 WHERE policies.text IS DISTINCT FROM excluded.text
+                    OR policies.enabled IS DISTINCT FROM excluded.enabled",
+            &[&tenant, &ids, &texts, &enabled],
+        )
+        .await?
+        > 0;
     check_tenant(&tx, tenant).await?;
     tx.commit().await?;
     Ok(changed)

@@ -181,6 +181,7 @@ async fn bad_input_is_refused_and_changes_nothing() -> TestResult {
         (svc.admin(Method::POST, "/v1/admin/keys").json(&json!({"issuer": "https://none", "jwk": {"kty": "RSA", "kid": "k", "n": "AQAB", "e": "AQAB"}})), 400, "weak RSA key"),
         (svc.admin(Method::POST, "/v1/admin/rollback").json(&json!({"to": "1; DROP TABLE versions"})), 400, "SQL in a number"),
         (svc.admin(Method::DELETE, "/v1/admin/tenants/default"), 400, "the default tenant"),
+        (svc.admin(Method::POST, "/v1/admin/tenants/default/policies").json(&json!([{"id": "d", "text": PERMIT_GET, "enabled": true}, {"id": "d", "text": PERMIT_GET, "enabled": false}])), 400, "one id twice in a batch"),
         (svc.admin(Method::GET, "/v1/admin/nothing-here"), 404, "unknown endpoint"),
     ];
     for (req, expected, what) in cases {
