@@ -22,7 +22,7 @@ $BIN migrate >/dev/null
 $BIN keygen --out "$D/k" >/dev/null
 FT=$($BIN token create f --role filter)
 HPORT=$(python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])')
-PORTCULLIS_LOG=warn $BIN serve --listen 127.0.0.1:$HPORT --signing-key "$D/k" --pool-size 32 >/dev/null 2>&1 & SRV=$!
+PORTCULLIS_LOG=${PORTCULLIS_LOG:-warn} $BIN serve --listen 127.0.0.1:$HPORT --signing-key "$D/k" --pool-size 32 >/dev/null 2>"${SERVE_LOG:-/dev/null}" & SRV=$!
 for i in $(seq 100); do curl -sf http://127.0.0.1:$HPORT/readyz >/dev/null && break; sleep 0.1; done
 for N in 1000 10000; do
   python3 - "$N" > "$D/p$N.cedar" <<'PY'

@@ -858,7 +858,11 @@ fn validate_bundle(file: &Path) -> Outcome {
 async fn serve(url: Option<&String>, args: ServeArgs) -> Outcome {
     let filter = tracing_subscriber::EnvFilter::try_new(&args.log)
         .map_err(|e| Failure::new(2, format!("--log: {e}")))?;
-    tracing_subscriber::fmt().with_env_filter(filter).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
     let database_url = url.cloned().ok_or_else(|| {
         Failure::new(
             2,

@@ -163,6 +163,7 @@ async fn publish_in(
     reason: &str,
     rollback_of: Option<i64>,
 ) -> Result<Published, PublishError> {
+    let started = std::time::Instant::now();
     let source = source::load(tx, None).await?;
     let issuers = source::load_issuers(tx).await?;
     let latest: i64 = tx
@@ -173,7 +174,7 @@ async fn publish_in(
     let mut documents: BTreeMap<String, (BundleWire, String)> = BTreeMap::new();
     let mut problems = Vec::new();
     for (tenant, src) in &source.tenants {
-        match src.bundle(u64::try_from(version).unwrap_or(0)) {
+        match src.bundle_for_publishing(u64::try_from(version).unwrap_or(0)) {
             Ok(b) => {
                 let d = digest(&b, &issuers);
                 documents.insert(tenant.clone(), (b, d));
@@ -184,6 +185,7 @@ async fn publish_in(
             })),
         }
     }
+    let built = started.elapsed();
     // Every tenant was just built: parses no tenant uses any more can go.
     source::sweep_parse_cache();
     if !problems.is_empty() {
@@ -244,6 +246,12 @@ async fn publish_in(
         )
         .await?;
     }
+    tracing::debug!(
+        version,
+        read_and_built_ms = built.as_millis(),
+        total_ms = started.elapsed().as_millis(),
+        "version written"
+    );
     Ok(Published::New {
         version,
         tenants: changed,

@@ -156,6 +156,20 @@ impl TenantSource {
     /// The bundle for this tenant, checked policy by policy (with positions), then as a whole
     /// exactly as the filter checks it.
     pub fn bundle(&self, version: u64) -> Result<BundleWire, Vec<Problem>> {
+        self.build(version, true)
+    }
+
+    /// The bundle, checked policy by policy and its entities as a set, without parsing the
+    /// assembled text once more. Publishing uses this: every write was given the full check
+    /// before it committed, and the assembly cannot change what a policy means (each text is
+    /// one policy on its own, joined with newlines, named by the `@id` it already carries or
+    /// is given; `tests` below check the assembly on awkward texts). At 10,000 policies the
+    /// second parse was half the time of a publish.
+    pub fn bundle_for_publishing(&self, version: u64) -> Result<BundleWire, Vec<Problem>> {
+        self.build(version, false)
+    }
+
+    fn build(&self, version: u64, full_check: bool) -> Result<BundleWire, Vec<Problem>> {
         let mut problems = Vec::new();
         let mut set = PolicySet::new();
         let mut texts: BTreeMap<String, Arc<str>> = BTreeMap::new();
@@ -233,8 +247,13 @@ impl TenantSource {
             schema: self.schema.clone(),
             entities: serde_json::Value::Array(self.entities.clone()),
         };
-        // The filter's own check, on exactly what it will receive.
-        Bundle::try_from(&wire).map_err(|e| vec![Problem::plain("bundle", e.to_string())])?;
+        if full_check {
+            // The filter's own check, on exactly what it will receive.
+            Bundle::try_from(&wire).map_err(|e| vec![Problem::plain("bundle", e.to_string())])?;
+        } else {
+            Entities::from_json_value(wire.entities.clone(), schema.as_ref())
+                .map_err(|e| vec![Problem::plain("entities", render(&e))])?;
+        }
         Ok(wire)
     }
 }
@@ -311,4 +330,71 @@ pub fn entity_uid(entity: &serde_json::Value) -> Result<String, String> {
         .next()
         .map(|e| e.uid().to_string())
         .ok_or_else(|| "no entity given".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(id: &str, text: &str) -> PolicyRow {
+        PolicyRow {
+            id: id.into(),
+            text: text.into(),
+            enabled: true,
+        }
+    }
+
+    /// The assembled text means what the policies meant one by one: same ids, same policies.
+    #[test]
+    fn assembly_keeps_every_policy_as_it_was() {
+        let src = TenantSource {
+            policies: vec![
+                row(
+                    "a",
+                    "permit(principal, action, resource); // a trailing comment",
+                ),
+                row(
+                    "b",
+                    "@id(\"b\")\n@doc(\"x\")\nforbid(principal, action, resource)\nwhen { context.s == \"// not a comment; @id(\\\"z\\\")\" };",
+                ),
+                row(
+                    "c",
+                    "  \n permit(principal == User::\"é\", action, resource);\n// end",
+                ),
+                row(
+                    "d",
+                    "permit(principal, action, resource) when { context.s like \"*\\\"*\" };",
+                ),
+            ],
+            ..TenantSource::default()
+        };
+        let wire = src.bundle_for_publishing(1).unwrap();
+        let full = src.bundle(1).unwrap();
+        assert_eq!(wire, full);
+        let bundle = Bundle::try_from(&wire).unwrap();
+        let mut ids: Vec<String> = bundle
+            .policies
+            .policies()
+            .map(|p| p.id().to_string())
+            .collect();
+        ids.sort();
+        assert_eq!(ids, ["a", "b", "c", "d"]);
+        // The same policy, apart from the `@id` annotation the assembly adds.
+        let without_id = |p: &Policy| {
+            let mut json = p.to_json().unwrap();
+            let obj = json.as_object_mut().unwrap();
+            if let Some(a) = obj.get_mut("annotations").and_then(|a| a.as_object_mut()) {
+                a.remove("id");
+                if a.is_empty() {
+                    obj.remove("annotations");
+                }
+            }
+            json
+        };
+        for r in &src.policies {
+            let alone = Policy::parse(Some(PolicyId::new(&r.id)), &r.text).unwrap();
+            let assembled = bundle.policies.policy(&PolicyId::new(&r.id)).unwrap();
+            assert_eq!(without_id(&alone), without_id(assembled), "{}", r.id);
+        }
+    }
 }
