@@ -405,8 +405,10 @@ fn pool(cli_url: Option<&String>) -> Result<deadpool_postgres::Pool, Failure> {
     Ok(db::pool(url, 4)?)
 }
 
-/// Policies from a file: (id, text) pairs; ids from `--id` or `@id` annotations.
-fn policies_from_file(file: &Path, id: Option<&str>) -> Result<Vec<(String, String)>, Failure> {
+/// A policy file: its name, its text and its policies; parse errors positioned in the file.
+fn parse_policy_file(
+    file: &Path,
+) -> Result<(String, std::sync::Arc<str>, cedar_policy::PolicySet), Failure> {
     use std::str::FromStr as _;
     let text = read(file)?;
     let name = file.display().to_string();
@@ -416,6 +418,12 @@ fn policies_from_file(file: &Path, id: Option<&str>) -> Result<Vec<(String, Stri
         message: format!("{name} does not parse"),
         problems: Problem::from_diagnostic(&name, &source, &e),
     })?;
+    Ok((name, source, set))
+}
+
+/// Policies from a file: (id, text) pairs; ids from `--id` or `@id` annotations.
+fn policies_from_file(file: &Path, id: Option<&str>) -> Result<Vec<(String, String)>, Failure> {
+    let (name, _, set) = parse_policy_file(file)?;
     let policies: Vec<_> = set.policies().collect();
     if set.templates().next().is_some() {
         return Err(Failure::new(
@@ -783,15 +791,7 @@ async fn policy(url: Option<&String>, command: PolicyCommand) -> Outcome {
 
 /// Validates a policy file; problems are positioned in the file.
 fn validate_policy_file(file: &Path, schema: Option<(&str, &str)>) -> Outcome {
-    use std::str::FromStr as _;
-    let text = read(file)?;
-    let name = file.display().to_string();
-    let source: std::sync::Arc<str> = std::sync::Arc::from(text.as_str());
-    let set = cedar_policy::PolicySet::from_str(&text).map_err(|e| Failure {
-        code: 3,
-        message: format!("{name} does not parse"),
-        problems: Problem::from_diagnostic(&name, &source, &e),
-    })?;
+    let (name, source, set) = parse_policy_file(file)?;
     // Policies are named by their `@id` annotations, as in bundles.
     let mut named = cedar_policy::PolicySet::new();
     for p in set.policies() {

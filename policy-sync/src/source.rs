@@ -308,17 +308,8 @@ pub fn sweep_parse_cache() {
     cache.generation = current.wrapping_add(1);
 }
 
-/// An error with its sources, on one line.
-pub fn render(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut src = e.source();
-    while let Some(s) = src {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        src = s.source();
-    }
-    out
-}
+/// An error with its sources, on one line (the same rendering the filter uses).
+pub use portcullis_core::bundle::render;
 
 /// The uid of an entity in Cedar's JSON format, as Cedar prints it (`Type::"id"`); the error
 /// says why the entity is not valid.

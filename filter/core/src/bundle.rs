@@ -111,7 +111,7 @@ impl TryFrom<&BundleWire> for Bundle {
 }
 
 /// Renders an error with its sources and Cedar's help text, on one line.
-fn render(e: &dyn std::error::Error) -> String {
+pub fn render(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut src = e.source();
     while let Some(s) = src {
