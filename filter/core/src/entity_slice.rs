@@ -4,8 +4,8 @@
 //! entity store. Copying the whole store per request for that costs time in proportion to
 //! the store (hundreds of µs at 10,000 entities). Cedar evaluation only ever reaches an entity
 //! through an entity value: the request's principal, action and resource, an entity in the
-//! context, an entity literal in a policy's conditions, or an entity value in an attribute or
-//! tag of an entity it reached. (`in` reads only the left side's ancestors, which every entity
+//! context, an entity literal in a policy's conditions that is the operand of an attribute,
+//! tag or `in` (left side), or an entity value in an attribute or tag of an entity it reached. (`in` reads only the left side's ancestors, which every entity
 //! carries, so parents need not be present; scope constraints only compare uids.) The slice
 //! is exactly those entities, found by following entity values from those roots, plus the
 //! principal; decisions on it equal decisions on the whole store (a differential test in
@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use cedar_policy::PolicySet;
 use cedar_policy_core::ast::{
-    Context, Entity, EntityUID, Expr, ExprKind, Literal, PartialValue, Value, ValueKind,
+    BinaryOp, Context, Entity, EntityUID, Expr, ExprKind, Literal, PartialValue, Value, ValueKind,
 };
 use cedar_policy_core::entities::{Entities, NoEntitiesSchema, TCComputation};
 use cedar_policy_core::extensions::Extensions;
@@ -25,7 +25,7 @@ use cedar_policy_core::extensions::Extensions;
 #[derive(Debug, Default)]
 pub struct EntitySlicer {
     by_uid: HashMap<EntityUID, Arc<Entity>>,
-    /// Entity literals in the policies' conditions (those a condition can dereference).
+    /// Entity literals a policy condition can dereference.
     literals: Vec<EntityUID>,
 }
 
@@ -40,7 +40,7 @@ impl EntitySlicer {
         for p in policies.policies() {
             let core: &cedar_policy_core::ast::Policy = p.as_ref();
             if let Some(conditions) = core.non_scope_constraints() {
-                expr_entities(conditions, &mut |u| {
+                dereferenced_literals(conditions, &mut |u| {
                     literals.insert(u.clone());
                 });
             }
@@ -105,6 +105,27 @@ impl EntitySlicer {
                 Extensions::all_available(),
             )
             .map_err(|e| e.to_string())
+    }
+}
+
+/// The entity literals that can reach a position where evaluation reads the entity: the
+/// operand of `.attr`, `has`, `getTag`/`hasTag`, or the left side of `in`. Cedar has no
+/// variables, so a literal's value only flows up its own expression tree: one outside those
+/// operands is only ever compared, never read (`resource in Folder::"f"`, `principal ==
+/// User::"u"`, `[Doc::"a"].contains(resource)`), and need not be in the slice.
+fn dereferenced_literals(expr: &Expr, f: &mut impl FnMut(&EntityUID)) {
+    for e in expr.subexpressions() {
+        match e.expr_kind() {
+            ExprKind::GetAttr { expr, .. }
+            | ExprKind::HasAttr { expr, .. }
+            | ExprKind::ExtHasAttr { expr, .. } => expr_entities(expr, f),
+            ExprKind::BinaryApp {
+                op: BinaryOp::In | BinaryOp::GetTag | BinaryOp::HasTag,
+                arg1,
+                ..
+            } => expr_entities(arg1, f),
+            _ => {}
+        }
     }
 }
 

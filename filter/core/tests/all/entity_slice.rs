@@ -17,7 +17,11 @@ type TestResult = Result<(), Box<dyn Error>>;
 
 /// Conditions that read entities other than the request's: literals, attribute chains, `in`
 /// on an entity reached through an attribute.
-const DEREFERENCING: [&str; 8] = [
+const DEREFERENCING: [&str; 12] = [
+    r#"when { resource in Folder::"f1" }"#,
+    r#"when { (if context.n > 2 then Doc::"d1" else Doc::"d2").owner == principal }"#,
+    r#"when { {d: Doc::"d3"}.d has level && {d: Doc::"d3"}.d.level > context.n }"#,
+    r#"when { (if context has flag then User::"u2" else User::"u3") in Group::"g1" }"#,
     r#"when { User::"u1".missing == 1 }"#,
     r#"when { User::"u1" in Group::"g2" }"#,
     "when { resource.owner.missing == 1 }",
