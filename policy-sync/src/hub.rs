@@ -63,6 +63,25 @@ impl Hub {
         }
     }
 
+    /// Reads every tenant's latest published version and announces it (after a reconnect,
+    /// and periodically, in case a notification was lost).
+    pub async fn catch_up(
+        &self,
+        client: &tokio_postgres::Client,
+    ) -> Result<(), tokio_postgres::Error> {
+        for row in client
+            .query(
+                "SELECT DISTINCT ON (tenant) tenant, version FROM bundles
+                 ORDER BY tenant, version DESC",
+                &[],
+            )
+            .await?
+        {
+            self.announce(row.get(0), row.get(1));
+        }
+        Ok(())
+    }
+
     /// The latest version announced for any tenant.
     pub fn latest(&self) -> i64 {
         let map = self.tenants.lock().unwrap_or_else(|e| e.into_inner());

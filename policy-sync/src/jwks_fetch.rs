@@ -477,11 +477,7 @@ impl Fetcher {
     ) -> Result<RefreshOutcome, FetchError> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
-        tx.execute(
-            "SELECT pg_advisory_xact_lock($1, hashtext($2))",
-            &[&ISSUER_LOCK_SPACE, &issuer],
-        )
-        .await?;
+        lock_issuer(&tx, issuer).await?;
         let existing: HashMap<String, (Value, String)> = tx
             .query(
                 "SELECT kid, jwk, origin FROM keys WHERE issuer = $1",
@@ -571,11 +567,7 @@ impl Fetcher {
         let config = self.config(issuer).await?;
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
-        tx.execute(
-            "SELECT pg_advisory_xact_lock($1, hashtext($2))",
-            &[&ISSUER_LOCK_SPACE, &issuer],
-        )
-        .await?;
+        lock_issuer(&tx, issuer).await?;
         let since_success: Option<f64> = tx
             .query_opt(
                 "SELECT EXTRACT(EPOCH FROM (now() - last_success_at))::float8
@@ -892,6 +884,19 @@ fn backoff(failures: u32, config: &IssuerConfig) -> f64 {
         .min(config.max_refresh_s)
         .max(1);
     secs as f64
+}
+
+/// Serialises writes of one issuer's keys and fetch state (across replicas) until `tx` ends.
+async fn lock_issuer(
+    tx: &deadpool_postgres::Transaction<'_>,
+    issuer: &str,
+) -> Result<(), tokio_postgres::Error> {
+    tx.execute(
+        "SELECT pg_advisory_xact_lock($1, hashtext($2))",
+        &[&ISSUER_LOCK_SPACE, &issuer],
+    )
+    .await
+    .map(|_| ())
 }
 
 #[cfg(test)]

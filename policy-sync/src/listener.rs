@@ -53,15 +53,7 @@ async fn listen(
     metrics.listener_connects.inc();
     // Whatever happened while nobody listened: publish it, and learn the latest versions.
     wake_publisher.notify_one();
-    for row in client
-        .query(
-            "SELECT DISTINCT ON (tenant) tenant, version FROM bundles ORDER BY tenant, version DESC",
-            &[],
-        )
-        .await?
-    {
-        hub.announce(row.get(0), row.get(1));
-    }
+    hub.catch_up(&client).await?;
     metrics.latest_version.set(hub.latest());
     while let Some(message) = rx.recv().await {
         match message? {

@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use deadpool_postgres::Pool;
 use tokio::sync::Notify;
@@ -14,7 +14,6 @@ use crate::hub::Hub;
 use crate::jwks_fetch::{FetchSettings, Fetcher};
 use crate::listener;
 use crate::metrics::Metrics;
-use crate::publish::{self, PublishError, Published};
 use crate::signing::Signer;
 
 /// Everything `serve` needs.
@@ -98,7 +97,7 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
         settings: config.api.clone(),
     };
     // Publish whatever the database holds before answering anyone.
-    attempt(&state, "start").await;
+    state.publish("start").await;
     let mut tasks = vec![
         tokio::spawn(listener::run(
             config.database_url.clone(),
@@ -139,38 +138,6 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
     })
 }
 
-/// One publishing attempt, with its metrics and log lines.
-pub async fn attempt(state: &AppState, reason: &str) -> Option<Published> {
-    let started = Instant::now();
-    let result = publish::publish(&state.pool, &state.signer, reason).await;
-    state
-        .metrics
-        .publish_seconds
-        .observe(started.elapsed().as_secs_f64());
-    match result {
-        Ok(p) => {
-            if let Published::New { version, tenants } = &p {
-                tracing::info!(version, ?tenants, "published");
-            }
-            state.record(&p);
-            Some(p)
-        }
-        Err(PublishError::Invalid(problems)) => {
-            state.metrics.publish_refused.inc();
-            tracing::warn!(
-                problems = %crate::diagnostics::summary(&problems),
-                "the source state is invalid; the last good version stays served"
-            );
-            None
-        }
-        Err(e) => {
-            state.metrics.publish_errors.inc();
-            tracing::warn!(error = %e, "publishing failed; retrying");
-            None
-        }
-    }
-}
-
 /// Publishes whenever woken (NOTIFY, an API write), and every 30 s in any case; retries
 /// after a second while Postgres is unreachable.
 async fn publisher(state: AppState) {
@@ -179,7 +146,7 @@ async fn publisher(state: AppState) {
             () = state.wake_publisher.notified() => {}
             () = tokio::time::sleep(Duration::from_secs(30)) => {}
         }
-        if attempt(&state, "change").await.is_none() {
+        if state.publish("change").await.is_none() {
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
     }
@@ -192,17 +159,7 @@ async fn refresh_versions(state: AppState) {
         let Ok(c) = state.pool.get().await else {
             continue;
         };
-        if let Ok(rows) = c
-            .query(
-                "SELECT DISTINCT ON (tenant) tenant, version FROM bundles
-                 ORDER BY tenant, version DESC",
-                &[],
-            )
-            .await
-        {
-            for row in rows {
-                state.hub.announce(row.get(0), row.get(1));
-            }
+        if state.hub.catch_up(&c).await.is_ok() {
             state.metrics.latest_version.set(state.hub.latest());
         }
     }

@@ -21,18 +21,11 @@ async fn published(
 ) -> Result<Response, ApiError> {
     tracing::info!(caller = %caller.name, "{what}");
     let reason = format!("{what} (by {})", caller.name);
-    let version = match publish::publish(&state.pool, &state.signer, &reason).await {
-        Ok(p) => {
-            state.record(&p);
-            Some(p.version())
-        }
-        Err(e) => {
-            // Committed but not yet published (the publisher retries on its own).
-            tracing::warn!(error = %e, "publishing after an admin change failed");
-            state.wake_publisher.notify_one();
-            None
-        }
-    };
+    let version = state.publish(&reason).await.map(|p| p.version());
+    if version.is_none() {
+        // Committed but not published yet: the publisher retries on its own.
+        state.wake_publisher.notify_one();
+    }
     Ok(Json(serde_json::json!({"ok": true, "version": version})).into_response())
 }
 
