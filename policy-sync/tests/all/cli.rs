@@ -11,7 +11,6 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use deadpool_postgres::Pool;
 use portcullis_core::signed_bundle::{BundleDocument, SignedBundle};
 use portcullis_core::{Engine, StaticRequest, Verdict};
-use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::support::{self, Res, TestResult};
@@ -1128,12 +1127,7 @@ async fn versions_rollback_and_bundle_show() -> TestResult {
     assert_eq!(count(&pool, "SELECT max(version) FROM versions").await?, 4);
 
     // The admin API agrees on the sequence.
-    let versions: Vec<Value> = svc
-        .admin(Method::GET, "/v1/admin/versions")
-        .send()
-        .await?
-        .json()
-        .await?;
+    let versions = svc.versions().await?;
     let numbers: Vec<i64> = versions
         .iter()
         .filter_map(|v| v["version"].as_i64())

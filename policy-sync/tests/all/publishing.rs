@@ -193,12 +193,7 @@ async fn two_replicas_serve_one_version_sequence() -> TestResult {
     }
     // Both replicas also publish on every NOTIFY; let them settle.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let versions: Vec<serde_json::Value> = a
-        .admin(Method::GET, "/v1/admin/versions?limit=100")
-        .send()
-        .await?
-        .json()
-        .await?;
+    let versions = a.versions().await?;
     let numbers: Vec<i64> = versions
         .iter()
         .filter_map(|v| v["version"].as_i64())
@@ -247,24 +242,13 @@ async fn rollback_restores_an_old_version_as_a_new_one() -> TestResult {
         .send()
         .await?;
     assert_eq!(r.status(), 404);
-    let r: serde_json::Value = svc
-        .admin(Method::POST, "/v1/admin/rollback")
-        .json(&serde_json::json!({"to": 2}))
-        .send()
-        .await?
-        .json()
-        .await?;
+    let r = svc.rollback(2).await?;
     assert_eq!(r["version"], 5, "{r}");
     let (_, v5) = svc.document("default", 0).await?;
     let v5 = v5.ok_or("none")?;
     assert_eq!(v5.version, 5);
     assert_eq!(v5.bundle.policies, v2.bundle.policies);
-    let versions: Vec<serde_json::Value> = svc
-        .admin(Method::GET, "/v1/admin/versions")
-        .send()
-        .await?
-        .json()
-        .await?;
+    let versions = svc.versions().await?;
     assert_eq!(versions[0]["rollbackOf"], 2);
     // The source tables hold version 2's state again, so later edits start from it.
     let list: Vec<serde_json::Value> = svc
@@ -276,13 +260,7 @@ async fn rollback_restores_an_old_version_as_a_new_one() -> TestResult {
     assert_eq!(list.len(), 1);
     assert_eq!(list[0]["id"], "one");
     // Rolling back to what is already served publishes nothing.
-    let r: serde_json::Value = svc
-        .admin(Method::POST, "/v1/admin/rollback")
-        .json(&serde_json::json!({"to": 2}))
-        .send()
-        .await?
-        .json()
-        .await?;
+    let r = svc.rollback(2).await?;
     assert_eq!(r["changed"], false);
     assert_eq!(r["version"], 5);
     Ok(())

@@ -122,6 +122,27 @@ impl Service {
         Ok((r.status().as_u16(), r.json().await?))
     }
 
+    /// The published versions, newest first (admin API).
+    pub async fn versions(&self) -> Res<Vec<serde_json::Value>> {
+        Ok(self
+            .admin(reqwest::Method::GET, "/v1/admin/versions?limit=1000")
+            .send()
+            .await?
+            .json()
+            .await?)
+    }
+
+    /// Rolls back to `to` through the admin API; returns the answer.
+    pub async fn rollback(&self, to: i64) -> Res<serde_json::Value> {
+        Ok(self
+            .admin(reqwest::Method::POST, "/v1/admin/rollback")
+            .json(&serde_json::json!({ "to": to }))
+            .send()
+            .await?
+            .json()
+            .await?)
+    }
+
     /// The tenant's latest document, checked against the test signing key.
     pub async fn document(
         &self,
