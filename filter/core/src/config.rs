@@ -59,6 +59,11 @@ pub struct FilterConfig {
     /// Verified-token cache (on by default).
     #[serde(default)]
     pub token_cache: TokenCacheConfig,
+    /// Decision cache (on by default): a request that repeats an earlier one (same token,
+    /// method, path, host and context inputs) gets the earlier decision without evaluating the
+    /// policies again. Decisions never outlive their token or the bundle they came from.
+    #[serde(default)]
+    pub decision_cache: DecisionCacheConfig,
     /// Name the determining policies in a `x-portcullis-policies` header on 403 replies.
     /// Default false: clients learn nothing about policies.
     #[serde(default)]
@@ -156,6 +161,37 @@ impl Default for TokenCacheConfig {
 }
 
 fn default_cache_capacity() -> usize {
+    1024
+}
+
+/// The decision cache.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DecisionCacheConfig {
+    /// Decisions kept per cached token (they live in the token's cache entry); 0 turns caching
+    /// of token-carrying requests off. Default 64.
+    #[serde(default = "default_decisions_per_token")]
+    pub per_token: usize,
+    /// Decisions kept per worker for requests without a token (public and optional routes);
+    /// 0 turns them off. Default 1024.
+    #[serde(default = "default_anonymous_decisions")]
+    pub anonymous: usize,
+}
+
+impl Default for DecisionCacheConfig {
+    fn default() -> Self {
+        Self {
+            per_token: default_decisions_per_token(),
+            anonymous: default_anonymous_decisions(),
+        }
+    }
+}
+
+fn default_decisions_per_token() -> usize {
+    64
+}
+
+fn default_anonymous_decisions() -> usize {
     1024
 }
 
@@ -288,6 +324,8 @@ pub enum ConfigError {
     Route(String),
     #[error("tokenCache.capacity must be at most 1000000, got {0}")]
     CacheCapacity(usize),
+    #[error("decisionCache.{0} must be at most {1}, got {2}")]
+    DecisionCache(&'static str, usize, usize),
     #[error("maxTokenBytes must be between 256 and 65536, got {0}")]
     MaxTokenBytes(usize),
 }

@@ -1,6 +1,6 @@
 //! The compiled, immutable configuration snapshot and the per-request entry point.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 use hashbrown::HashMap;
@@ -9,6 +9,7 @@ use crate::action_routes::ActionRoutes;
 use crate::bundle::BundleWire;
 use crate::config::{ConfigError, FilterConfig};
 use crate::decision::{AuthError, Outcome, Verdict};
+use crate::decision_cache::{DecisionKey, DecisionStats, Decisions};
 use crate::extractor::{self, Extracted, TokenSource};
 use crate::headers::{self, ClaimHeader, Outputs};
 use crate::host_crypto::HostCrypto;
@@ -40,6 +41,13 @@ pub struct Engine {
     context_headers: Vec<String>,
     context_query: Vec<String>,
     host_crypto: Option<Box<dyn HostCrypto>>,
+    /// Decisions kept per cached token, and for requests without a token.
+    decisions_per_token: usize,
+    anonymous_capacity: usize,
+    anonymous: RefCell<Decisions>,
+    /// Bumped whenever a bundle is replaced: cached decisions of older generations miss.
+    generation: u64,
+    decision_stats: Cell<DecisionStats>,
 }
 
 impl TryFrom<FilterConfig> for Engine {
@@ -54,6 +62,20 @@ impl TryFrom<FilterConfig> for Engine {
         }
         if cfg.token_cache.capacity > 1_000_000 {
             return Err(ConfigError::CacheCapacity(cfg.token_cache.capacity));
+        }
+        if cfg.decision_cache.per_token > 65_536 {
+            return Err(ConfigError::DecisionCache(
+                "perToken",
+                65_536,
+                cfg.decision_cache.per_token,
+            ));
+        }
+        if cfg.decision_cache.anonymous > 1_000_000 {
+            return Err(ConfigError::DecisionCache(
+                "anonymous",
+                1_000_000,
+                cfg.decision_cache.anonymous,
+            ));
         }
         if cfg.token_sources.is_empty() {
             return Err(ConfigError::TokenSource(
@@ -177,6 +199,17 @@ impl TryFrom<FilterConfig> for Engine {
             context_headers: cfg.request.context_headers,
             context_query: cfg.request.context_query,
             host_crypto: None,
+            // Decisions live in token-cache entries: without that cache there is nowhere to
+            // keep them.
+            decisions_per_token: if cfg.token_cache.capacity == 0 {
+                0
+            } else {
+                cfg.decision_cache.per_token
+            },
+            anonymous_capacity: cfg.decision_cache.anonymous,
+            anonymous: RefCell::default(),
+            generation: 0,
+            decision_stats: Cell::default(),
         })
     }
 }
@@ -214,8 +247,20 @@ impl Engine {
         self.sets.default_set().version()
     }
 
+    /// Decision cache counters.
+    #[must_use]
+    pub fn decision_stats(&self) -> DecisionStats {
+        self.decision_stats.get()
+    }
+
     /// Authenticates and authorizes one request. `now` is Unix time in seconds.
     pub fn check(&self, req: &dyn RequestView, now: u64) -> Outcome {
+        Outcome::clone(&self.decide(req, now))
+    }
+
+    /// [`Engine::check`] without copying the outcome: a repeated request gets the outcome
+    /// its first occurrence got, shared (the decision cache).
+    pub fn decide(&self, req: &dyn RequestView, now: u64) -> Rc<Outcome> {
         let mut outcome = Outcome {
             verdict: Verdict::Forbidden,
             principal: None,
@@ -265,28 +310,59 @@ impl Engine {
             AuthMode::Public => Extracted::Missing,
             AuthMode::Required | AuthMode::Optional => extractor::extract(req, &self.sources),
         };
+        // Everything the decision depends on besides the token and the policies.
+        let key = |token_header: Option<&str>| {
+            let mut k = DecisionKey::with_capacity(64 + path.len() + host.len());
+            k.field(method.as_bytes())
+                .field(path.as_bytes())
+                .field(host.as_bytes());
+            for (name, value) in &selected {
+                k.field(name.as_bytes()).field(value.as_bytes());
+            }
+            if self.sets.need_source() {
+                k.optional(source.as_deref().map(str::as_bytes));
+            }
+            if self.sets.need_time() {
+                k.field(&now.to_le_bytes());
+            }
+            k.optional(token_header.map(str::as_bytes));
+            k
+        };
         let (token, token_header) = match extracted {
             Extracted::Token { token, header } => (token, header),
             Extracted::Missing | Extracted::WrongScheme if mode != AuthMode::Required => {
                 // No credentials on a public or optional route: the anonymous principal.
+                let key = (self.anonymous_capacity > 0).then(|| key(None));
+                if let Some(hit) = key.as_ref().and_then(|k| self.cached(&self.anonymous, k)) {
+                    return hit;
+                }
                 outcome.principal = Some(self.policy().anonymous().to_string());
                 let none = serde_json::Map::new();
                 let empty = policy::claims_value(&none);
                 self.authorize(None, (&none, &empty), http, &mut outcome);
-                return outcome;
+                return self.remember(&self.anonymous, key, outcome, self.anonymous_capacity);
             }
-            Extracted::Missing => return outcome.unauthenticated(AuthError::Missing),
-            Extracted::WrongScheme => return outcome.unauthenticated(AuthError::WrongScheme),
+            Extracted::Missing => return Rc::new(outcome.unauthenticated(AuthError::Missing)),
+            Extracted::WrongScheme => {
+                return Rc::new(outcome.unauthenticated(AuthError::WrongScheme));
+            }
         };
         let verified = match self.authenticate(&token, now) {
             Ok(v) => v,
-            Err(e) => return outcome.unauthenticated(e),
+            Err(e) => return Rc::new(outcome.unauthenticated(e)),
         };
+        let key = (self.decisions_per_token > 0).then(|| key(token_header.as_deref()));
+        if let Some(hit) = key
+            .as_ref()
+            .and_then(|k| self.cached(&verified.decisions, k))
+        {
+            return hit;
+        }
         let claims = &*verified.claims;
         let Some(principal_id) = self.policy().principal_id(claims) else {
-            return outcome.unauthenticated(AuthError::NoSubject(
+            return Rc::new(outcome.unauthenticated(AuthError::NoSubject(
                 self.policy().principal_claim().to_owned(),
-            ));
+            )));
         };
         outcome.principal = Some(format!("{}::{principal_id:?}", self.principal_type));
         let cedar_claims = verified
@@ -308,6 +384,37 @@ impl Engine {
                 outcome.remove_headers.push(h);
             }
         }
+        self.remember(&verified.decisions, key, outcome, self.decisions_per_token)
+    }
+
+    /// A decision taken before for the same request under the policies in force.
+    fn cached(&self, decisions: &RefCell<Decisions>, key: &DecisionKey) -> Option<Rc<Outcome>> {
+        let hit = decisions
+            .try_borrow()
+            .ok()
+            .and_then(|d| d.get(key, self.generation));
+        let mut stats = self.decision_stats.get();
+        if hit.is_some() {
+            stats.hits += 1;
+        } else {
+            stats.misses += 1;
+        }
+        self.decision_stats.set(stats);
+        hit
+    }
+
+    /// Keeps a fresh decision (when there is a key to keep it under) and returns it.
+    fn remember(
+        &self,
+        decisions: &RefCell<Decisions>,
+        key: Option<DecisionKey>,
+        outcome: Outcome,
+        capacity: usize,
+    ) -> Rc<Outcome> {
+        let outcome = Rc::new(outcome);
+        if let (Some(key), Ok(mut d)) = (key, decisions.try_borrow_mut()) {
+            d.insert(key, outcome.clone(), self.generation, capacity);
+        }
         outcome
     }
 
@@ -325,7 +432,11 @@ impl Engine {
     /// Replaces a policy set's bundle (`default` or a tenant id); an invalid bundle changes
     /// nothing. Returns the version now in force.
     pub fn replace_bundle(&mut self, set: &str, wire: &BundleWire) -> Result<u64, SetError> {
-        self.sets.replace_bundle(set, wire)
+        let version = self.sets.replace_bundle(set, wire)?;
+        // Decisions taken under the old bundle are never served again.
+        self.generation += 1;
+        self.anonymous.get_mut().clear();
+        Ok(version)
     }
 
     /// Selects the policy set and decides; fills the verdict and its explanation.
@@ -400,6 +511,7 @@ impl Engine {
             .ok_or(AuthError::NoExpiry)?;
         let verified = Verified {
             cedar_claims: Rc::default(),
+            decisions: Rc::default(),
             claims: Rc::new(t.claims),
             issuer: Rc::from(issuer.iss.as_str()),
             exp,

@@ -9,6 +9,7 @@ pub mod action_routes;
 pub mod bundle;
 pub mod config;
 pub mod decision;
+pub mod decision_cache;
 pub mod duration;
 pub mod engine;
 pub mod entity_slice;

@@ -42,6 +42,8 @@ pub struct PolicySet {
     pub shadow: Option<PolicyEngine>,
     /// Whether a policy of this set (or its shadow) may read `context.source`.
     mentions_source: bool,
+    /// Whether a policy of this set (or its shadow) may read `context.time`.
+    mentions_time: bool,
 }
 
 /// Whether policies may read the client address. Cedar reaches a record attribute only by its
@@ -49,9 +51,20 @@ pub struct PolicySet {
 /// whose text never says `source` cannot; asking the host for the address costs a property
 /// lookup per request (≈ 10 µs inside Envoy), saved when no policy needs it.
 fn mentions_source(wire: &BundleWire) -> bool {
+    mentions_word(wire, "source")
+}
+
+/// Whether policies may read the request time (`context.time`), by the same reasoning: a
+/// decision that cannot depend on the time may be reused for the same request later (the
+/// engine's decision cache), one that can is reused only within the same second.
+fn mentions_time(wire: &BundleWire) -> bool {
+    mentions_word(wire, "time")
+}
+
+fn mentions_word(wire: &BundleWire, word: &str) -> bool {
     let text = wire.policies.as_bytes();
     let ident = |b: Option<&u8>| b.is_some_and(|c| c.is_ascii_alphanumeric() || *c == b'_');
-    wire.policies.match_indices("source").any(|(at, w)| {
+    wire.policies.match_indices(word).any(|(at, w)| {
         // The word itself, not part of `resource` or `sourceIp`.
         !ident(at.checked_sub(1).and_then(|i| text.get(i))) && !ident(text.get(at + w.len()))
     })
@@ -81,6 +94,26 @@ mod tests {
         ));
         assert!(m(
             "permit (principal, action, resource) when { context has source };"
+        ));
+    }
+
+    #[test]
+    fn time_is_found_as_a_word_only() {
+        let m = |p: &str| {
+            mentions_time(&BundleWire {
+                policies: p.to_owned(),
+                ..BundleWire::default()
+            })
+        };
+        assert!(!m("permit (principal, action, resource);"));
+        assert!(!m(
+            "permit (principal, action, resource) when { context.timeout == 1 };"
+        ));
+        assert!(m(
+            "forbid (principal, action, resource) when { context.time > 1800000000 };"
+        ));
+        assert!(m(
+            r#"permit (principal, action, resource) when { context["time"] < 1 };"#
         ));
     }
 }
@@ -117,6 +150,7 @@ impl PolicySet {
             dry_run,
             shadow: shadow.map(engine).transpose()?,
             mentions_source: mentions_source(bundle) || shadow.is_some_and(mentions_source),
+            mentions_time: mentions_time(bundle) || shadow.is_some_and(mentions_time),
         })
     }
 
@@ -168,6 +202,8 @@ pub struct PolicySets {
     tenant_claim: Option<String>,
     /// Whether any set may read `context.source` (kept up to date on replacement).
     need_source: bool,
+    /// Whether any set may read `context.time` (kept up to date on replacement).
+    need_time: bool,
 }
 
 impl PolicySets {
@@ -209,8 +245,10 @@ impl PolicySets {
             hosts,
             tenant_claim,
             need_source: false,
+            need_time: false,
         };
         sets.need_source = sets.any_mentions_source();
+        sets.need_time = sets.any_mentions_time();
         Ok(sets)
     }
 
@@ -222,6 +260,16 @@ impl PolicySets {
 
     fn any_mentions_source(&self) -> bool {
         self.default.mentions_source || self.tenants.iter().any(|t| t.mentions_source)
+    }
+
+    /// Whether any policy may read `context.time` (then a decision holds for its second only).
+    #[must_use]
+    pub fn need_time(&self) -> bool {
+        self.need_time
+    }
+
+    fn any_mentions_time(&self) -> bool {
+        self.default.mentions_time || self.tenants.iter().any(|t| t.mentions_time)
     }
 
     /// The default set.
@@ -290,8 +338,10 @@ impl PolicySets {
         target.engine = target.engine.with_bundle(bundle);
         // The shadow bundle (if any) stays; it may still need the address.
         target.mentions_source = mentions_source(wire) || target.shadow.is_some();
+        target.mentions_time = mentions_time(wire) || target.shadow.is_some();
         let version = target.version();
         self.need_source = self.any_mentions_source();
+        self.need_time = self.any_mentions_time();
         Ok(version)
     }
 }

@@ -6,11 +6,13 @@
 //! than it would be without the cache. Bounded: when full, expired entries go first, then an
 //! eighth of the entries, arbitrarily.
 
-use std::cell::OnceCell;
+use std::cell::{OnceCell, RefCell};
 use std::rc::Rc;
 
 use hashbrown::HashMap;
 use serde_json::{Map, Value};
+
+use crate::decision_cache::Decisions;
 
 /// What a verified token left behind.
 #[derive(Debug, Clone)]
@@ -23,6 +25,8 @@ pub struct Verified {
     /// The claims as a Cedar record, built on first use and then reused by every request
     /// that carries the same token.
     pub cedar_claims: Rc<OnceCell<cedar_policy_core::ast::Value>>,
+    /// Decisions taken for requests carrying this token (the decision cache).
+    pub decisions: Rc<RefCell<Decisions>>,
 }
 
 /// Hit and miss counts.
@@ -115,6 +119,7 @@ mod tests {
     fn v(exp: u64) -> Verified {
         Verified {
             cedar_claims: Rc::default(),
+            decisions: Rc::default(),
             claims: Rc::new(Map::new()),
             issuer: "i".into(),
             exp,

@@ -47,7 +47,9 @@ fn entities() -> Value {
     ])
 }
 
-fn engine_with(issuer: &DevIssuer, extra: Value) -> Result<Engine, Box<dyn Error>> {
+/// An engine with this file's bundle, route table and context inputs; `extra` overrides
+/// configuration keys.
+pub(crate) fn engine_with(issuer: &DevIssuer, extra: Value) -> Result<Engine, Box<dyn Error>> {
     let mut cfg = harness::demo::plugin_config(issuer);
     let o = cfg.as_object_mut().ok_or("config")?;
     o.insert(
@@ -196,33 +198,44 @@ fn decision_fixtures() -> TestResult {
             policies: &[],
         },
     ];
-    for c in &cases {
-        let mut req =
-            StaticRequest::new(c.method, c.path).with_header(":authority", "api.example.com");
-        if let Some((sub, groups)) = c.user {
-            req = req.with_bearer(&issuer.token(sub, groups));
+    // Tokens made once, so that both passes carry the same ones.
+    let tokens: Vec<Option<String>> = cases
+        .iter()
+        .map(|c| c.user.map(|(sub, groups)| issuer.token(sub, groups)))
+        .collect();
+    // The second pass is answered from the decision cache, and must decide alike.
+    for pass in 0..2 {
+        for (c, token) in cases.iter().zip(&tokens) {
+            let mut req =
+                StaticRequest::new(c.method, c.path).with_header(":authority", "api.example.com");
+            if let Some(token) = token {
+                req = req.with_bearer(token);
+            }
+            for (k, v) in c.headers {
+                req = req.with_header(k, v);
+            }
+            if let Some(s) = c.source {
+                req = req.with_source(s);
+            }
+            let out = e.check(&req, now());
+            let want = if c.allow {
+                Verdict::Allow
+            } else {
+                Verdict::Forbidden
+            };
+            assert_eq!(out.verdict, want, "{}: {out:?}", c.name);
+            assert_eq!(out.policies, c.policies, "{}", c.name);
+            assert!(out.errors.is_empty(), "{}: {:?}", c.name, out.errors);
+            assert_eq!(
+                (out.policy_set.as_str(), out.bundle_version),
+                ("default", 7),
+                "{}",
+                c.name
+            );
         }
-        for (k, v) in c.headers {
-            req = req.with_header(k, v);
-        }
-        if let Some(s) = c.source {
-            req = req.with_source(s);
-        }
-        let out = e.check(&req, now());
-        let want = if c.allow {
-            Verdict::Allow
-        } else {
-            Verdict::Forbidden
-        };
-        assert_eq!(out.verdict, want, "{}: {out:?}", c.name);
-        assert_eq!(out.policies, c.policies, "{}", c.name);
-        assert!(out.errors.is_empty(), "{}: {:?}", c.name, out.errors);
-        assert_eq!(
-            (out.policy_set.as_str(), out.bundle_version),
-            ("default", 7),
-            "{}",
-            c.name
-        );
+        let stats = e.decision_stats();
+        let n = u64::try_from(cases.len())?;
+        assert_eq!((stats.hits, stats.misses), (n * pass, n), "pass {pass}");
     }
     Ok(())
 }

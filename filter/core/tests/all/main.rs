@@ -2,6 +2,7 @@
 
 mod algorithms;
 mod authorization;
+mod decision_cache;
 mod engine;
 mod entity_slice;
 mod index;
