@@ -43,6 +43,8 @@ struct Metrics {
     unauthenticated: u32,
     cache_hits: u32,
     cache_misses: u32,
+    decision_hits: u32,
+    decision_misses: u32,
     host_verified: u32,
     host_fallback: u32,
     errors: u32,
@@ -60,6 +62,8 @@ impl Metrics {
             unauthenticated: counter("portcullis.unauthenticated"),
             cache_hits: counter("portcullis.token_cache.hits"),
             cache_misses: counter("portcullis.token_cache.misses"),
+            decision_hits: counter("portcullis.decision_cache.hits"),
+            decision_misses: counter("portcullis.decision_cache.misses"),
             host_verified: counter("portcullis.host_verify.confirmed"),
             host_fallback: counter("portcullis.host_verify.declined"),
             errors: counter("portcullis.errors"),
@@ -209,6 +213,7 @@ impl HttpContext for Http {
             return Action::Pause;
         };
         let before = engine.cache_stats();
+        let decisions_before = engine.decision_stats();
         let started = self.get_current_time();
         let now = started
             .duration_since(UNIX_EPOCH)
@@ -217,13 +222,16 @@ impl HttpContext for Http {
             http: self,
             headers: self.get_http_request_headers(),
         };
-        let outcome = engine.check(&request, now);
-        let elapsed = self
-            .get_current_time()
-            .duration_since(started)
-            .map_or(0, |d| d.as_micros());
+        let outcome = engine.decide(&request, now);
         let after = engine.cache_stats();
-        if self.metrics.eval_us != 0 {
+        let decisions_after = engine.decision_stats();
+        // Time the decisions that evaluated policies; one from the decision cache takes no
+        // measurable time and would cost two more host calls to record.
+        if self.metrics.eval_us != 0 && decisions_after.hits == decisions_before.hits {
+            let elapsed = self
+                .get_current_time()
+                .duration_since(started)
+                .map_or(0, |d| d.as_micros());
             let _ = hostcalls::record_metric(
                 self.metrics.eval_us,
                 u64::try_from(elapsed).unwrap_or(u64::MAX),
@@ -233,6 +241,16 @@ impl HttpContext for Http {
         let m = self.metrics;
         Metrics::add(m.cache_hits, after.hits.saturating_sub(before.hits));
         Metrics::add(m.cache_misses, after.misses.saturating_sub(before.misses));
+        Metrics::add(
+            m.decision_hits,
+            decisions_after.hits.saturating_sub(decisions_before.hits),
+        );
+        Metrics::add(
+            m.decision_misses,
+            decisions_after
+                .misses
+                .saturating_sub(decisions_before.misses),
+        );
         let verdict = match outcome.verdict {
             Verdict::Allow => m.allowed,
             Verdict::Forbidden => m.denied,
@@ -255,8 +273,11 @@ impl HttpContext for Http {
         }
         match outcome.local_reply(engine.debug_headers()) {
             None => {
+                // Only headers the client sent need removing (each removal is a host call).
                 for name in &outcome.remove_headers {
-                    self.set_http_request_header(name, None);
+                    if request.headers.iter().any(|(n, _)| n == name) {
+                        self.set_http_request_header(name, None);
+                    }
                 }
                 for (name, value) in &outcome.set_headers {
                     self.set_http_request_header(name, Some(value));
