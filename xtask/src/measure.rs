@@ -37,24 +37,35 @@ const LOAD_PATH: &str = "/api/hello";
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Variant {
     NoFilter,
+    /// The cheapest proxy-wasm filter the SDK builds: the ABI probe told to do nothing
+    /// (`noop`), exporting only the callbacks the filter exports. What V8 and the proxy-wasm
+    /// context lifecycle cost before a filter does any work.
+    NoopWasm,
     JwtAuthnRbac,
     Portcullis,
 }
 
 impl Variant {
-    const ALL: [Self; 3] = [Self::NoFilter, Self::JwtAuthnRbac, Self::Portcullis];
+    const ALL: [Self; 4] = [
+        Self::NoFilter,
+        Self::NoopWasm,
+        Self::JwtAuthnRbac,
+        Self::Portcullis,
+    ];
 
     fn name(self) -> &'static str {
         match self {
             Self::NoFilter => "envoy, no filter",
+            Self::NoopWasm => "envoy + no-op wasm",
             Self::JwtAuthnRbac => "envoy + jwt_authn+RBAC",
             Self::Portcullis => "envoy + portcullis",
         }
     }
 
-    fn config(self, ports: Ports, wasm: &Path, issuer: &DevIssuer) -> Result<String> {
+    fn config(self, ports: Ports, wasm: &Path, noop: &Path, issuer: &DevIssuer) -> Result<String> {
         match self {
             Self::NoFilter => envoy::baseline_config(ports),
+            Self::NoopWasm => envoy::config(ports, noop, &"noop".into()),
             Self::JwtAuthnRbac => envoy::jwt_authn_rbac_config(
                 ports,
                 &issuer.issuer,
@@ -78,7 +89,7 @@ impl Variant {
     /// filter allowed each one, and its token cache (not a signature check) answered it.
     fn counters(self) -> &'static [&'static str] {
         match self {
-            Self::NoFilter => &[],
+            Self::NoFilter | Self::NoopWasm => &[],
             Self::JwtAuthnRbac => &[
                 "http.ingress.rbac.allowed",
                 "http.ingress.jwt_authn.allowed",
@@ -152,10 +163,11 @@ pub fn run(opts: &Options) -> Result {
     } else {
         None
     };
-    let wasm = match &opts.wasm {
-        Some(w) => w.clone(),
-        None => crate::wasm::build()?,
-    };
+    let built = crate::wasm::build_all()?;
+    let wasm = opts.wasm.clone().unwrap_or(built.filter);
+    let noop_dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let noop = noop_dir.path().join("noop.wasm");
+    crate::wasm::trimmed_copy(&built.probe, &noop)?;
     let size = std::fs::metadata(&wasm).map_err(|e| e.to_string())?.len();
     let gz = Command::new("gzip")
         .args(["-9", "-c"])
@@ -184,7 +196,7 @@ pub fn run(opts: &Options) -> Result {
     let mut proxies = Vec::new();
     for variant in Variant::ALL {
         let ports = Ports::free().map_err(|e| e.to_string())?;
-        let cfg = variant.config(ports, &wasm, &issuer)?;
+        let cfg = variant.config(ports, &wasm, &noop, &issuer)?;
         let mut proxy = Envoy::start(&cfg, ports, 1).map_err(|e| e.to_string())?;
         let first_answer = proxy
             .wait_ready(Duration::from_secs(120))
@@ -430,6 +442,7 @@ fn first_sight_phase(
         .iter()
         .filter_map(|(v, p)| match v {
             Variant::NoFilter => Some((v.name(), p, &[][..])),
+            Variant::NoopWasm => None,
             Variant::JwtAuthnRbac => Some((v.name(), p, &["http.ingress.rbac.allowed"][..])),
             Variant::Portcullis => None,
         })
@@ -520,7 +533,7 @@ fn check_decisions(proxy: &Envoy, variant: Variant, tokens: &Tokens) -> Result {
     let agent = http::agent(Duration::from_secs(10));
     let mut seen = Vec::new();
     for (method, path, who, filtered) in CHECKS {
-        let expected = if variant == Variant::NoFilter {
+        let expected = if matches!(variant, Variant::NoFilter | Variant::NoopWasm) {
             200
         } else {
             filtered
@@ -744,8 +757,8 @@ fn print_load_table(loads: &[Load], opts: &Options) {
     };
     let base = median(rates(Variant::NoFilter));
     println!(
-        "\n{:<24} {:>10} {:>10} {:>10} {:>13} {:>15}   req/s per round",
-        "variant", "req/s", "p50", "p99", "vs no filter", "RSS after load"
+        "\n{:<24} {:>10} {:>10} {:>10} {:>13} {:>12} {:>15}   req/s per round",
+        "variant", "req/s", "p50", "p99", "vs no filter", "cost/req", "RSS after load"
     );
     for l in loads {
         let rate = median(l.runs.iter().map(|r| r.per_second).collect());
@@ -754,13 +767,16 @@ fn print_load_table(loads: &[Load], opts: &Options) {
             .iter()
             .map(|r| format!("{:.0}", r.per_second))
             .collect();
+        // What the filter adds per request on the one pinned worker.
+        let cost = 1e6 / rate - 1e6 / base;
         println!(
-            "{:<24} {:>10.0} {:>7.2} ms {:>7.2} ms {:>13.2} {:>11} MiB   {}",
+            "{:<24} {:>10.0} {:>7.2} ms {:>7.2} ms {:>13.2} {:>9.1} µs {:>11} MiB   {}",
             l.variant.name(),
             rate,
             median(l.runs.iter().map(|r| r.p50_ms).collect()),
             median(l.runs.iter().map(|r| r.p99_ms).collect()),
             rate / base,
+            cost,
             l.rss_after_kib / 1024,
             rounds.join(" ")
         );

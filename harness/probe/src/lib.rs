@@ -25,6 +25,48 @@ struct Metrics {
 #[derive(Default)]
 struct Root {
     metrics: Metrics,
+    load: Load,
+}
+
+/// What the probe does per request when it is the filter under load (`cargo xtask measure`):
+/// nothing at all (plugin configuration `noop`), or `calls=N:KIND` host calls of one kind, to
+/// price a host call inside the runtime.
+#[derive(Default, Clone, Copy, PartialEq, Eq)]
+enum Load {
+    /// The probe's own behaviour, chosen by `x-probe`.
+    #[default]
+    Probe,
+    Noop,
+    Calls(u32, CallKind),
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum CallKind {
+    /// `proxy_get_header_map_value(:path)`
+    Header,
+    /// `proxy_increment_metric`
+    Metric,
+    /// `proxy_get_current_time_nanoseconds`
+    Time,
+    /// `proxy_get_header_map_pairs` (every request header in one call)
+    Pairs,
+}
+
+impl Load {
+    fn parse(config: &str) -> Option<Self> {
+        if config == "noop" {
+            return Some(Self::Noop);
+        }
+        let (n, kind) = config.strip_prefix("calls=")?.split_once(':')?;
+        let kind = match kind {
+            "header" => CallKind::Header,
+            "metric" => CallKind::Metric,
+            "time" => CallKind::Time,
+            "pairs" => CallKind::Pairs,
+            _ => return None,
+        };
+        Some(Self::Calls(n.parse().ok()?, kind))
+    }
 }
 
 impl Context for Root {}
@@ -35,6 +77,10 @@ impl RootContext for Root {
         let config = String::from_utf8_lossy(&config).into_owned();
         if config == "refuse" {
             return false;
+        }
+        // A bare word, or the same as a JSON string (how the harness renders configurations).
+        if let Some(load) = Load::parse(config.trim_matches('"')) {
+            self.load = load;
         }
         if let Some(ms) = config.strip_prefix("tick_ms=").and_then(|v| v.parse().ok()) {
             self.set_tick_period(Duration::from_millis(ms));
@@ -63,6 +109,7 @@ impl RootContext for Root {
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
         Some(Box::new(Http {
             metrics: self.metrics,
+            load: self.load,
         }))
     }
 
@@ -73,6 +120,7 @@ impl RootContext for Root {
 
 struct Http {
     metrics: Metrics,
+    load: Load,
 }
 
 impl Context for Http {
@@ -135,6 +183,30 @@ impl Http {
 impl HttpContext for Http {
     #[expect(clippy::panic, reason = "the probe traps on purpose when asked to")]
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        match self.load {
+            Load::Probe => {}
+            Load::Noop => return Action::Continue,
+            Load::Calls(n, kind) => {
+                for _ in 0..n {
+                    match kind {
+                        CallKind::Header => {
+                            let _ = self.get_http_request_header(":path");
+                        }
+                        CallKind::Metric => {
+                            let _ =
+                                proxy_wasm::hostcalls::increment_metric(self.metrics.requests, 1);
+                        }
+                        CallKind::Time => {
+                            let _ = self.get_current_time();
+                        }
+                        CallKind::Pairs => {
+                            let _ = self.get_http_request_headers();
+                        }
+                    }
+                }
+                return Action::Continue;
+            }
+        }
         let probe = self.get_http_request_header("x-probe").unwrap_or_default();
         match probe.as_str() {
             "shared-incr" => self.shared_increment(),
@@ -232,6 +304,9 @@ impl HttpContext for Http {
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        if self.load != Load::Probe {
+            return Action::Continue;
+        }
         let status = self.get_http_response_header(":status").unwrap_or_default();
         self.add_http_response_header("x-probe-saw", &status);
         Action::Continue
