@@ -86,7 +86,8 @@ impl Variant {
     }
 
     /// Counters that must grow by at least the number of answered requests under load: the
-    /// filter allowed each one, and its token cache (not a signature check) answered it.
+    /// filter allowed each one, and its token and decision caches (not a signature check or a
+    /// policy evaluation) answered it.
     fn counters(self) -> &'static [&'static str] {
         match self {
             Self::NoFilter | Self::NoopWasm => &[],
@@ -98,6 +99,7 @@ impl Variant {
             Self::Portcullis => &[
                 "wasmcustom.portcullis.allowed",
                 "wasmcustom.portcullis.token_cache.hits",
+                "wasmcustom.portcullis.decision_cache.hits",
             ],
         }
     }
