@@ -270,6 +270,19 @@ impl Envoy {
             .and_then(|v| v.trim().parse().ok()))
     }
 
+    /// [`Envoy::stat`], polled until it reads `want` or 3 s have passed (then its last value):
+    /// the filter hands its counts to Envoy once a second.
+    pub fn wait_stat(&self, name: &str, want: u64) -> Result<Option<u64>> {
+        let deadline = Instant::now() + Duration::from_secs(3);
+        loop {
+            let value = self.stat(name)?;
+            if value == Some(want) || Instant::now() > deadline {
+                return Ok(value);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))

@@ -62,15 +62,18 @@ fn decisions_through_real_envoy() -> TestResult {
     }
     // The filter's counters are Envoy stats: 2 allowed, 2 denied and 7 unauthenticated
     // fixtures, plus the token-less request `wait_ready` sends.
-    assert_eq!(proxy.stat("wasmcustom.portcullis.allowed")?, Some(2));
-    assert_eq!(proxy.stat("wasmcustom.portcullis.denied")?, Some(2));
+    assert_eq!(
+        proxy.wait_stat("wasmcustom.portcullis.allowed", 2)?,
+        Some(2)
+    );
+    assert_eq!(proxy.wait_stat("wasmcustom.portcullis.denied", 2)?, Some(2));
     // The determining policy of each deny is counted under its id.
     assert_eq!(
-        proxy.stat("wasmcustom.portcullis.denied_by.admin-area-admins-only")?,
+        proxy.wait_stat("wasmcustom.portcullis.denied_by.admin-area-admins-only", 1)?,
         Some(1)
     );
     assert_eq!(
-        proxy.stat("wasmcustom.portcullis.unauthenticated")?,
+        proxy.wait_stat("wasmcustom.portcullis.unauthenticated", 8)?,
         Some(8)
     );
     // Signatures were checked by Envoy's BoringSSL (`verify_signature`): one per distinct
@@ -93,8 +96,8 @@ fn decisions_through_real_envoy() -> TestResult {
     assert_eq!(resp.status().as_u16(), 401);
     assert_eq!(
         (
-            proxy.stat("wasmcustom.portcullis.host_verify.confirmed")?,
-            proxy.stat("wasmcustom.portcullis.host_verify.declined")?
+            proxy.wait_stat("wasmcustom.portcullis.host_verify.confirmed", 5)?,
+            proxy.wait_stat("wasmcustom.portcullis.host_verify.declined", 1)?
         ),
         (Some(5), Some(1))
     );
@@ -170,10 +173,10 @@ fn tenants_dry_run_and_source_address_in_envoy() -> TestResult {
     // The source address reached Cedar: loopback callers get /internal.
     assert_eq!(send("GET", "api.example.com", "/internal")?, 200);
     assert_eq!(
-        proxy.stat("wasmcustom.portcullis.dry_run.would_deny")?,
+        proxy.wait_stat("wasmcustom.portcullis.dry_run.would_deny", 2)?,
         Some(2)
     );
-    assert_eq!(proxy.stat("wasmcustom.portcullis.denied")?, Some(1));
+    assert_eq!(proxy.wait_stat("wasmcustom.portcullis.denied", 1)?, Some(1));
     // The histogram exists (Envoy lists histograms with their quantiles, not a count).
     let stats = http::text(
         agent

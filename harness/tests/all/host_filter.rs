@@ -212,6 +212,9 @@ fn counters_for_decisions_and_the_token_cache() -> TestResult {
         403
     );
     assert_eq!(host.send(vm, request("GET", "/a", None))?.status(), 401);
+    // Counts reach the host at the filter's next tick (once a second), not per request.
+    assert_eq!(host.metric("portcullis.allowed").map(|m| m.value), Some(0));
+    host.advance(Duration::from_secs(1))?;
     let value = |name: &str| host.metric(name).map(|m| m.value);
     assert_eq!(value("portcullis.allowed"), Some(3));
     assert_eq!(value("portcullis.denied"), Some(1));
@@ -219,5 +222,8 @@ fn counters_for_decisions_and_the_token_cache() -> TestResult {
     // One verification, then hits for the same token (the no-token request touches no cache).
     assert_eq!(value("portcullis.token_cache.misses"), Some(1));
     assert_eq!(value("portcullis.token_cache.hits"), Some(3));
+    // GET /a decided once, then twice from the decision cache; GET /admin decided once.
+    assert_eq!(value("portcullis.decision_cache.misses"), Some(2));
+    assert_eq!(value("portcullis.decision_cache.hits"), Some(2));
     Ok(())
 }
