@@ -618,10 +618,9 @@ fn pinning() -> Option<Pinning> {
 }
 
 fn read_counters(proxy: &Envoy, variant: Variant) -> Result<Vec<(&'static str, u64)>> {
-    if variant == Variant::Portcullis {
-        // The filter hands its counts to Envoy once a second.
-        std::thread::sleep(COUNTS_SETTLE);
-    }
+    // Portcullis hands its counts to Envoy once a second. Every variant waits the same, so
+    // that each measured run starts after the same pause.
+    std::thread::sleep(COUNTS_SETTLE);
     variant
         .counters()
         .iter()
