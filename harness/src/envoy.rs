@@ -270,6 +270,18 @@ impl Envoy {
             .and_then(|v| v.trim().parse().ok()))
     }
 
+    /// The text of an admin endpoint (`/stats?filter=...`, `/clusters`, ...).
+    pub fn admin(&self, path_and_query: &str) -> Result<String> {
+        let agent = crate::http::agent(Duration::from_secs(5));
+        let url = format!("http://127.0.0.1:{}{path_and_query}", self.ports.admin);
+        Ok(crate::http::text(
+            agent
+                .get(&url)
+                .call()
+                .map_err(|e| Error::Envoy(e.to_string()))?,
+        ))
+    }
+
     /// [`Envoy::stat`], polled until it reads `want` or 3 s have passed (then its last value):
     /// the filter hands its counts to Envoy once a second.
     pub fn wait_stat(&self, name: &str, want: u64) -> Result<Option<u64>> {

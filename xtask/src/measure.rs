@@ -532,7 +532,77 @@ fn first_sight_phase(
         "(one round of wrk -t1 -c{} -d{}s per variant after a {WARMUP_SECONDS} s warm-up, {} tokens cycled; filter µs/request = 1/req/s − 1/req/s without filter, one pinned worker)",
         opts.connections, opts.seconds, opts.first_sight_tokens
     );
+    if let Some(host) = extra.first() {
+        signature_check_times(host, pinning.as_ref())?;
+    }
     Ok(())
+}
+
+/// The signature checks of the first-sight run as Portcullis timed them (its `host_verify_ns`
+/// histogram: one `verify_signature` call each, key parsing included), against OpenSSL's own
+/// RSA-2048 verification on the same CPU.
+fn signature_check_times(host: &Envoy, pinning: Option<&Pinning>) -> Result {
+    const NAME: &str = "wasmcustom.portcullis.host_verify_ns";
+    // Envoy merges histogram samples at its stats flush (every 5 s).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let (p50, p90) = loop {
+        let text = host
+            .admin(&format!("/stats?filter={NAME}"))
+            .map_err(|e| e.to_string())?;
+        if let (Some(p50), Some(p90)) = (quantile(&text, NAME, "P50"), quantile(&text, NAME, "P90"))
+        {
+            break (p50, p90);
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "no {NAME} samples after the first-sight run:\n{text}"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let mut cmd = Command::new("openssl");
+    if let Some(p) = pinning {
+        cmd = Command::new("taskset");
+        cmd.args(["-c", &p.envoy.to_string(), "openssl"]);
+    }
+    let out = cmd
+        .args(["speed", "-seconds", "2", "rsa2048"])
+        .output()
+        .map_err(|e| format!("openssl speed: {e}"))?;
+    let openssl = openssl_verify_seconds(&String::from_utf8_lossy(&out.stdout))
+        .ok_or("openssl speed rsa2048: no verify time in its report")?;
+    println!(
+        "signature checks of the first-sight run, Envoy's verify_signature as Portcullis times the call \
+         (RS256, key parsed per call): p50 {:.1} µs, p90 {:.1} µs; `openssl speed rsa2048` verify on the \
+         same CPU {:.1} µs; p50 / OpenSSL {:.2} (goal <= 2)",
+        p50 / 1e3,
+        p90 / 1e3,
+        openssl * 1e6,
+        p50 / 1e9 / openssl
+    );
+    Ok(())
+}
+
+/// A cumulative quantile (`P50(interval,cumulative)`) of histogram `name` in Envoy's `/stats`.
+fn quantile(stats: &str, name: &str, q: &str) -> Option<f64> {
+    let line = stats
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(": "))?;
+    let (_, rest) = line.split_once(&format!("{q}("))?;
+    let (inside, _) = rest.split_once(')')?;
+    let value: f64 = inside.split(',').nth(1)?.trim().parse().ok()?;
+    value.is_finite().then_some(value)
+}
+
+/// Seconds per RSA-2048 verification from `openssl speed rsa2048`'s summary line
+/// (`rsa 2048 bits 0.000646s 0.000019s ...`: sign, then verify).
+fn openssl_verify_seconds(report: &str) -> Option<f64> {
+    let line = report.lines().find(|l| l.starts_with("rsa 2048 bits"))?;
+    line.split_whitespace()
+        .nth(4)?
+        .strip_suffix('s')?
+        .parse()
+        .ok()
 }
 
 /// The demo's decisions, asserted on this variant before anything is measured.
@@ -860,6 +930,21 @@ Transfer/sec:      1.40MB
         );
         assert!(parse_wrk(&bad).is_err());
         assert!(parse_wrk("").is_err());
+    }
+
+    #[test]
+    fn reads_histogram_quantiles_and_openssl_speed() {
+        let stats = "wasmcustom.portcullis.host_verify_ns: P0(nan,21000) P25(nan,23500) \
+                     P50(nan,24500) P75(nan,26000) P90(nan,31000) P100(nan,90000)\n";
+        let name = "wasmcustom.portcullis.host_verify_ns";
+        assert_eq!(quantile(stats, name, "P50"), Some(24500.0));
+        assert_eq!(quantile(stats, name, "P90"), Some(31000.0));
+        assert_eq!(quantile("x: P50(nan,nan)", "x", "P50"), None);
+        assert_eq!(quantile(stats, "other", "P50"), None);
+        let report = "                   sign    verify    sign/s verify/s\n\
+                      rsa 2048 bits 0.000646s 0.000019s   1548.0  52339.2\n";
+        assert_eq!(openssl_verify_seconds(report), Some(0.000019));
+        assert_eq!(openssl_verify_seconds("nothing"), None);
     }
 
     #[test]

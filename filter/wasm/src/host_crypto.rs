@@ -33,15 +33,18 @@ pub struct EnvoyCrypto {
     /// Counters: signatures the host verified, and those left to the filter's own code.
     verified: u32,
     fallback: u32,
+    /// Histogram: nanoseconds per host call, as the filter sees it (encoding excluded).
+    timing: u32,
 }
 
 impl EnvoyCrypto {
-    pub fn new(verified: u32, fallback: u32) -> Self {
+    pub fn new(verified: u32, fallback: u32, timing: u32) -> Self {
         Self {
             unavailable: Cell::new(false),
             buf: RefCell::new(Vec::with_capacity(1024)),
             verified,
             fallback,
+            timing,
         }
     }
 
@@ -51,9 +54,7 @@ impl EnvoyCrypto {
         } else {
             self.fallback
         };
-        if id != 0 {
-            let _ = hostcalls::increment_metric(id, 1);
-        }
+        crate::Metrics::add(id, 1);
         valid
     }
 }
@@ -89,7 +90,15 @@ impl HostCrypto for EnvoyCrypto {
         put_field(&mut buf, TAG_PUBLIC_KEY, spki_der);
         put_field(&mut buf, TAG_SIGNATURE, signature);
         put_field(&mut buf, TAG_TEXT, message);
-        let answer = match hostcalls::call_foreign_function(FUNCTION, Some(&buf)) {
+        let started = hostcalls::get_current_time().ok();
+        let called = hostcalls::call_foreign_function(FUNCTION, Some(&buf));
+        if self.timing != 0
+            && let (Some(started), Ok(ended)) = (started, hostcalls::get_current_time())
+        {
+            let ns = ended.duration_since(started).map_or(0, |d| d.as_nanos());
+            let _ = hostcalls::record_metric(self.timing, u64::try_from(ns).unwrap_or(u64::MAX));
+        }
+        let answer = match called {
             Ok(Some(answer)) if answer == VALID => Some(true),
             Ok(_) => None,
             Err(Status::NotFound) => {

@@ -51,6 +51,7 @@ struct Metrics {
     dry_run_would_deny: u32,
     shadow_disagreements: u32,
     eval_us: u32,
+    host_verify_ns: u32,
 }
 
 impl Metrics {
@@ -71,6 +72,11 @@ impl Metrics {
             shadow_disagreements: counter("portcullis.shadow.disagreements"),
             eval_us: hostcalls::define_metric(MetricType::Histogram, "portcullis.decision_us")
                 .unwrap_or(0),
+            host_verify_ns: hostcalls::define_metric(
+                MetricType::Histogram,
+                "portcullis.host_verify_ns",
+            )
+            .unwrap_or(0),
         }
     }
 
@@ -165,6 +171,7 @@ impl RootContext for Root {
                 let host_crypto = engine.set_host_crypto(Box::new(host_crypto::EnvoyCrypto::new(
                     self.metrics.host_verified,
                     self.metrics.host_fallback,
+                    self.metrics.host_verify_ns,
                 )));
                 info!(
                     "portcullis: configured with {} issuer(s), bundle version {}, host signature checks {}",
