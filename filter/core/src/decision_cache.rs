@@ -15,6 +15,7 @@ use std::rc::Rc;
 use hashbrown::HashMap;
 
 use crate::decision::Outcome;
+use crate::token_cache::make_room;
 
 /// The request fields a decision depends on, as one byte string.
 #[derive(Debug, Default)]
@@ -82,20 +83,7 @@ impl Decisions {
         if capacity == 0 {
             return;
         }
-        if self.entries.len() >= capacity {
-            self.entries.retain(|_, (g, _)| *g == generation);
-            if self.entries.len() >= capacity {
-                let drop: Vec<Box<[u8]>> = self
-                    .entries
-                    .keys()
-                    .take((capacity / 8).max(1))
-                    .cloned()
-                    .collect();
-                for k in drop {
-                    self.entries.remove(&k);
-                }
-            }
-        }
+        make_room(&mut self.entries, capacity, |(g, _)| *g == generation);
         self.entries
             .insert(key.0.into_boxed_slice(), (generation, outcome));
     }

@@ -84,21 +84,9 @@ impl TokenCache {
         if self.capacity == 0 {
             return;
         }
-        if self.entries.len() >= self.capacity {
-            self.entries
-                .retain(|_, v| now <= v.exp.saturating_add(leeway));
-            if self.entries.len() >= self.capacity {
-                let drop: Vec<Box<str>> = self
-                    .entries
-                    .keys()
-                    .take((self.capacity / 8).max(1))
-                    .cloned()
-                    .collect();
-                for k in drop {
-                    self.entries.remove(&k);
-                }
-            }
-        }
+        make_room(&mut self.entries, self.capacity, |v| {
+            now <= v.exp.saturating_add(leeway)
+        });
         self.entries.insert(token.into(), verified);
     }
 
@@ -108,6 +96,31 @@ impl TokenCache {
             hits: self.hits,
             misses: self.misses,
             entries: self.entries.len(),
+        }
+    }
+}
+
+/// Makes room for one more entry in a bounded cache: when it is full, the entries `keep` refuses
+/// go first, then an eighth of the entries, arbitrarily.
+pub(crate) fn make_room<K, V>(
+    entries: &mut HashMap<K, V>,
+    capacity: usize,
+    keep: impl Fn(&V) -> bool,
+) where
+    K: Clone + Eq + std::hash::Hash,
+{
+    if entries.len() < capacity {
+        return;
+    }
+    entries.retain(|_, v| keep(v));
+    if entries.len() >= capacity {
+        let drop: Vec<K> = entries
+            .keys()
+            .take((capacity / 8).max(1))
+            .cloned()
+            .collect();
+        for k in drop {
+            entries.remove(&k);
         }
     }
 }

@@ -264,8 +264,8 @@ impl HttpContext for Http {
         let outcome = engine.decide(&request, now);
         let after = engine.cache_stats();
         let decisions_after = engine.decision_stats();
-        // Time the decisions that evaluated policies; one from the decision cache takes no
-        // measurable time and would cost two more host calls to record.
+        // Time the decisions that evaluated policies: one from the decision cache takes no
+        // measurable time, and skipping it saves a clock read and a record per request.
         if self.metrics.eval_us != 0 && decisions_after.hits == decisions_before.hits {
             let elapsed = self
                 .get_current_time()
