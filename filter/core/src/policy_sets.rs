@@ -75,46 +75,59 @@ mod tests {
     use super::*;
 
     #[test]
-    fn source_is_found_as_a_word_only() {
-        let m = |p: &str| {
-            mentions_source(&BundleWire {
+    fn context_names_are_found_as_words_only() {
+        let m = |word: &str, p: &str| {
+            let wire = BundleWire {
                 policies: p.to_owned(),
                 ..BundleWire::default()
-            })
+            };
+            match word {
+                "source" => mentions_source(&wire),
+                _ => mentions_time(&wire),
+            }
         };
-        assert!(!m("permit (principal, action, resource);"));
-        assert!(!m(
-            "permit (principal, action, resource) when { context.sourceIp == 1 };"
-        ));
-        assert!(m(
-            "permit (principal, action, resource) when { context.source.isLoopback() };"
-        ));
-        assert!(m(
-            r#"permit (principal, action, resource) when { context["source"] == 1 };"#
-        ));
-        assert!(m(
-            "permit (principal, action, resource) when { context has source };"
-        ));
-    }
-
-    #[test]
-    fn time_is_found_as_a_word_only() {
-        let m = |p: &str| {
-            mentions_time(&BundleWire {
-                policies: p.to_owned(),
-                ..BundleWire::default()
-            })
-        };
-        assert!(!m("permit (principal, action, resource);"));
-        assert!(!m(
-            "permit (principal, action, resource) when { context.timeout == 1 };"
-        ));
-        assert!(m(
-            "forbid (principal, action, resource) when { context.time > 1800000000 };"
-        ));
-        assert!(m(
-            r#"permit (principal, action, resource) when { context["time"] < 1 };"#
-        ));
+        let cases = [
+            ("source", "permit (principal, action, resource);", false),
+            (
+                "source",
+                "permit (principal, action, resource) when { context.sourceIp == 1 };",
+                false,
+            ),
+            (
+                "source",
+                "permit (principal, action, resource) when { context.source.isLoopback() };",
+                true,
+            ),
+            (
+                "source",
+                r#"permit (principal, action, resource) when { context["source"] == 1 };"#,
+                true,
+            ),
+            (
+                "source",
+                "permit (principal, action, resource) when { context has source };",
+                true,
+            ),
+            ("time", "permit (principal, action, resource);", false),
+            (
+                "time",
+                "permit (principal, action, resource) when { context.timeout == 1 };",
+                false,
+            ),
+            (
+                "time",
+                "forbid (principal, action, resource) when { context.time > 1800000000 };",
+                true,
+            ),
+            (
+                "time",
+                r#"permit (principal, action, resource) when { context["time"] < 1 };"#,
+                true,
+            ),
+        ];
+        for (word, policy, expected) in cases {
+            assert_eq!(m(word, policy), expected, "{word}: {policy}");
+        }
     }
 }
 

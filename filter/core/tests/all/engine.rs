@@ -31,7 +31,10 @@ fn repeat_tokens_hit_the_cache_until_they_expire() -> TestResult {
     assert_eq!(e.check(&req, t + 1).verdict, Verdict::Allow);
     let s = e.cache_stats();
     assert_eq!((s.hits, s.misses, s.entries), (1, 1, 1));
-    // exp + 60 s leeway has passed: the cached entry must not keep the token alive.
+    // The second request was also answered from the decision cache...
+    assert_eq!(e.decision_stats().hits, 1);
+    // exp + 60 s leeway has passed: neither the cached entry nor its decisions may keep the
+    // token alive.
     let late = e.check(&req, t + 71);
     assert!(
         matches!(late.verdict, Verdict::Unauthenticated(_)),
