@@ -14,6 +14,7 @@ use std::rc::Rc;
 
 use hashbrown::HashMap;
 
+use crate::cache_key::{Key, Lookup};
 use crate::decision::Outcome;
 use crate::token_cache::make_room;
 
@@ -58,14 +59,14 @@ impl DecisionKey {
 /// Bounded map of decisions. Capacity 0 disables it.
 #[derive(Debug, Default)]
 pub struct Decisions {
-    entries: HashMap<Box<[u8]>, (u64, Rc<Outcome>)>,
+    entries: HashMap<Key, (u64, Rc<Outcome>)>,
 }
 
 impl Decisions {
     /// The decision for `key` taken under `generation`, if any.
     #[must_use]
     pub fn get(&self, key: &DecisionKey, generation: u64) -> Option<Rc<Outcome>> {
-        match self.entries.get(key.as_bytes()) {
+        match self.entries.get(&Lookup(key.as_bytes())) {
             Some((g, outcome)) if *g == generation => Some(outcome.clone()),
             _ => None,
         }
@@ -84,8 +85,7 @@ impl Decisions {
             return;
         }
         make_room(&mut self.entries, capacity, |(g, _)| *g == generation);
-        self.entries
-            .insert(key.0.into_boxed_slice(), (generation, outcome));
+        self.entries.insert(Key::new(key.0), (generation, outcome));
     }
 
     #[must_use]

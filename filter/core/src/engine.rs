@@ -261,7 +261,8 @@ impl Engine {
     /// [`Engine::check`] without copying the outcome: a repeated request gets the outcome
     /// its first occurrence got, shared (the decision cache).
     pub fn decide(&self, req: &dyn RequestView, now: u64) -> Rc<Outcome> {
-        let mut outcome = Outcome {
+        // Built only when the decision is not in the cache.
+        let fresh = || Outcome {
             verdict: Verdict::Forbidden,
             principal: None,
             policies: Vec::new(),
@@ -336,20 +337,21 @@ impl Engine {
                 if let Some(hit) = key.as_ref().and_then(|k| self.cached(&self.anonymous, k)) {
                     return hit;
                 }
+                let mut outcome = fresh();
                 outcome.principal = Some(self.policy().anonymous().to_string());
                 let none = serde_json::Map::new();
                 let empty = policy::claims_value(&none);
                 self.authorize(None, (&none, &empty), http, &mut outcome);
                 return self.remember(&self.anonymous, key, outcome, self.anonymous_capacity);
             }
-            Extracted::Missing => return Rc::new(outcome.unauthenticated(AuthError::Missing)),
+            Extracted::Missing => return Rc::new(fresh().unauthenticated(AuthError::Missing)),
             Extracted::WrongScheme => {
-                return Rc::new(outcome.unauthenticated(AuthError::WrongScheme));
+                return Rc::new(fresh().unauthenticated(AuthError::WrongScheme));
             }
         };
         let verified = match self.authenticate(&token, now) {
             Ok(v) => v,
-            Err(e) => return Rc::new(outcome.unauthenticated(e)),
+            Err(e) => return Rc::new(fresh().unauthenticated(e)),
         };
         let key = (self.decisions_per_token > 0).then(|| key(token_header.as_deref()));
         if let Some(hit) = key
@@ -358,6 +360,7 @@ impl Engine {
         {
             return hit;
         }
+        let mut outcome = fresh();
         let claims = &*verified.claims;
         let Some(principal_id) = self.policy().principal_id(claims) else {
             return Rc::new(outcome.unauthenticated(AuthError::NoSubject(

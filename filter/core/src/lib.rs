@@ -7,6 +7,7 @@
 
 pub mod action_routes;
 pub mod bundle;
+pub mod cache_key;
 pub mod config;
 pub mod decision;
 pub mod decision_cache;

@@ -1,6 +1,6 @@
 //! Verified-token cache: a token seen before skips parsing and signature verification.
 //!
-//! Keyed by the whole token string with full equality, so a token an attacker chooses can only
+//! Keyed by the whole token string with full equality ([`crate::cache_key`]), so a token an attacker chooses can only
 //! hit an entry for that exact token (never a colliding one). Entries keep the token's `exp`
 //! and are refused (and dropped) once it passes, so a cached token is never valid for longer
 //! than it would be without the cache. Bounded: when full, expired entries go first, then an
@@ -12,6 +12,7 @@ use std::rc::Rc;
 use hashbrown::HashMap;
 use serde_json::{Map, Value};
 
+use crate::cache_key::{Key, Lookup};
 use crate::decision_cache::Decisions;
 
 /// What a verified token left behind.
@@ -40,7 +41,7 @@ pub struct CacheStats {
 /// The cache. Capacity 0 disables it.
 #[derive(Debug)]
 pub struct TokenCache {
-    entries: HashMap<Box<str>, Verified>,
+    entries: HashMap<Key, Verified>,
     capacity: usize,
     hits: u64,
     misses: u64,
@@ -62,13 +63,14 @@ impl TokenCache {
         if self.capacity == 0 {
             return None;
         }
-        match self.entries.get(token) {
+        let key = Lookup(token.as_bytes());
+        match self.entries.get(&key) {
             Some(v) if now <= v.exp.saturating_add(leeway) => {
                 self.hits += 1;
                 Some(v.clone())
             }
             Some(_) => {
-                self.entries.remove(token);
+                self.entries.remove(&key);
                 self.misses += 1;
                 None
             }
@@ -87,7 +89,7 @@ impl TokenCache {
         make_room(&mut self.entries, self.capacity, |v| {
             now <= v.exp.saturating_add(leeway)
         });
-        self.entries.insert(token.into(), verified);
+        self.entries.insert(Key::new(token.as_bytes()), verified);
     }
 
     #[must_use]
