@@ -7,6 +7,7 @@
 //! - [`demo`]: the embedded default plugin configuration the demo and end-to-end tests use.
 //! - [`paths`]: where the built `.wasm` and the Envoy binary are.
 //! - [`postgres`]: a private Postgres cluster (initdb/pg_ctl) for tests and the live demo.
+//! - [`trim`]: the module without the callbacks the filter leaves to the SDK's defaults.
 //! - `host` (feature `wasm-host`, on by default): a wasmtime host for the proxy-wasm ABI that
 //!   runs the built filter without Envoy.
 
@@ -19,6 +20,7 @@ pub mod host;
 pub mod http;
 pub mod paths;
 pub mod postgres;
+pub mod trim;
 
 /// Errors from the harness.
 #[derive(Debug, thiserror::Error)]

@@ -208,25 +208,11 @@ pub fn build_all() -> Result<Built> {
     })
 }
 
-/// Per-request callbacks the filter leaves to the SDK's do-nothing defaults. The SDK exports
-/// every callback; a host calls each one it finds for every request (Envoy: request body and
-/// trailers, response headers, body and trailers, log, done) and skips those the module does not
-/// export. Each call into V8 costs about a microsecond, so the filter's module exports only the
-/// callbacks it implements.
-const UNUSED_CALLBACKS: [&str; 7] = [
-    "proxy_on_request_body",
-    "proxy_on_request_trailers",
-    "proxy_on_response_headers",
-    "proxy_on_response_body",
-    "proxy_on_response_trailers",
-    "proxy_on_log",
-    "proxy_on_done",
-];
-
-/// Rewrites the built filter without [`UNUSED_CALLBACKS`] among its exports (idempotent).
+/// Rewrites the built filter without the callbacks it leaves to the SDK's defaults
+/// ([`harness::trim`]; idempotent).
 fn trim_callbacks(wasm: &Path) -> Result {
     let bytes = std::fs::read(wasm).map_err(|e| format!("{}: {e}", wasm.display()))?;
-    let trimmed = without_exports(&bytes, &UNUSED_CALLBACKS)
+    let trimmed = harness::trim::without_unused_callbacks(&bytes)
         .map_err(|e| format!("{}: {e}", wasm.display()))?;
     if trimmed != bytes {
         std::fs::write(wasm, trimmed).map_err(|e| format!("{}: {e}", wasm.display()))?;
@@ -234,100 +220,11 @@ fn trim_callbacks(wasm: &Path) -> Result {
     Ok(())
 }
 
-/// Writes `src` to `dst` without [`UNUSED_CALLBACKS`] (the measurements' no-op filter, from the
+/// Writes `src` to `dst` trimmed like the filter (the measurements' no-op filter, from the
 /// probe, which keeps its own callbacks for the host tests).
 pub fn trimmed_copy(src: &Path, dst: &Path) -> Result {
     let bytes = std::fs::read(src).map_err(|e| format!("{}: {e}", src.display()))?;
-    let trimmed = without_exports(&bytes, &UNUSED_CALLBACKS)
+    let trimmed = harness::trim::without_unused_callbacks(&bytes)
         .map_err(|e| format!("{}: {e}", src.display()))?;
     std::fs::write(dst, trimmed).map_err(|e| format!("{}: {e}", dst.display()))
-}
-
-/// The module with the named exports removed; every other section is copied as it is.
-fn without_exports(bytes: &[u8], names: &[&str]) -> std::result::Result<Vec<u8>, String> {
-    use wasm_encoder::{ExportKind, ExportSection, Module, RawSection};
-    use wasmparser::{ExternalKind, Parser, Payload};
-    let mut module = Module::new();
-    for payload in Parser::new(0).parse_all(bytes) {
-        let payload = payload.map_err(|e| e.to_string())?;
-        if let Payload::ExportSection(reader) = payload {
-            let mut exports = ExportSection::new();
-            for export in reader {
-                let export = export.map_err(|e| e.to_string())?;
-                if names.contains(&export.name) {
-                    continue;
-                }
-                let kind = match export.kind {
-                    ExternalKind::Func | ExternalKind::FuncExact => ExportKind::Func,
-                    ExternalKind::Table => ExportKind::Table,
-                    ExternalKind::Memory => ExportKind::Memory,
-                    ExternalKind::Global => ExportKind::Global,
-                    ExternalKind::Tag => ExportKind::Tag,
-                };
-                exports.export(export.name, kind, export.index);
-            }
-            module.section(&exports);
-        } else if let Some((id, range)) = payload.as_section() {
-            let data = bytes
-                .get(range)
-                .ok_or("a section runs past the end of the module")?;
-            module.section(&RawSection { id, data });
-        }
-    }
-    Ok(module.finish())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn exports(bytes: &[u8]) -> Vec<String> {
-        let mut names = Vec::new();
-        for payload in wasmparser::Parser::new(0).parse_all(bytes) {
-            if let Ok(wasmparser::Payload::ExportSection(r)) = payload {
-                names.extend(
-                    r.into_iter()
-                        .filter_map(|e| e.ok())
-                        .map(|e| e.name.to_owned()),
-                );
-            }
-        }
-        names
-    }
-
-    #[test]
-    fn drops_only_the_named_exports() -> std::result::Result<(), String> {
-        use wasm_encoder::{
-            CodeSection, ExportKind, ExportSection, Function, FunctionSection, Instruction, Module,
-            TypeSection,
-        };
-        let mut m = Module::new();
-        let mut types = TypeSection::new();
-        types.ty().function([], []);
-        m.section(&types);
-        let mut funcs = FunctionSection::new();
-        funcs.function(0);
-        funcs.function(0);
-        m.section(&funcs);
-        let mut ex = ExportSection::new();
-        ex.export("proxy_on_request_headers", ExportKind::Func, 0);
-        ex.export("proxy_on_log", ExportKind::Func, 1);
-        m.section(&ex);
-        let mut code = CodeSection::new();
-        for _ in 0..2 {
-            let mut f = Function::new([]);
-            f.instruction(&Instruction::End);
-            code.function(&f);
-        }
-        m.section(&code);
-        let bytes = m.finish();
-        let trimmed = without_exports(&bytes, &UNUSED_CALLBACKS)?;
-        assert_eq!(exports(&trimmed), ["proxy_on_request_headers"]);
-        wasmparser::Validator::new()
-            .validate_all(&trimmed)
-            .map_err(|e| e.to_string())?;
-        assert_eq!(without_exports(&trimmed, &UNUSED_CALLBACKS)?, trimmed);
-        assert!(without_exports(b"\0asm\x01\0\0\0\x07\x05", &[]).is_err());
-        Ok(())
-    }
 }
