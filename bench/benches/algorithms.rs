@@ -12,7 +12,7 @@ mod common;
 use std::hint::black_box;
 
 use harness::devkeys::{DevIssuer, now, sign_fixed};
-use harness::host::{Host, Plugin, Request, VmOptions};
+use harness::host::{Host, Plugin, Request};
 use portcullis_core::{Engine, StaticRequest, Verdict};
 use serde_json::{Value, json};
 
@@ -68,7 +68,7 @@ fn main() {
             b.iter(|| assert_eq!(engine.check(black_box(&req), t).verdict, Verdict::Allow));
         });
         if let Some(host) = host.as_mut()
-            && let Ok(vm) = host.start_vm(VmOptions::new(cfg.to_string().into_bytes()))
+            && let Ok(vm) = host.start_vm(common::vm(cfg.to_string().into_bytes()))
         {
             c.bench_function(&format!("decision_wasm/{alg}"), |b| {
                 b.iter(|| {

@@ -2,17 +2,24 @@
 //! and inside the built module through the wasmtime host, for a token seen for the first time
 //! (token cache off: RS256 verified every time) and for a repeated token (cache hit). Every
 //! iteration asserts the expected verdict, so a broken setup cannot look fast.
+//!
+//! The same host also runs a filter that does nothing (the ABI probe with configuration `noop`,
+//! trimmed like the filter) on the same request; the difference is the filter's own work in
+//! wasm, host calls included, which the closing table prints.
+
+mod common;
 
 use std::hint::black_box;
 
-use criterion::{Criterion, criterion_group, criterion_main};
 use harness::devkeys::{DevIssuer, now};
-use harness::host::{Host, Plugin, Request, VmOptions};
+use harness::host::{Host, Plugin, Request};
 use portcullis_core::{Engine, StaticRequest, Verdict};
 use serde_json::json;
 
-fn decision(c: &mut Criterion) {
+fn main() {
+    let (mut c, out) = common::criterion("decision");
     let Ok(issuer) = DevIssuer::generate() else {
+        eprintln!("cannot generate a key");
         return;
     };
     let cached_cfg = harness::demo::plugin_config(&issuer);
@@ -32,14 +39,13 @@ fn decision(c: &mut Criterion) {
     let deny = StaticRequest::new("GET", "/admin/users").with_bearer(&bob);
     let anon = StaticRequest::new("GET", "/api/hello");
 
-    let mut g = c.benchmark_group("native");
-    g.bench_function("rs256_first_sight_allow", |b| {
+    c.bench_function("native/rs256_first_sight_allow", |b| {
         b.iter(|| assert_eq!(first.check(black_box(&allow), t).verdict, Verdict::Allow));
     });
-    g.bench_function("rs256_cached_allow", |b| {
+    c.bench_function("native/rs256_cached_allow", |b| {
         b.iter(|| assert_eq!(cached.check(black_box(&allow), t).verdict, Verdict::Allow));
     });
-    g.bench_function("rs256_cached_forbid", |b| {
+    c.bench_function("native/rs256_cached_forbid", |b| {
         b.iter(|| {
             assert_eq!(
                 cached.check(black_box(&deny), t).verdict,
@@ -47,13 +53,13 @@ fn decision(c: &mut Criterion) {
             )
         });
     });
-    g.bench_function("rs256_authenticate_first_sight", |b| {
+    c.bench_function("native/rs256_authenticate_first_sight", |b| {
         b.iter(|| assert!(first.authenticate(black_box(&bob), t).is_ok()));
     });
-    g.bench_function("rs256_authenticate_cached", |b| {
+    c.bench_function("native/rs256_authenticate_cached", |b| {
         b.iter(|| assert!(cached.authenticate(black_box(&bob), t).is_ok()));
     });
-    g.bench_function("no_token", |b| {
+    c.bench_function("native/no_token", |b| {
         b.iter(|| {
             assert!(matches!(
                 cached.check(black_box(&anon), t).verdict,
@@ -61,7 +67,6 @@ fn decision(c: &mut Criterion) {
             ));
         });
     });
-    g.finish();
 
     // The same decisions inside the built filter, through the wasmtime host (Cranelift):
     // the whole request path of the module (ABI calls included), not only the core.
@@ -72,16 +77,45 @@ fn decision(c: &mut Criterion) {
             return;
         }
     };
+    let noop = match harness::paths::probe()
+        .map_err(|e| e.to_string())
+        .and_then(|p| std::fs::read(p).map_err(|e| e.to_string()))
+        .and_then(|b| harness::trim::without_unused_callbacks(&b))
+        .and_then(|b| Plugin::from_bytes(&b).map_err(|e| e.to_string()))
+    {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("skipping wasm benchmarks: no ABI probe: {e}");
+            return;
+        }
+    };
+    let mut noop_host = Host::new(&noop);
+    // A filter that does nothing, and one that makes the host calls the filter makes on a
+    // repeated request (all request headers in one call, the clock) and nothing else.
+    for (id, config) in [
+        ("noop_filter", "noop"),
+        ("same_host_calls", "calls=1:pairs,1:time"),
+    ] {
+        let Ok(vm) = noop_host.start_vm(common::vm(config.into())) else {
+            eprintln!("skipping wasm benchmarks: the probe refused `{config}`");
+            return;
+        };
+        c.bench_function(&format!("wasm/{id}"), |b| {
+            b.iter(|| {
+                let req = Request::get("/api/hello").bearer(&bob);
+                assert_eq!(noop_host.send(vm, req).map(|e| e.status()).ok(), Some(200));
+            });
+        });
+    }
     let mut host = Host::new(&plugin);
     let (Ok(vm_first), Ok(vm_cached)) = (
-        host.start_vm(VmOptions::new(first_cfg.to_string().into_bytes())),
-        host.start_vm(VmOptions::new(cached_cfg.to_string().into_bytes())),
+        host.start_vm(common::vm(first_cfg.to_string().into_bytes())),
+        host.start_vm(common::vm(cached_cfg.to_string().into_bytes())),
     ) else {
         return;
     };
-    let mut g = c.benchmark_group("wasm");
     let mut run = |name: &str, vm: usize, path: &'static str, token: Option<&str>, status: u16| {
-        g.bench_function(name, |b| {
+        c.bench_function(&format!("wasm/{name}"), |b| {
             b.iter(|| {
                 let req = Request::get(path);
                 let req = match token {
@@ -114,8 +148,35 @@ fn decision(c: &mut Criterion) {
         403,
     );
     run("no_token", vm_cached, "/api/hello", None, 401);
-    g.finish();
-}
+    c.final_summary();
 
-criterion_group!(benches, decision);
-criterion_main!(benches);
+    let mean = |id: &str| {
+        let (group, id) = id.split_once('/').unwrap_or(("", id));
+        common::mean_ns(&out, group, id)
+    };
+    let us = |x: Option<f64>| x.map_or_else(|| "-".to_owned(), |x| format!("{:.2} µs", x / 1e3));
+    let (native, wasm, noop, calls) = (
+        mean("native/rs256_cached_allow"),
+        mean("wasm/rs256_cached_allow"),
+        mean("wasm/noop_filter"),
+        mean("wasm/same_host_calls"),
+    );
+    let minus = |a: Option<f64>, b: Option<f64>| a.zip(b).map(|(a, b)| a - b);
+    println!(
+        "\nrepeated token (token and decision cached), means:\n\
+         {:<64} {:>10}\n{:<64} {:>10}\n{:<64} {:>10}\n{:<64} {:>10}\n\
+         filter work in wasm:\n{:<64} {:>10}\n{:<64} {:>10}",
+        "native: the whole decision",
+        us(native),
+        "wasm through the wasmtime host: the whole request",
+        us(wasm),
+        "wasm: a filter that does nothing, same request",
+        us(noop),
+        "wasm: a filter that only reads the headers and the clock",
+        us(calls),
+        "  over the do-nothing filter (the host's side of its calls too)",
+        us(minus(wasm, noop)),
+        "  over the same host calls (the filter's own code)",
+        us(minus(wasm, calls)),
+    );
+}

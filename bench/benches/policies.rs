@@ -203,7 +203,7 @@ fn main() {
 /// `alice` in `admins` (from her token) reads `/docs/3`, allowed by `admins`.
 fn entity_store_decisions(c: &mut Criterion) {
     use harness::devkeys::{DevIssuer, now};
-    use harness::host::{Host, Plugin, Request as HostRequest, VmOptions};
+    use harness::host::{Host, Plugin, Request as HostRequest};
     use portcullis_core::{Engine, StaticRequest, Verdict};
     let Ok(issuer) = DevIssuer::generate() else {
         return;
@@ -239,7 +239,7 @@ fn entity_store_decisions(c: &mut Criterion) {
             });
         });
         if let Some(host) = host.as_mut()
-            && let Ok(vm) = host.start_vm(VmOptions::new(cfg.to_string().into_bytes()))
+            && let Ok(vm) = host.start_vm(common::vm(cfg.to_string().into_bytes()))
         {
             c.bench_function(&format!("entities_wasm/{m}"), |bch| {
                 bch.iter(|| {
@@ -256,7 +256,7 @@ fn entity_store_decisions(c: &mut Criterion) {
 /// reading `/docs/3` (allowed by `u3-doc`).
 fn filter_decisions(c: &mut Criterion) {
     use harness::devkeys::{DevIssuer, now};
-    use harness::host::{Host, Plugin, Request as HostRequest, VmOptions};
+    use harness::host::{Host, Plugin, Request as HostRequest};
     use portcullis_core::{Engine, StaticRequest, Verdict};
     let Ok(issuer) = DevIssuer::generate() else {
         return;
@@ -286,7 +286,7 @@ fn filter_decisions(c: &mut Criterion) {
             });
         });
         if let Some(host) = host.as_mut()
-            && let Ok(vm) = host.start_vm(VmOptions::new(cfg.to_string().into_bytes()))
+            && let Ok(vm) = host.start_vm(common::vm(cfg.to_string().into_bytes()))
         {
             c.bench_function(&format!("filter_wasm/{n}"), |bch| {
                 bch.iter(|| {

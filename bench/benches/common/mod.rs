@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use criterion::Criterion;
+use harness::host::{LogLevel, VmOptions};
 use serde_json::Value;
 
 /// Criterion with short runs (20 samples, 0.5 s warm-up, 2 s measurement; command-line
@@ -31,4 +32,13 @@ pub fn mean_ns(dir: &Path, group: &str, id: &str) -> Option<f64> {
     let text = std::fs::read_to_string(path).ok()?;
     let v: Value = serde_json::from_str(&text).ok()?;
     v.get("mean")?.get("point_estimate")?.as_f64()
+}
+
+/// A VM configured as in Envoy with its default log level (`info`): the filter formats no
+/// debug lines, as in production.
+pub fn vm(plugin_config: Vec<u8>) -> VmOptions {
+    VmOptions {
+        log_level: LogLevel::Info,
+        ..VmOptions::new(plugin_config)
+    }
 }

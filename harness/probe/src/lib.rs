@@ -3,6 +3,7 @@
 //! shared data with CAS, shared queues, HTTP callouts, ticks, metrics, foreign functions,
 //! properties, header and body mutation, traps and runaway loops — through real SDK code.
 
+use std::rc::Rc;
 use std::time::Duration;
 
 use log::info;
@@ -29,15 +30,15 @@ struct Root {
 }
 
 /// What the probe does per request when it is the filter under load (`cargo xtask measure`):
-/// nothing at all (plugin configuration `noop`), or `calls=N:KIND` host calls of one kind, to
-/// price a host call inside the runtime.
-#[derive(Default, Clone, Copy, PartialEq, Eq)]
+/// nothing at all (plugin configuration `noop`), or the host calls `calls=N:KIND[,N:KIND...]`
+/// lists, to price a host call inside the runtime or to pay for the same calls as the filter.
+#[derive(Default, Clone, PartialEq, Eq)]
 enum Load {
     /// The probe's own behaviour, chosen by `x-probe`.
     #[default]
     Probe,
     Noop,
-    Calls(u32, CallKind),
+    Calls(Rc<[(u32, CallKind)]>),
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -57,15 +58,18 @@ impl Load {
         if config == "noop" {
             return Some(Self::Noop);
         }
-        let (n, kind) = config.strip_prefix("calls=")?.split_once(':')?;
-        let kind = match kind {
-            "header" => CallKind::Header,
-            "metric" => CallKind::Metric,
-            "time" => CallKind::Time,
-            "pairs" => CallKind::Pairs,
-            _ => return None,
-        };
-        Some(Self::Calls(n.parse().ok()?, kind))
+        let calls = config.strip_prefix("calls=")?.split(',').map(|call| {
+            let (n, kind) = call.split_once(':')?;
+            let kind = match kind {
+                "header" => CallKind::Header,
+                "metric" => CallKind::Metric,
+                "time" => CallKind::Time,
+                "pairs" => CallKind::Pairs,
+                _ => return None,
+            };
+            Some((n.parse().ok()?, kind))
+        });
+        Some(Self::Calls(calls.collect::<Option<_>>()?))
     }
 }
 
@@ -109,7 +113,7 @@ impl RootContext for Root {
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
         Some(Box::new(Http {
             metrics: self.metrics,
-            load: self.load,
+            load: self.load.clone(),
         }))
     }
 
@@ -183,24 +187,28 @@ impl Http {
 impl HttpContext for Http {
     #[expect(clippy::panic, reason = "the probe traps on purpose when asked to")]
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        match self.load {
+        match &self.load {
             Load::Probe => {}
             Load::Noop => return Action::Continue,
-            Load::Calls(n, kind) => {
-                for _ in 0..n {
-                    match kind {
-                        CallKind::Header => {
-                            let _ = self.get_http_request_header(":path");
-                        }
-                        CallKind::Metric => {
-                            let _ =
-                                proxy_wasm::hostcalls::increment_metric(self.metrics.requests, 1);
-                        }
-                        CallKind::Time => {
-                            let _ = self.get_current_time();
-                        }
-                        CallKind::Pairs => {
-                            let _ = self.get_http_request_headers();
+            Load::Calls(calls) => {
+                for &(n, kind) in calls.iter() {
+                    for _ in 0..n {
+                        match kind {
+                            CallKind::Header => {
+                                let _ = self.get_http_request_header(":path");
+                            }
+                            CallKind::Metric => {
+                                let _ = proxy_wasm::hostcalls::increment_metric(
+                                    self.metrics.requests,
+                                    1,
+                                );
+                            }
+                            CallKind::Time => {
+                                let _ = self.get_current_time();
+                            }
+                            CallKind::Pairs => {
+                                let _ = self.get_http_request_headers();
+                            }
                         }
                     }
                 }

@@ -22,15 +22,15 @@ impl From<Status> for i32 {
     }
 }
 
-/// Log levels (`proxy_log`).
+/// Log levels (`proxy_log`), in the ABI's order (`as u32` is the wire value).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum LogLevel {
-    Trace,
-    Debug,
-    Info,
-    Warn,
-    Error,
-    Critical,
+    Trace = 0,
+    Debug = 1,
+    Info = 2,
+    Warn = 3,
+    Error = 4,
+    Critical = 5,
 }
 
 impl LogLevel {

@@ -230,7 +230,10 @@ pub(crate) fn add_to_linker(l: &mut Linker<VmState>) -> Result<()> {
     l.func_wrap(
         ENV,
         "proxy_get_log_level",
-        |mut c: C<'_>, ret: i32| -> i32 { code(write(&mut c, ret, &0u32.to_le_bytes())) },
+        |mut c: C<'_>, ret: i32| -> i32 {
+            let level = c.data().log_level as u32;
+            code(write(&mut c, ret, &level.to_le_bytes()))
+        },
     )?;
     l.func_wrap(
         ENV,

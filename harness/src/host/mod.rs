@@ -134,6 +134,9 @@ pub struct VmOptions {
     pub plugin_config: Vec<u8>,
     pub plugin_name: String,
     pub root_id: String,
+    /// What `proxy_get_log_level` answers: the lowest level the host keeps (Envoy: its `wasm`
+    /// log component, `info` by default). Trace here, so tests see every line.
+    pub log_level: LogLevel,
 }
 
 impl VmOptions {
@@ -146,6 +149,7 @@ impl VmOptions {
             plugin_config,
             plugin_name: "portcullis".into(),
             root_id: "portcullis".into(),
+            log_level: LogLevel::Trace,
         }
     }
 }

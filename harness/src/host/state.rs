@@ -174,6 +174,7 @@ pub(crate) struct VmState {
     pub vm_id: String,
     pub vm_config: Vec<u8>,
     pub plugin_config: Vec<u8>,
+    pub log_level: LogLevel,
     pub plugin_properties: HashMap<String, Vec<u8>>,
     pub root_id: u32,
     /// The context host calls act on (the one called, or set by `proxy_set_effective_context`).

@@ -140,6 +140,7 @@ impl Vm {
             vm_id: options.vm_id,
             vm_config: options.vm_config,
             plugin_config: options.plugin_config,
+            log_level: options.log_level,
             plugin_properties,
             root_id: 1,
             effective: 1,
