@@ -288,6 +288,14 @@ fn refused_configuration() -> TestResult {
         .err()
         .ok_or("accepted")?;
     assert!(matches!(err, HostError::ConfigureRefused), "{err}");
+    // The load configurations the benchmarks use, and lists the probe cannot read.
+    for good in ["noop", "calls=1:pairs,1:time", "\"calls=3:header\""] {
+        host.start_vm(VmOptions::new(good.into()))?;
+    }
+    for bad in ["calls=", "calls=1:pairs,", "calls=x:time", "calls=1:body"] {
+        let err = host.start_vm(VmOptions::new(bad.into())).err();
+        assert!(matches!(err, Some(HostError::ConfigureRefused)), "{bad}");
+    }
     Ok(())
 }
 

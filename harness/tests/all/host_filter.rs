@@ -137,6 +137,42 @@ fn several_vms_decide_alike() -> TestResult {
     Ok(())
 }
 
+/// The filter formats only the lines the host keeps (`proxy_get_log_level`, read when it is
+/// configured): at Envoy's default level, info, an allowed request logs nothing.
+#[test]
+fn the_filter_keeps_to_the_host_log_level() -> TestResult {
+    let issuer = DevIssuer::generate()?;
+    let mut host = Host::new(plugin()?);
+    let config = demo::plugin_config(&issuer).to_string().into_bytes();
+    let trace = host.start_vm(VmOptions::new(config.clone()))?;
+    let info = host.start_vm(VmOptions {
+        log_level: LogLevel::Info,
+        ..VmOptions::new(config)
+    })?;
+    let token = issuer.token("bob", &["staff"]);
+    for vm in [trace, info] {
+        let allowed = host.send(vm, request("GET", "/api", Some(&token)))?;
+        assert_eq!(allowed.status(), 200);
+        let denied = host.send(vm, request("GET", "/admin", Some(&token)))?;
+        assert_eq!(denied.status(), 403);
+    }
+    let lines = |vm: usize, start: &str| {
+        host.logs()
+            .iter()
+            .filter(|l| l.vm == vm && l.message.starts_with(start))
+            .count()
+    };
+    assert_eq!(lines(trace, "portcullis: allow"), 1);
+    assert_eq!(lines(info, "portcullis: allow"), 0, "a debug line at info");
+    assert_eq!(lines(trace, "portcullis: deny"), 1);
+    assert_eq!(
+        lines(info, "portcullis: deny"),
+        1,
+        "denials are logged at info"
+    );
+    Ok(())
+}
+
 #[test]
 fn refused_configuration_is_reported() -> TestResult {
     let issuer = DevIssuer::generate()?;
