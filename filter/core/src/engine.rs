@@ -277,15 +277,15 @@ impl Engine {
         let method = req.header(":method").unwrap_or_default();
         let path = req.header(":path").unwrap_or_default();
         let host = req.header(":authority").unwrap_or_default();
-        let selected: Vec<(String, String)> = self
+        let selected: Vec<(&str, &str)> = self
             .context_headers
             .iter()
-            .filter_map(|h| req.header(h).map(|v| (h.clone(), v)))
+            .filter_map(|h| req.header(h).map(|v| (h.as_str(), v)))
             .collect();
         let query: Vec<(String, String)> = if self.context_query.is_empty() {
             Vec::new()
         } else {
-            request::query_params(&path)
+            request::query_params(path)
                 .into_iter()
                 .filter(|(k, _)| self.context_query.contains(k))
                 .collect()
@@ -296,9 +296,9 @@ impl Engine {
             None
         };
         let http = HttpRequest {
-            method: &method,
-            path: &path,
-            host: &host,
+            method,
+            path,
+            host,
             headers: &selected,
             query: &query,
             source: source.as_deref().map(request::address_ip),
@@ -306,7 +306,7 @@ impl Engine {
         };
         let mode = self
             .routes
-            .mode(&host, path.split(['?', '#']).next().unwrap_or_default());
+            .mode(host, path.split(['?', '#']).next().unwrap_or_default());
         let extracted = match mode {
             AuthMode::Public => Extracted::Missing,
             AuthMode::Required | AuthMode::Optional => extractor::extract(req, &self.sources),
@@ -353,7 +353,7 @@ impl Engine {
             Ok(v) => v,
             Err(e) => return Rc::new(fresh().unauthenticated(e)),
         };
-        let key = (self.decisions_per_token > 0).then(|| key(token_header.as_deref()));
+        let key = (self.decisions_per_token > 0).then(|| key(token_header));
         if let Some(hit) = key
             .as_ref()
             .and_then(|k| self.cached(&verified.decisions, k))
@@ -384,7 +384,7 @@ impl Engine {
             if !outputs.forward
                 && let Some(h) = token_header
             {
-                outcome.remove_headers.push(h);
+                outcome.remove_headers.push(h.to_owned());
             }
         }
         self.remember(&verified.decisions, key, outcome, self.decisions_per_token)

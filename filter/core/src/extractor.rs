@@ -1,6 +1,8 @@
 //! Where the token comes from in the request: headers (with a prefix such as `Bearer `),
 //! cookies and query parameters, tried in the configured order.
 
+use std::borrow::Cow;
+
 use serde::Deserialize;
 
 use crate::request::RequestView;
@@ -64,22 +66,22 @@ impl TryFrom<&TokenSourceConfig> for TokenSource {
     }
 }
 
-/// Outcome of looking for a token.
+/// Outcome of looking for a token (borrowing from the request and the sources).
 #[derive(Debug, PartialEq, Eq)]
-pub enum Extracted {
+pub enum Extracted<'a> {
     /// No credentials at all.
     Missing,
     /// A source header is present but without its prefix (e.g. `Authorization: Basic ...`).
     WrongScheme,
     /// A token, and the header it came from (if it came from a header).
     Token {
-        token: String,
-        header: Option<String>,
+        token: Cow<'a, str>,
+        header: Option<&'a str>,
     },
 }
 
 /// Tries each source in order; the first that holds a token wins.
-pub fn extract(req: &dyn RequestView, sources: &[TokenSource]) -> Extracted {
+pub fn extract<'a>(req: &'a dyn RequestView, sources: &'a [TokenSource]) -> Extracted<'a> {
     let mut wrong_scheme = false;
     for source in sources {
         match source {
@@ -91,8 +93,8 @@ pub fn extract(req: &dyn RequestView, sources: &[TokenSource]) -> Extracted {
                 match strip_prefix_ignore_case(value, prefix) {
                     Some(token) if !token.trim().is_empty() => {
                         return Extracted::Token {
-                            token: token.trim().to_owned(),
-                            header: Some(name.clone()),
+                            token: Cow::Borrowed(token.trim()),
+                            header: Some(name),
                         };
                     }
                     _ => wrong_scheme = true,
@@ -102,12 +104,12 @@ pub fn extract(req: &dyn RequestView, sources: &[TokenSource]) -> Extracted {
                 let found = req.header("cookie").and_then(|cookies| {
                     cookies.split(';').find_map(|c| {
                         let (k, v) = c.trim().split_once('=')?;
-                        (k == name && !v.is_empty()).then(|| v.trim_matches('"').to_owned())
+                        (k == name && !v.is_empty()).then(|| v.trim_matches('"'))
                     })
                 });
                 if let Some(token) = found {
                     return Extracted::Token {
-                        token,
+                        token: Cow::Borrowed(token),
                         header: None,
                     };
                 }
@@ -128,7 +130,7 @@ pub fn extract(req: &dyn RequestView, sources: &[TokenSource]) -> Extracted {
                 });
                 if let Some(token) = found {
                     return Extracted::Token {
-                        token,
+                        token: Cow::Owned(token),
                         header: None,
                     };
                 }
@@ -174,10 +176,10 @@ mod tests {
     use super::*;
     use crate::request::StaticRequest;
 
-    fn token(t: &str, header: Option<&str>) -> Extracted {
+    fn token<'a>(t: &'a str, header: Option<&'a str>) -> Extracted<'a> {
         Extracted::Token {
             token: t.into(),
-            header: header.map(Into::into),
+            header,
         }
     }
 

@@ -76,7 +76,7 @@ pub struct HttpRequest<'a> {
     pub path: &'a str,
     pub host: &'a str,
     /// Selected request headers (configured names, lower case) that are present.
-    pub headers: &'a [(String, String)],
+    pub headers: &'a [(&'a str, &'a str)],
     /// Selected query parameters that are present (percent-decoded).
     pub query: &'a [(String, String)],
     /// The client's address (no port), when the host tells it.
@@ -157,13 +157,6 @@ impl PolicyEngine {
 
         // The record is assembled from values directly: the claims part was converted once
         // per token, and nothing here needs Cedar's expression evaluator.
-        let pairs = |kv: &[(String, String)]| {
-            CedarValue::record(
-                kv.iter()
-                    .map(|(k, v)| (k.as_str(), CedarValue::from(v.as_str()))),
-                None,
-            )
-        };
         let mut fields: Vec<(&str, CedarValue)> = vec![
             ("claims", claims.clone()),
             ("method", CedarValue::from(http.method)),
@@ -323,4 +316,13 @@ fn ip_value(ip: &str) -> Option<CedarValue> {
         cedar_policy_core::ast::Context::Value(m) => m.get("ip").cloned(),
         cedar_policy_core::ast::Context::RestrictedResidual(_) => None,
     }
+}
+
+/// A Cedar record of name/value string pairs.
+fn pairs<K: AsRef<str>, V: AsRef<str>>(kv: &[(K, V)]) -> CedarValue {
+    CedarValue::record(
+        kv.iter()
+            .map(|(k, v)| (k.as_ref(), CedarValue::from(v.as_ref()))),
+        None,
+    )
 }

@@ -5,8 +5,9 @@
 /// Header names are lower-case; HTTP/2 pseudo-headers (`:method`, `:path`, `:authority`) are
 /// available under their usual names, as Envoy presents them to filters.
 pub trait RequestView {
-    /// The value of a request header, if present.
-    fn header(&self, name: &str) -> Option<String>;
+    /// The value of a request header, if present (borrowed: a repeated request copies nothing
+    /// it does not keep).
+    fn header(&self, name: &str) -> Option<&str>;
 
     /// The client's address as the host reports it (`ip:port` or an ip), if known.
     fn source_address(&self) -> Option<String> {
@@ -53,11 +54,11 @@ impl StaticRequest {
 }
 
 impl RequestView for StaticRequest {
-    fn header(&self, name: &str) -> Option<String> {
+    fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
             .find(|(n, _)| n == name)
-            .map(|(_, v)| v.clone())
+            .map(|(_, v)| v.as_str())
     }
 
     fn source_address(&self) -> Option<String> {

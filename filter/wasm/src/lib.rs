@@ -224,12 +224,12 @@ struct HostRequest<'a> {
 }
 
 impl RequestView for HostRequest<'_> {
-    fn header(&self, name: &str) -> Option<String> {
+    fn header(&self, name: &str) -> Option<&str> {
         // Envoy hands header names in lower case, as the core asks for them.
         self.headers
             .iter()
             .find(|(n, _)| n == name)
-            .map(|(_, v)| v.clone())
+            .map(|(_, v)| v.as_str())
     }
 
     fn source_address(&self) -> Option<String> {

@@ -446,7 +446,7 @@ struct Counting {
 }
 
 impl portcullis_core::RequestView for Counting {
-    fn header(&self, name: &str) -> Option<String> {
+    fn header(&self, name: &str) -> Option<&str> {
         self.inner.header(name)
     }
     fn source_address(&self) -> Option<String> {
