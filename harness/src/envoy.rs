@@ -226,6 +226,18 @@ impl Envoy {
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
     }
 
+    /// CPU time Envoy's threads have run so far (Linux `/proc/<pid>/task/*/schedstat`, in
+    /// nanoseconds; time the hypervisor took from the VM is not counted).
+    #[must_use]
+    pub fn cpu_time(&self) -> Option<Duration> {
+        let mut ns = 0u64;
+        for task in fs::read_dir(format!("/proc/{}/task", self.child.id())).ok()? {
+            let stat = fs::read_to_string(task.ok()?.path().join("schedstat")).ok()?;
+            ns += stat.split_whitespace().next()?.parse::<u64>().ok()?;
+        }
+        Some(Duration::from_nanos(ns))
+    }
+
     /// Waits until the filtered listener answers an HTTP request; returns the time from start
     /// to that first answer. Fails early, with Envoy's log, if Envoy exits.
     pub fn wait_ready(&mut self, timeout: Duration) -> Result<Duration> {

@@ -156,6 +156,9 @@ struct Row {
 struct Load {
     variant: Variant,
     runs: Vec<WrkResult>,
+    /// Envoy's CPU time per answer in each run (µs), and the share of the run's wall time
+    /// Envoy was on a CPU.
+    cpu: Vec<(f64, f64)>,
     rss_after_kib: u64,
     counters: Vec<(&'static str, u64)>,
 }
@@ -321,6 +324,7 @@ fn load_phase(
         loads.push(Load {
             variant: *variant,
             runs: Vec::new(),
+            cpu: Vec::new(),
             rss_after_kib: 0,
             counters: variant.counters().iter().map(|n| (*n, 0)).collect(),
         });
@@ -333,6 +337,7 @@ fn load_phase(
                 continue;
             };
             let before = read_counters(proxy, *variant)?;
+            let (cpu_before, started) = (proxy.cpu_time(), std::time::Instant::now());
             let result = run_wrk(
                 wrk,
                 pinning,
@@ -342,6 +347,7 @@ fn load_phase(
                 &proxy.url(LOAD_PATH),
             )
             .map_err(|e| format!("{}: {e}", variant.name()))?;
+            let (cpu_after, wall) = (proxy.cpu_time(), started.elapsed());
             let after = read_counters(proxy, *variant)?;
             // The filter decided every answer, from its token cache.
             for (((name, b), (_, a)), (_, total)) in
@@ -357,15 +363,25 @@ fn load_phase(
                 }
                 *total += grew;
             }
+            let cpu = cpu_before
+                .zip(cpu_after)
+                .map(|(b, a)| a.saturating_sub(b).as_secs_f64())
+                .filter(|_| result.requests > 0)
+                .map(|s| (s * 1e6 / result.requests as f64, s / wall.as_secs_f64()));
             println!(
-                "round {}, {}: {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, {} answers, all 2xx",
+                "round {}, {}: {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, {} answers, all 2xx{}",
                 round + 1,
                 variant.name(),
                 result.per_second,
                 result.p50_ms,
                 result.p99_ms,
-                result.requests
+                result.requests,
+                cpu.map_or_else(String::new, |(us, busy)| format!(
+                    "; Envoy CPU {us:.1} µs per answer, busy {:.0}%",
+                    busy * 100.0
+                ))
             );
+            load.cpu.extend(cpu);
             load.runs.push(result);
         }
     }
@@ -873,6 +889,7 @@ fn print_load_table(loads: &[Load], opts: &Options) {
         median(ours) / median(theirs),
         per_round.join(" ")
     );
+    print_cpu_table(loads);
     let counters: Vec<String> = loads
         .iter()
         .flat_map(|l| l.counters.iter().map(|(n, g)| format!("{n} +{g}")))
@@ -886,6 +903,54 @@ fn print_load_table(loads: &[Load], opts: &Options) {
         opts.connections,
         opts.seconds,
         counters.join(", ")
+    );
+}
+
+/// The same runs by Envoy's own CPU time per answer: what one worker can serve when it is the
+/// bottleneck, less disturbed than req/s by the load generator's CPU or by Envoy waiting on it.
+fn print_cpu_table(loads: &[Load]) {
+    let per_answer = |v: Variant| -> Vec<f64> {
+        loads
+            .iter()
+            .find(|l| l.variant == v)
+            .map(|l| l.cpu.iter().map(|(us, _)| *us).collect())
+            .unwrap_or_default()
+    };
+    if loads.iter().any(|l| l.cpu.len() != l.runs.len()) {
+        println!("\nEnvoy CPU time: not available (no /proc/<pid>/task/*/schedstat)");
+        return;
+    }
+    println!(
+        "\n{:<24} {:>14} {:>13} {:>12}   CPU µs per answer per round",
+        "variant", "Envoy CPU/ans", "vs no filter", "busy"
+    );
+    let base = median(per_answer(Variant::NoFilter));
+    for l in loads {
+        let us = median(l.cpu.iter().map(|(us, _)| *us).collect());
+        let busy = median(l.cpu.iter().map(|(_, b)| *b).collect());
+        let rounds: Vec<String> = l.cpu.iter().map(|(us, _)| format!("{us:.1}")).collect();
+        println!(
+            "{:<24} {:>11.1} µs {:>10.1} µs {:>11.0}%   {}",
+            l.variant.name(),
+            us,
+            us - base,
+            busy * 100.0,
+            rounds.join(" ")
+        );
+    }
+    let (ours, theirs) = (
+        per_answer(Variant::Portcullis),
+        per_answer(Variant::JwtAuthnRbac),
+    );
+    let per_round: Vec<String> = ours
+        .iter()
+        .zip(&theirs)
+        .map(|(p, n)| format!("{:.2}", n / p))
+        .collect();
+    println!(
+        "answers per CPU second, portcullis / jwt_authn+RBAC: {:.2} (medians; per round {}; goal >= 1.00)",
+        median(theirs) / median(ours),
+        per_round.join(" ")
     );
 }
 
