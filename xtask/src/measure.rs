@@ -877,17 +877,10 @@ fn print_load_table(loads: &[Load], opts: &Options) {
             rounds.join(" ")
         );
     }
-    let ours = rates(Variant::Portcullis);
-    let theirs = rates(Variant::JwtAuthnRbac);
-    let per_round: Vec<String> = ours
-        .iter()
-        .zip(&theirs)
-        .map(|(p, n)| format!("{:.2}", p / n))
-        .collect();
-    println!(
-        "portcullis / jwt_authn+RBAC: {:.2} (medians; per round {}; goal >= 1.00)",
-        median(ours) / median(theirs),
-        per_round.join(" ")
+    print_ratio(
+        "portcullis / jwt_authn+RBAC",
+        &rates(Variant::Portcullis),
+        &rates(Variant::JwtAuthnRbac),
     );
     print_cpu_table(loads);
     let counters: Vec<String> = loads
@@ -938,18 +931,25 @@ fn print_cpu_table(loads: &[Load]) {
             rounds.join(" ")
         );
     }
-    let (ours, theirs) = (
-        per_answer(Variant::Portcullis),
-        per_answer(Variant::JwtAuthnRbac),
+    let per_cpu_second = |v| -> Vec<f64> { per_answer(v).iter().map(|us| 1e6 / us).collect() };
+    print_ratio(
+        "answers per CPU second, portcullis / jwt_authn+RBAC",
+        &per_cpu_second(Variant::Portcullis),
+        &per_cpu_second(Variant::JwtAuthnRbac),
     );
+}
+
+/// Portcullis against jwt_authn+RBAC on a figure where more is better: the ratio of the medians
+/// and of each round.
+fn print_ratio(what: &str, ours: &[f64], theirs: &[f64]) {
     let per_round: Vec<String> = ours
         .iter()
-        .zip(&theirs)
-        .map(|(p, n)| format!("{:.2}", n / p))
+        .zip(theirs)
+        .map(|(p, n)| format!("{:.2}", p / n))
         .collect();
     println!(
-        "answers per CPU second, portcullis / jwt_authn+RBAC: {:.2} (medians; per round {}; goal >= 1.00)",
-        median(theirs) / median(ours),
+        "{what}: {:.2} (medians; per round {}; goal >= 1.00)",
+        median(ours.to_vec()) / median(theirs.to_vec()),
         per_round.join(" ")
     );
 }
