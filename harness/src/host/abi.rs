@@ -34,16 +34,20 @@ pub enum LogLevel {
 }
 
 impl LogLevel {
+    /// Every level, at the index of its wire value.
+    const ALL: [Self; 6] = [
+        Self::Trace,
+        Self::Debug,
+        Self::Info,
+        Self::Warn,
+        Self::Error,
+        Self::Critical,
+    ];
+
     pub(crate) fn from_raw(v: i32) -> Option<Self> {
-        Some(match v {
-            0 => Self::Trace,
-            1 => Self::Debug,
-            2 => Self::Info,
-            3 => Self::Warn,
-            4 => Self::Error,
-            5 => Self::Critical,
-            _ => return None,
-        })
+        usize::try_from(v)
+            .ok()
+            .and_then(|i| Self::ALL.get(i).copied())
     }
 }
 
@@ -163,5 +167,14 @@ mod tests {
         assert_eq!(decode_map(&encode_map(&m)), Some(m));
         assert_eq!(decode_map(&[1, 0, 0, 0, 9, 0]), None);
         assert_eq!(decode_map(&[255, 255, 255, 255]), None);
+    }
+
+    #[test]
+    fn log_levels_round_trip_their_wire_values() {
+        for level in LogLevel::ALL {
+            assert_eq!(LogLevel::from_raw(level as i32), Some(level));
+        }
+        assert_eq!(LogLevel::from_raw(-1), None);
+        assert_eq!(LogLevel::from_raw(6), None);
     }
 }
