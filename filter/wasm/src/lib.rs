@@ -10,7 +10,7 @@ use std::rc::Rc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use log::{debug, error, info, warn};
-use portcullis_core::{Engine, Outcome, RequestView, Verdict};
+use portcullis_core::{Engine, HeaderMap, Outcome, RequestView, Verdict};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel, MetricType};
@@ -216,20 +216,32 @@ struct Http {
 
 impl Context for Http {}
 
-/// The request as the core sees it: every header read in one host call (the core asks for
-/// several: pseudo-headers, token sources, context headers), the client address on demand.
+impl Http {
+    /// Fails the request closed when the filter cannot decide (logged and counted as an error;
+    /// the client learns nothing of why).
+    fn unavailable(&self, why: &str) -> Action {
+        warn!("portcullis: {why}; denying");
+        Metrics::add(self.metrics.errors, 1);
+        self.send_http_response(
+            503,
+            vec![("content-type", "text/plain")],
+            Some(b"authorization unavailable\n"),
+        );
+        Action::Pause
+    }
+}
+
+/// The request as the core sees it: every header read in one host call and parsed in place
+/// (the core asks for several: pseudo-headers, token sources, context headers), the client
+/// address on demand.
 struct HostRequest<'a> {
     http: &'a Http,
-    headers: Vec<(String, String)>,
+    headers: HeaderMap<'a>,
 }
 
 impl RequestView for HostRequest<'_> {
     fn header(&self, name: &str) -> Option<&str> {
-        // Envoy hands header names in lower case, as the core asks for them.
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
+        self.headers.get(name)
     }
 
     fn source_address(&self) -> Option<String> {
@@ -239,17 +251,57 @@ impl RequestView for HostRequest<'_> {
     }
 }
 
+/// The request headers in the host's encoding (read by [`HeaderMap`]), or `None` if the host
+/// refuses the call.
+///
+/// Not the SDK's `get_http_request_headers`: that one turns every name and value into a
+/// `String` and panics on a value that is not UTF-8, which any client can send (HTTP allows
+/// bytes above 0x7F in values and Envoy passes them on). A panic aborts the VM, so one such
+/// request would stop the filter for every request after it.
+fn request_header_bytes() -> Option<Vec<u8>> {
+    #[expect(
+        unsafe_code,
+        reason = "the proxy-wasm import that returns every header at once"
+    )]
+    unsafe extern "C" {
+        fn proxy_get_header_map_pairs(
+            map_type: u32,
+            return_map_data: *mut *mut u8,
+            return_map_size: *mut usize,
+        ) -> u32;
+    }
+    /// `MapType::HttpRequestHeaders` in the ABI.
+    const REQUEST_HEADERS: u32 = 0;
+    let mut data: *mut u8 = std::ptr::null_mut();
+    let mut size: usize = 0;
+    #[expect(
+        unsafe_code,
+        reason = "the ABI call itself; the host writes only the two out-parameters given"
+    )]
+    // SAFETY: both pointers are to live locals of the types the ABI names.
+    let status =
+        unsafe { proxy_get_header_map_pairs(REQUEST_HEADERS, &raw mut data, &raw mut size) };
+    if status != 0 {
+        return None;
+    }
+    if data.is_null() {
+        return Some(Vec::new());
+    }
+    #[expect(
+        unsafe_code,
+        reason = "taking ownership of the buffer the host filled, as the SDK's own getters do"
+    )]
+    // SAFETY: the host allocated exactly `size` bytes through this module's
+    // `proxy_on_memory_allocate` (the SDK's: a `Vec<u8>` of that capacity from the global
+    // allocator, given up with `into_raw`), wrote them, and hands the buffer over.
+    Some(unsafe { Vec::from_raw_parts(data, size, size) })
+}
+
 impl HttpContext for Http {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         let Some(engine) = self.engine.clone() else {
             // Only reachable if the host creates contexts for an unconfigured plugin.
-            warn!("portcullis: no configuration in force; denying");
-            self.send_http_response(
-                503,
-                vec![("content-type", "text/plain")],
-                Some(b"authorization unavailable\n"),
-            );
-            return Action::Pause;
+            return self.unavailable("no configuration in force");
         };
         let before = engine.cache_stats();
         let decisions_before = engine.decision_stats();
@@ -257,9 +309,16 @@ impl HttpContext for Http {
         let now = started
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
+        let Some(raw) = request_header_bytes() else {
+            return self.unavailable("the host did not hand over the request headers");
+        };
+        let headers = match HeaderMap::parse(&raw) {
+            Ok(headers) => headers,
+            Err(e) => return self.unavailable(&format!("unreadable request headers: {e}")),
+        };
         let request = HostRequest {
             http: self,
-            headers: self.get_http_request_headers(),
+            headers,
         };
         let outcome = engine.decide(&request, now);
         let after = engine.cache_stats();
@@ -314,7 +373,7 @@ impl HttpContext for Http {
             None => {
                 // Only headers the client sent need removing (each removal is a host call).
                 for name in &outcome.remove_headers {
-                    if request.headers.iter().any(|(n, _)| n == name) {
+                    if request.headers.contains(name) {
                         self.set_http_request_header(name, None);
                     }
                 }

@@ -192,3 +192,64 @@ fn tenants_dry_run_and_source_address_in_envoy() -> TestResult {
     );
     Ok(())
 }
+
+/// A client may put any byte above 0x7F in a header value, and Envoy passes it on. Such a
+/// request is decided like any other (the header reads with U+FFFD in place of invalid UTF-8),
+/// and the filter keeps deciding afterwards. Before the filter read headers itself, the SDK's
+/// header getter panicked on such a value: the VM aborted and Envoy answered 503 to every
+/// request after it.
+#[test]
+fn header_values_that_are_not_utf8_are_decided_and_stop_nothing() -> TestResult {
+    let issuer = DevIssuer::generate()?;
+    let ports = Ports::free()?;
+    let cfg = envoy::config(ports, &paths::wasm()?, &demo::plugin_config(&issuer))?;
+    let mut proxy = Envoy::start(&cfg, ports, 1)?;
+    proxy.wait_ready(Duration::from_secs(60))?;
+    // bob: {"iss":DEV_ISSUER,"aud":"portcullis-demo","sub":"bob","groups":["staff"],"iat":now,"exp":now+3600}
+    let bob = issuer.token("bob", &["staff"]);
+    let send = |extra: &[u8]| raw_get(ports.listener, "/api/hello", extra);
+    let bearer = format!("authorization: Bearer {bob}\r\n");
+
+    // An allowed request with a stray Latin-1 header is still allowed.
+    let with_weird = [bearer.as_bytes(), b"x-weird: caf\xe9\xff\r\n"].concat();
+    let (status, head, body) = send(&with_weird)?;
+    assert_eq!((status, body.as_str()), (200, UPSTREAM_BODY), "{head}");
+    // A token that is not UTF-8 is a malformed token (401 invalid_token), not a missing one.
+    let (status, head, _) = send(b"authorization: Bearer \xff\xfe.\xfd.\xfc\r\n")?;
+    assert_eq!(status, 401, "{head}");
+    assert!(head.contains("error=\"invalid_token\""), "{head}");
+    // A spoofed identity header that is not UTF-8 is still the client's copy (removed), and
+    // the request is decided on the token.
+    let spoofed = [bearer.as_bytes(), b"x-user: \xffadmin\r\n"].concat();
+    assert_eq!(send(&spoofed)?.0, 200);
+    // The filter still decides: no token is 401, bob's token 200.
+    assert_eq!(send(b"")?.0, 401);
+    assert_eq!(send(bearer.as_bytes())?.0, 200);
+    assert_eq!(
+        proxy.wait_stat("wasmcustom.portcullis.allowed", 3)?,
+        Some(3)
+    );
+    assert!(!proxy.log().contains("panicked"), "{}", proxy.log());
+    Ok(())
+}
+
+/// `GET path` over a fresh HTTP/1.1 connection with `extra` header lines as raw bytes (no
+/// client library would send bytes that are not UTF-8): status, response head, body.
+fn raw_get(port: u16, path: &str, extra: &[u8]) -> Result<(u16, String, String), Box<dyn Error>> {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    conn.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let request = [
+        format!("GET {path} HTTP/1.1\r\nhost: example.test\r\n").as_bytes(),
+        extra,
+        b"connection: close\r\n\r\n",
+    ]
+    .concat();
+    conn.write_all(&request)?;
+    let mut response = Vec::new();
+    conn.read_to_end(&mut response)?;
+    let response = String::from_utf8_lossy(&response);
+    let (head, body) = response.split_once("\r\n\r\n").ok_or("no end of head")?;
+    let status = head.split(' ').nth(1).ok_or("no status")?.parse()?;
+    Ok((status, head.to_owned(), body.to_owned()))
+}
