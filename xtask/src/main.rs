@@ -62,6 +62,10 @@ enum Task {
         /// skips that run.
         #[arg(long, default_value_t = 2000)]
         first_sight_tokens: u32,
+        /// Rounds with all variants under load at once, every Envoy on the same CPU, so that
+        /// the machine's changes in speed hit all of them alike; 0 skips them.
+        #[arg(long, default_value_t = 5)]
+        shared_rounds: u32,
     },
     /// Install what is missing, build the filter, run every test in the workspace.
     Test {
@@ -85,6 +89,7 @@ fn main() -> ExitCode {
             connections,
             rounds,
             first_sight_tokens,
+            shared_rounds,
         } => measure::run(&measure::Options {
             requests,
             wasm,
@@ -92,6 +97,7 @@ fn main() -> ExitCode {
             connections,
             rounds,
             first_sight_tokens,
+            shared_rounds,
         }),
         Task::Test { cargo_args } => tools::test(&cargo_args),
     };

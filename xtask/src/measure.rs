@@ -19,7 +19,7 @@ pub struct Options {
     pub requests: u32,
     /// The filter to measure (else the default build).
     pub wasm: Option<PathBuf>,
-    /// Length of each measured wrk run; 0 skips the load phase (as do 0 rounds).
+    /// Length of each measured wrk run; 0 skips the load runs (as do 0 rounds and 0 shared rounds).
     pub seconds: u32,
     /// wrk connections.
     pub connections: u32,
@@ -27,6 +27,8 @@ pub struct Options {
     pub rounds: u32,
     /// Distinct tokens of the first-sight run; 0 skips it.
     pub first_sight_tokens: u32,
+    /// Rounds with every variant under load at once on one shared CPU; 0 skips them.
+    pub shared_rounds: u32,
 }
 
 /// Warm-up before each measured wrk run (V8 tiers up, caches fill).
@@ -166,7 +168,7 @@ struct Load {
 /// Measures and prints the tables.
 pub fn run(opts: &Options) -> Result {
     crate::tools::ensure_envoy()?;
-    let wrk = if opts.seconds > 0 && opts.rounds > 0 {
+    let wrk = if opts.seconds > 0 && (opts.rounds > 0 || opts.shared_rounds > 0) {
         Some(crate::tools::ensure_wrk()?)
     } else {
         None
@@ -261,8 +263,19 @@ pub fn run(opts: &Options) -> Result {
     );
 
     if let Some(wrk) = &wrk {
+        // Pins the Envoys and warms them up, whether or not alternating rounds follow.
         let loads = load_phase(&mut proxies, wrk, opts, &auth)?;
-        print_load_table(&loads, opts);
+        if opts.rounds > 0 {
+            print_load_table(&loads, opts);
+        }
+        if opts.shared_rounds > 0 {
+            match pinning() {
+                Some(p) => shared_cpu_phase(&proxies, wrk, opts, &auth, &p)?,
+                None => println!(
+                    "\nshared-CPU rounds: skipped (taskset unusable or fewer than two CPUs)"
+                ),
+            }
+        }
         if opts.first_sight_tokens > 0 {
             first_sight_phase(&proxies, wrk, opts, &issuer, &wasm)?;
         }
@@ -389,6 +402,138 @@ fn load_phase(
         load.rss_after_kib = proxy.rss_kib().unwrap_or(0);
     }
     Ok(loads)
+}
+
+/// Every variant under load at the same time, every Envoy on the same CPU (one wrk per Envoy,
+/// all on the other CPU). The kernel shares the CPU between the Envoys, so each variant's CPU
+/// time per answer is measured over the same seconds on the same CPU: a change in the
+/// machine's speed (other guests, frequency) slows all of them alike instead of whichever
+/// variant happened to run then, which is what makes rounds of the alternating phase differ
+/// by ±15 %. Answers per CPU second is the throughput one worker would have on its own core.
+fn shared_cpu_phase(
+    proxies: &[(Variant, Envoy)],
+    wrk: &Path,
+    opts: &Options,
+    auth: &str,
+    pinning: &Pinning,
+) -> Result {
+    println!(
+        "\nshared CPU: all {} Envoys on CPU {} at once, one wrk each on CPU {}",
+        proxies.len(),
+        pinning.envoy,
+        pinning.wrk
+    );
+    // Per variant: (answers, CPU seconds) of each round.
+    let mut rounds: Vec<Vec<(u64, f64)>> = vec![Vec::new(); proxies.len()];
+    let mut totals = vec![0u64; proxies.len()];
+    for round in 0..opts.shared_rounds {
+        std::thread::sleep(COUNTS_SETTLE);
+        let before = proxies
+            .iter()
+            .map(|(v, p)| counters_now(p, *v))
+            .collect::<Result<Vec<_>>>()?;
+        let cpu_before: Vec<_> = proxies.iter().map(|(_, p)| p.cpu_time()).collect();
+        let children = proxies
+            .iter()
+            .map(|(v, p)| {
+                wrk_command(
+                    wrk,
+                    Some(pinning),
+                    opts.seconds,
+                    opts.connections,
+                    auth,
+                    &p.url(LOAD_PATH),
+                )
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .map_err(|e| format!("{}: wrk: cannot start: {e}", v.name()))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let outputs = children
+            .into_iter()
+            .map(|c| c.wait_with_output().map_err(|e| format!("wrk: {e}")))
+            .collect::<Result<Vec<_>>>()?;
+        let cpu_after: Vec<_> = proxies.iter().map(|(_, p)| p.cpu_time()).collect();
+        std::thread::sleep(COUNTS_SETTLE);
+        let mut line = Vec::new();
+        for (i, ((variant, proxy), out)) in proxies.iter().zip(&outputs).enumerate() {
+            let result = wrk_result(out).map_err(|e| format!("{}: {e}", variant.name()))?;
+            let after = counters_now(proxy, *variant)?;
+            // The filter decided every answer (from its caches), as in the alternating phase.
+            for ((name, b), (_, a)) in before.get(i).into_iter().flatten().zip(&after) {
+                let grew = a.saturating_sub(*b);
+                if grew < result.requests {
+                    return Err(format!(
+                        "{} (shared CPU): {name} grew by {grew} while wrk counted {} answers",
+                        variant.name(),
+                        result.requests
+                    ));
+                }
+            }
+            let (Some(Some(b)), Some(Some(a))) = (cpu_before.get(i), cpu_after.get(i)) else {
+                return Err("Envoy CPU time unavailable (/proc/<pid>/task/*/schedstat)".into());
+            };
+            let cpu = a.saturating_sub(*b).as_secs_f64();
+            line.push(format!(
+                "{} {:.0} req/s, {:.1} µs CPU per answer",
+                variant.name(),
+                result.per_second,
+                cpu * 1e6 / result.requests as f64
+            ));
+            if let (Some(r), Some(t)) = (rounds.get_mut(i), totals.get_mut(i)) {
+                r.push((result.requests, cpu));
+                *t += result.requests;
+            }
+        }
+        println!("shared round {}: {}", round + 1, line.join("; "));
+    }
+    let us =
+        |r: &[(u64, f64)]| -> Vec<f64> { r.iter().map(|(n, cpu)| cpu * 1e6 / *n as f64).collect() };
+    let of = |v: Variant| -> Vec<(u64, f64)> {
+        proxies
+            .iter()
+            .position(|(w, _)| *w == v)
+            .and_then(|i| rounds.get(i).cloned())
+            .unwrap_or_default()
+    };
+    let base = median(us(&of(Variant::NoFilter)));
+    println!(
+        "\n{:<24} {:>16} {:>13} {:>15}   CPU µs per answer per round",
+        "variant", "CPU per answer", "vs no filter", "answers/CPU s"
+    );
+    for ((variant, _), r) in proxies.iter().zip(&rounds) {
+        let per_answer = median(us(r));
+        let per_round: Vec<String> = us(r).iter().map(|u| format!("{u:.1}")).collect();
+        println!(
+            "{:<24} {:>13.1} µs {:>10.1} µs {:>15.0}   {}",
+            variant.name(),
+            per_answer,
+            per_answer - base,
+            1e6 / per_answer,
+            per_round.join(" ")
+        );
+    }
+    let per_cpu_second = |v| -> Vec<f64> { us(&of(v)).iter().map(|u| 1e6 / u).collect() };
+    print_ratio(
+        "shared CPU, answers per CPU second, portcullis / jwt_authn+RBAC",
+        &per_cpu_second(Variant::Portcullis),
+        &per_cpu_second(Variant::JwtAuthnRbac),
+    );
+    let counted: Vec<String> = proxies
+        .iter()
+        .zip(&totals)
+        .map(|((v, _), n)| format!("{} {n}", v.name()))
+        .collect();
+    println!(
+        "({} rounds of {} s, all variants at once, wrk -t1 -c{} each; every answer 2xx and counted by the \
+         filters; answers: {})",
+        opts.shared_rounds,
+        opts.seconds,
+        opts.connections,
+        counted.join(", ")
+    );
+    Ok(())
 }
 
 /// Every request carries a token the filters have not seen recently: `first_sight_tokens`
@@ -707,6 +852,10 @@ fn read_counters(proxy: &Envoy, variant: Variant) -> Result<Vec<(&'static str, u
     // Portcullis hands its counts to Envoy once a second. Every variant waits the same, so
     // that each measured run starts after the same pause.
     std::thread::sleep(COUNTS_SETTLE);
+    counters_now(proxy, variant)
+}
+
+fn counters_now(proxy: &Envoy, variant: Variant) -> Result<Vec<(&'static str, u64)>> {
     variant
         .counters()
         .iter()
@@ -753,6 +902,20 @@ fn run_wrk(
     auth: &str,
     url: &str,
 ) -> Result<WrkResult> {
+    let out = wrk_command(wrk, pinning, seconds, connections, auth, url)
+        .output()
+        .map_err(|e| format!("wrk: cannot start: {e}"))?;
+    wrk_result(&out)
+}
+
+fn wrk_command(
+    wrk: &Path,
+    pinning: Option<&Pinning>,
+    seconds: u32,
+    connections: u32,
+    auth: &str,
+    url: &str,
+) -> Command {
     let mut cmd = match pinning {
         Some(p) => {
             let mut c = Command::new("taskset");
@@ -769,9 +932,10 @@ fn run_wrk(
         None => cmd.arg("-H").arg(format!("authorization: {auth}")),
     };
     cmd.arg(url);
-    let out = cmd
-        .output()
-        .map_err(|e| format!("wrk: cannot start: {e}"))?;
+    cmd
+}
+
+fn wrk_result(out: &std::process::Output) -> Result<WrkResult> {
     let text =
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     if !out.status.success() {
