@@ -423,8 +423,9 @@ fn shared_cpu_phase(
         pinning.envoy,
         pinning.wrk
     );
-    // Per variant: (answers, CPU seconds) of each round.
+    // Per variant: (answers, CPU seconds) and req/s of each round.
     let mut rounds: Vec<Vec<(u64, f64)>> = vec![Vec::new(); proxies.len()];
+    let mut rates: Vec<Vec<f64>> = vec![Vec::new(); proxies.len()];
     let mut totals = vec![0u64; proxies.len()];
     for round in 0..opts.shared_rounds {
         std::thread::sleep(COUNTS_SETTLE);
@@ -481,8 +482,11 @@ fn shared_cpu_phase(
                 result.per_second,
                 cpu * 1e6 / result.requests as f64
             ));
-            if let (Some(r), Some(t)) = (rounds.get_mut(i), totals.get_mut(i)) {
+            if let (Some(r), Some(q), Some(t)) =
+                (rounds.get_mut(i), rates.get_mut(i), totals.get_mut(i))
+            {
                 r.push((result.requests, cpu));
+                q.push(result.per_second);
                 *t += result.requests;
             }
         }
@@ -490,13 +494,8 @@ fn shared_cpu_phase(
     }
     let us =
         |r: &[(u64, f64)]| -> Vec<f64> { r.iter().map(|(n, cpu)| cpu * 1e6 / *n as f64).collect() };
-    let of = |v: Variant| -> Vec<(u64, f64)> {
-        proxies
-            .iter()
-            .position(|(w, _)| *w == v)
-            .and_then(|i| rounds.get(i).cloned())
-            .unwrap_or_default()
-    };
+    let pick = |per_variant: &[Vec<f64>], v| of_variant(proxies, per_variant, v);
+    let of = |v| of_variant(proxies, &rounds, v);
     let base = median(us(&of(Variant::NoFilter)));
     println!(
         "\n{:<24} {:>16} {:>13} {:>15}   CPU µs per answer per round",
@@ -520,6 +519,12 @@ fn shared_cpu_phase(
         &per_cpu_second(Variant::Portcullis),
         &per_cpu_second(Variant::JwtAuthnRbac),
     );
+    // The kernel gives each Envoy an equal share of the CPU, so req/s compare too.
+    print_ratio(
+        "shared CPU, req/s, portcullis / jwt_authn+RBAC",
+        &pick(&rates, Variant::Portcullis),
+        &pick(&rates, Variant::JwtAuthnRbac),
+    );
     let counted: Vec<String> = proxies
         .iter()
         .zip(&totals)
@@ -534,6 +539,19 @@ fn shared_cpu_phase(
         counted.join(", ")
     );
     Ok(())
+}
+
+/// One variant's figures from a list kept in the order of `proxies`.
+fn of_variant<T: Clone>(
+    proxies: &[(Variant, Envoy)],
+    per_variant: &[Vec<T>],
+    v: Variant,
+) -> Vec<T> {
+    proxies
+        .iter()
+        .position(|(w, _)| *w == v)
+        .and_then(|i| per_variant.get(i).cloned())
+        .unwrap_or_default()
 }
 
 /// Every request carries a token the filters have not seen recently: `first_sight_tokens`
@@ -1106,16 +1124,36 @@ fn print_cpu_table(loads: &[Load]) {
 /// Portcullis against jwt_authn+RBAC on a figure where more is better: the ratio of the medians
 /// and of each round.
 fn print_ratio(what: &str, ours: &[f64], theirs: &[f64]) {
-    let per_round: Vec<String> = ours
-        .iter()
-        .zip(theirs)
-        .map(|(p, n)| format!("{:.2}", p / n))
-        .collect();
+    let rounds = RoundRatios::of(ours, theirs);
+    let per_round: Vec<String> = rounds.ratios.iter().map(|r| format!("{r:.2}")).collect();
     println!(
-        "{what}: {:.2} (medians; per round {}; goal >= 1.00)",
+        "{what}: {:.2} (ratio of the medians); per round {}: median {:.2}, {} of {} rounds >= 1.00; goal >= 1.00",
         median(ours.to_vec()) / median(theirs.to_vec()),
-        per_round.join(" ")
+        per_round.join(" "),
+        rounds.median,
+        rounds.at_least_one,
+        rounds.ratios.len()
     );
+}
+
+/// Ours / theirs round by round: the paired view, which the machine's drift between rounds
+/// does not move the way it moves each variant's median.
+#[derive(Debug, PartialEq)]
+struct RoundRatios {
+    ratios: Vec<f64>,
+    median: f64,
+    at_least_one: usize,
+}
+
+impl RoundRatios {
+    fn of(ours: &[f64], theirs: &[f64]) -> Self {
+        let ratios: Vec<f64> = ours.iter().zip(theirs).map(|(p, n)| p / n).collect();
+        Self {
+            median: median(ratios.clone()),
+            at_least_one: ratios.iter().filter(|r| **r >= 1.0).count(),
+            ratios,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -1174,6 +1212,20 @@ Transfer/sec:      1.40MB
                       rsa 2048 bits 0.000646s 0.000019s   1548.0  52339.2\n";
         assert_eq!(openssl_verify_seconds(report), Some(0.000019));
         assert_eq!(openssl_verify_seconds("nothing"), None);
+    }
+
+    #[test]
+    fn round_ratios() {
+        let r = RoundRatios::of(&[10.0, 9.0, 12.0], &[8.0, 10.0, 12.0]);
+        assert_eq!(
+            r,
+            RoundRatios {
+                ratios: vec![1.25, 0.9, 1.0],
+                median: 1.0,
+                at_least_one: 2
+            }
+        );
+        assert!(RoundRatios::of(&[], &[]).median.is_nan());
     }
 
     #[test]
