@@ -291,9 +291,10 @@ fn request_header_bytes() -> Option<Vec<u8>> {
         unsafe_code,
         reason = "taking ownership of the buffer the host filled, as the SDK's own getters do"
     )]
-    // SAFETY: the host allocated exactly `size` bytes through this module's
-    // `proxy_on_memory_allocate` (the SDK's: a `Vec<u8>` of that capacity from the global
-    // allocator, given up with `into_raw`), wrote them, and hands the buffer over.
+    // SAFETY: the host allocated exactly `size` bytes through this module's only allocation
+    // export, the SDK's `proxy_on_memory_allocate` (a boxed slice of that length from the
+    // global allocator, given up with `Box::into_raw`: the layout `Vec` frees with capacity
+    // `size`), wrote them, and hands the buffer over.
     Some(unsafe { Vec::from_raw_parts(data, size, size) })
 }
 

@@ -237,3 +237,27 @@ fn counters_for_decisions_and_the_token_cache() -> TestResult {
     assert_eq!(value("portcullis.decision_cache.hits"), Some(2));
     Ok(())
 }
+
+/// The exports Envoy sees: the SDK's allocator and no other (the glue takes ownership of the
+/// header buffer the host fills through it, as a `Vec` of the global allocator; a `malloc`
+/// export would be used by hosts instead), and none of the per-request callbacks the filter
+/// leaves to the SDK's defaults (trimmed, each would cost a call into V8 per request).
+#[test]
+fn the_module_allocates_only_through_the_sdk_and_exports_no_unused_callbacks() -> TestResult {
+    let bytes = std::fs::read(harness::paths::wasm()?)?;
+    let mut exports = Vec::new();
+    for payload in wasmparser::Parser::new(0).parse_all(&bytes) {
+        if let wasmparser::Payload::ExportSection(reader) = payload? {
+            for export in reader {
+                exports.push(export?.name.to_owned());
+            }
+        }
+    }
+    let has = |name: &str| exports.iter().any(|e| e == name);
+    assert!(has("proxy_on_memory_allocate"), "{exports:?}");
+    assert!(has("proxy_on_request_headers"), "{exports:?}");
+    for absent in ["malloc"].iter().chain(&harness::trim::UNUSED_CALLBACKS) {
+        assert!(!has(absent), "{absent} is exported: {exports:?}");
+    }
+    Ok(())
+}
