@@ -363,17 +363,8 @@ fn load_phase(
             let (cpu_after, wall) = (proxy.cpu_time(), started.elapsed());
             let after = read_counters(proxy, *variant)?;
             // The filter decided every answer, from its token cache.
-            for (((name, b), (_, a)), (_, total)) in
-                before.iter().zip(&after).zip(load.counters.iter_mut())
-            {
-                let grew = a.saturating_sub(*b);
-                if grew < result.requests {
-                    return Err(format!(
-                        "{}: {name} grew by {grew} while wrk counted {} answers",
-                        variant.name(),
-                        result.requests
-                    ));
-                }
+            let grew = counted_every_answer(variant.name(), &before, &after, result.requests)?;
+            for ((_, total), grew) in load.counters.iter_mut().zip(grew) {
                 *total += grew;
             }
             let cpu = cpu_before
@@ -462,16 +453,12 @@ fn shared_cpu_phase(
             let result = wrk_result(out).map_err(|e| format!("{}: {e}", variant.name()))?;
             let after = counters_now(proxy, *variant)?;
             // The filter decided every answer (from its caches), as in the alternating phase.
-            for ((name, b), (_, a)) in before.get(i).into_iter().flatten().zip(&after) {
-                let grew = a.saturating_sub(*b);
-                if grew < result.requests {
-                    return Err(format!(
-                        "{} (shared CPU): {name} grew by {grew} while wrk counted {} answers",
-                        variant.name(),
-                        result.requests
-                    ));
-                }
-            }
+            counted_every_answer(
+                &format!("{} (shared CPU)", variant.name()),
+                before.get(i).map_or(&[][..], Vec::as_slice),
+                &after,
+                result.requests,
+            )?;
             let (Some(Some(b)), Some(Some(a))) = (cpu_before.get(i), cpu_after.get(i)) else {
                 return Err("Envoy CPU time unavailable (/proc/<pid>/task/*/schedstat)".into());
             };
@@ -866,6 +853,30 @@ fn pinning() -> Option<Pinning> {
     }
 }
 
+/// How much each counter grew over a run; an error if any grew by less than the answers wrk
+/// counted (a filter that let requests through undecided must not look fast).
+fn counted_every_answer(
+    who: &str,
+    before: &[(&'static str, u64)],
+    after: &[(&'static str, u64)],
+    answers: u64,
+) -> Result<Vec<u64>> {
+    before
+        .iter()
+        .zip(after)
+        .map(|((name, b), (_, a))| {
+            let grew = a.saturating_sub(*b);
+            if grew < answers {
+                Err(format!(
+                    "{who}: {name} grew by {grew} while wrk counted {answers} answers"
+                ))
+            } else {
+                Ok(grew)
+            }
+        })
+        .collect()
+}
+
 fn read_counters(proxy: &Envoy, variant: Variant) -> Result<Vec<(&'static str, u64)>> {
     // Portcullis hands its counts to Envoy once a second. Every variant waits the same, so
     // that each measured run starts after the same pause.
@@ -1212,6 +1223,19 @@ Transfer/sec:      1.40MB
                       rsa 2048 bits 0.000646s 0.000019s   1548.0  52339.2\n";
         assert_eq!(openssl_verify_seconds(report), Some(0.000019));
         assert_eq!(openssl_verify_seconds("nothing"), None);
+    }
+
+    #[test]
+    fn every_answer_must_be_counted() {
+        let before = [("allowed", 10), ("hits", 5)];
+        assert_eq!(
+            counted_every_answer("v", &before, &[("allowed", 110), ("hits", 105)], 100),
+            Ok(vec![100, 100])
+        );
+        assert_eq!(
+            counted_every_answer("v", &before, &[("allowed", 110), ("hits", 104)], 100),
+            Err("v: hits grew by 99 while wrk counted 100 answers".to_owned())
+        );
     }
 
     #[test]
