@@ -106,7 +106,9 @@ impl MetricKind {
 pub type Headers = Vec<(String, String)>;
 
 /// Serializes a header map: count, then (key length, value length) pairs, then each key and
-/// value followed by a NUL byte.
+/// value followed by a NUL byte. Written here from the ABI, apart from the filter's own reader
+/// (`portcullis_core::header_map`), so that the host tests would catch that reader getting the
+/// format wrong.
 pub(crate) fn encode_map(pairs: &[(String, String)]) -> Vec<u8> {
     let mut out = Vec::new();
     let count = u32::try_from(pairs.len()).unwrap_or(u32::MAX);

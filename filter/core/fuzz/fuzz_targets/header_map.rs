@@ -6,6 +6,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use portcullis_core::header_map::encode;
 use portcullis_core::{Engine, HeaderMap};
 
 const NAMES: [&str; 8] = [
@@ -36,22 +37,6 @@ thread_local! {
         ]);
         Engine::from_json(cfg.to_string().as_bytes()).ok()
     }).expect("the fuzz configuration is valid");
-}
-
-/// The host's encoding of `pairs`.
-fn encode(pairs: &[(&[u8], &[u8])]) -> Vec<u8> {
-    let mut out = (pairs.len() as u32).to_le_bytes().to_vec();
-    for (k, v) in pairs {
-        out.extend((k.len() as u32).to_le_bytes());
-        out.extend((v.len() as u32).to_le_bytes());
-    }
-    for (k, v) in pairs {
-        out.extend(*k);
-        out.push(0);
-        out.extend(*v);
-        out.push(0);
-    }
-    out
 }
 
 fuzz_target!(|data: &[u8]| {
