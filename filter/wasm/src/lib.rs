@@ -153,6 +153,16 @@ impl PolicyCounters {
 
 impl Context for Root {}
 
+/// Envoy deletes the root context when the plugin stops (its configuration replaced, its
+/// listener drained): the counts gathered since the last tick go to Envoy then, instead of
+/// being lost with the VM. (`proxy_on_done`, the hook meant for this, is not exported: Envoy
+/// would also call it on every request.)
+impl Drop for Root {
+    fn drop(&mut self) {
+        Metrics::flush();
+    }
+}
+
 impl RootContext for Root {
     fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
         let Some(bytes) = self.get_plugin_configuration() else {

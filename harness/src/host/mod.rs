@@ -50,6 +50,8 @@ pub enum HostError {
     VmStartRefused,
     #[error("proxy_on_configure returned false (the plugin refused its configuration)")]
     ConfigureRefused,
+    #[error("the VM was stopped")]
+    VmStopped,
     #[error("no VM {0}")]
     NoSuchVm(usize),
     #[error("no pending call with token {0}")]
@@ -238,6 +240,12 @@ impl<'p> Host<'p> {
 
     fn vm_mut(&mut self, vm: usize) -> Result<&mut Vm, HostError> {
         self.vms.get_mut(vm).ok_or(HostError::NoSuchVm(vm))
+    }
+
+    /// Stops VM `vm` as Envoy stops a plugin: the root context's `proxy_on_done`, then its
+    /// `proxy_on_delete`. Later calls on it fail with [`HostError::VmStopped`].
+    pub fn stop_vm(&mut self, vm: usize) -> Result<(), HostError> {
+        self.vm_mut(vm)?.stop()
     }
 
     /// Runs one HTTP exchange through the filter on VM `vm`, with Envoy's callback order.

@@ -119,6 +119,8 @@ pub(crate) struct Vm {
     store: Store<VmState>,
     instance: Instance,
     failed: Option<String>,
+    /// Stopped by the host ([`Vm::stop`]): takes no more calls.
+    stopped: bool,
     deadline_ticks: u64,
     next_context: u32,
 }
@@ -186,6 +188,7 @@ impl Vm {
             store,
             instance,
             failed: None,
+            stopped: false,
             deadline_ticks,
             next_context: 2,
         };
@@ -212,6 +215,9 @@ impl Vm {
     ) -> Result<Option<R>, HostError> {
         if let Some(why) = &self.failed {
             return Err(HostError::VmFailed(why.clone()));
+        }
+        if self.stopped {
+            return Err(HostError::VmStopped);
         }
         let Some(func) = self.instance.get_func(&mut self.store, name) else {
             return Ok(None);
@@ -437,8 +443,23 @@ impl Vm {
         }
     }
 
+    /// Stops the VM as Envoy stops a plugin (its configuration replaced, its listener gone):
+    /// the root context's `proxy_on_done`, then, if the module is done at once, its
+    /// `proxy_on_delete` (a module that answers "not yet" would call `proxy_done` later; the
+    /// host then deletes it, which this host does not model). No calls reach the VM afterwards.
+    pub(crate) fn stop(&mut self) -> Result<(), HostError> {
+        let root = self.store.data().root_id;
+        self.set_effective(root);
+        let done = self.call::<i32, i32>("proxy_on_done", root as i32)?;
+        if done.is_none_or(|d| d != 0) {
+            self.call::<i32, ()>("proxy_on_delete", root as i32)?;
+        }
+        self.stopped = true;
+        Ok(())
+    }
+
     pub(crate) fn next_tick(&self) -> Option<u64> {
-        if self.failed.is_some() {
+        if self.failed.is_some() || self.stopped {
             None
         } else {
             self.store.data().next_tick_ns

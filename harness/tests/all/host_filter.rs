@@ -238,6 +238,34 @@ fn counters_for_decisions_and_the_token_cache() -> TestResult {
     Ok(())
 }
 
+/// Counts gathered since the filter's last tick reach the host when the VM stops (Envoy
+/// deletes the root context when a plugin stops), instead of going with the VM.
+#[test]
+fn counts_since_the_last_tick_reach_the_host_when_the_vm_stops() -> TestResult {
+    let issuer = DevIssuer::generate()?;
+    let mut host = Host::new(plugin()?);
+    let vm = demo_vm(&mut host, &issuer)?;
+    let token = issuer.token("bob", &["staff"]);
+    for _ in 0..3 {
+        assert_eq!(
+            host.send(vm, request("GET", "/a", Some(&token)))?.status(),
+            200
+        );
+    }
+    assert_eq!(host.send(vm, request("GET", "/a", None))?.status(), 401);
+    let value = |host: &Host<'_>, name: &str| host.metric(name).map(|m| m.value);
+    assert_eq!(value(&host, "portcullis.allowed"), Some(0));
+    host.stop_vm(vm)?;
+    assert_eq!(value(&host, "portcullis.allowed"), Some(3));
+    assert_eq!(value(&host, "portcullis.unauthenticated"), Some(1));
+    assert_eq!(value(&host, "portcullis.decision_cache.hits"), Some(2));
+    assert!(matches!(
+        host.send(vm, request("GET", "/a", Some(&token))),
+        Err(HostError::VmStopped)
+    ));
+    Ok(())
+}
+
 /// The exports Envoy sees: the SDK's allocator and no other (the glue takes ownership of the
 /// header buffer the host fills through it, as a `Vec` of the global allocator; a `malloc`
 /// export would be used by hosts instead), and none of the per-request callbacks the filter
