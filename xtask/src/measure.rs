@@ -320,14 +320,14 @@ fn load_phase(
     let pinning = pinning.as_ref();
     let mut loads = Vec::new();
     for (variant, proxy) in proxies.iter() {
-        let warm = run_wrk(
+        let warm = run_wrk(wrk_command(
             wrk,
             pinning,
             WARMUP_SECONDS,
             opts.connections,
             auth,
             &proxy.url(LOAD_PATH),
-        )
+        ))
         .map_err(|e| format!("{} (warm-up): {e}", variant.name()))?;
         println!(
             "warm-up {WARMUP_SECONDS} s, {}: {:.0} req/s",
@@ -351,14 +351,14 @@ fn load_phase(
             };
             let before = read_counters(proxy, *variant)?;
             let (cpu_before, started) = (proxy.cpu_time(), std::time::Instant::now());
-            let result = run_wrk(
+            let result = run_wrk(wrk_command(
                 wrk,
                 pinning,
                 opts.seconds,
                 opts.connections,
                 auth,
                 &proxy.url(LOAD_PATH),
-            )
+            ))
             .map_err(|e| format!("{}: {e}", variant.name()))?;
             let (cpu_after, wall) = (proxy.cpu_time(), started.elapsed());
             let after = read_counters(proxy, *variant)?;
@@ -636,25 +636,25 @@ fn first_sight_phase(
     for (name, proxy, counters) in runs {
         let read = |n: &str| proxy.stat(n).map_err(|e| e.to_string());
         // Warm-up with the same script (V8 tiers up the verification code too).
-        run_wrk(
+        run_wrk(wrk_command(
             wrk,
             pinning.as_ref(),
             WARMUP_SECONDS,
             opts.connections,
             &auth,
             &proxy.url(LOAD_PATH),
-        )
+        ))
         .map_err(|e| format!("{name} (warm-up): {e}"))?;
         std::thread::sleep(COUNTS_SETTLE);
         let mid: Vec<Option<u64>> = counters.iter().map(|n| read(n)).collect::<Result<_>>()?;
-        let r = run_wrk(
+        let r = run_wrk(wrk_command(
             wrk,
             pinning.as_ref(),
             opts.seconds,
             opts.connections,
             &auth,
             &proxy.url(LOAD_PATH),
-        )
+        ))
         .map_err(|e| format!("{name}: {e}"))?;
         std::thread::sleep(COUNTS_SETTLE);
         // Every answer was allowed by the filter, signatures verified the advertised way.
@@ -923,15 +923,9 @@ struct WrkResult {
     requests: u64,
 }
 
-fn run_wrk(
-    wrk: &Path,
-    pinning: Option<&Pinning>,
-    seconds: u32,
-    connections: u32,
-    auth: &str,
-    url: &str,
-) -> Result<WrkResult> {
-    let out = wrk_command(wrk, pinning, seconds, connections, auth, url)
+/// Runs a [`wrk_command`] to the end and reads its report.
+fn run_wrk(mut cmd: Command) -> Result<WrkResult> {
+    let out = cmd
         .output()
         .map_err(|e| format!("wrk: cannot start: {e}"))?;
     wrk_result(&out)
