@@ -153,10 +153,10 @@ impl PolicyCounters {
 
 impl Context for Root {}
 
-/// Envoy deletes the root context when the plugin stops (after `proxy_on_done`, which the
-/// module does not export, so at once): the counts gathered since the last tick go to Envoy
-/// then, instead of going with the VM when no later tick comes. (`proxy_on_done`, the hook meant for this, is not exported: Envoy
-/// would also call it on every request.)
+/// Envoy deletes the root context when the plugin stops: the counts gathered since the last
+/// tick go to Envoy then, instead of going with the VM when no later tick comes.
+/// (`proxy_on_done`, the hook meant for this, is not exported: Envoy would also call it on
+/// every request. Without it Envoy deletes the root context at once.)
 impl Drop for Root {
     fn drop(&mut self) {
         Metrics::flush();
