@@ -204,11 +204,13 @@ fn claim_headers_reach_the_upstream_and_spoofs_do_not() -> TestResult {
     Ok(())
 }
 
-#[test]
-fn counters_for_decisions_and_the_token_cache() -> TestResult {
-    let issuer = DevIssuer::generate()?;
-    let mut host = Host::new(plugin()?);
-    let vm = demo_vm(&mut host, &issuer)?;
+/// The requests both counter tests count: bob's `GET /a` three times (200), his `GET /admin`
+/// (403) and a token-less `GET /a` (401). Returns bob's token.
+fn send_counted_mix(
+    host: &mut Host<'_>,
+    vm: usize,
+    issuer: &DevIssuer,
+) -> Result<String, Box<dyn Error>> {
     let token = issuer.token("bob", &["staff"]);
     for _ in 0..3 {
         assert_eq!(
@@ -222,6 +224,15 @@ fn counters_for_decisions_and_the_token_cache() -> TestResult {
         403
     );
     assert_eq!(host.send(vm, request("GET", "/a", None))?.status(), 401);
+    Ok(token)
+}
+
+#[test]
+fn counters_for_decisions_and_the_token_cache() -> TestResult {
+    let issuer = DevIssuer::generate()?;
+    let mut host = Host::new(plugin()?);
+    let vm = demo_vm(&mut host, &issuer)?;
+    send_counted_mix(&mut host, vm, &issuer)?;
     // Counts reach the host at the filter's next tick (once a second), not per request.
     assert_eq!(host.metric("portcullis.allowed").map(|m| m.value), Some(0));
     host.advance(Duration::from_secs(1))?;
@@ -245,14 +256,7 @@ fn counts_since_the_last_tick_reach_the_host_when_the_vm_stops() -> TestResult {
     let issuer = DevIssuer::generate()?;
     let mut host = Host::new(plugin()?);
     let vm = demo_vm(&mut host, &issuer)?;
-    let token = issuer.token("bob", &["staff"]);
-    for _ in 0..3 {
-        assert_eq!(
-            host.send(vm, request("GET", "/a", Some(&token)))?.status(),
-            200
-        );
-    }
-    assert_eq!(host.send(vm, request("GET", "/a", None))?.status(), 401);
+    let token = send_counted_mix(&mut host, vm, &issuer)?;
     let value = |host: &Host<'_>, name: &str| host.metric(name).map(|m| m.value);
     assert_eq!(value(&host, "portcullis.allowed"), Some(0));
     host.stop_vm(vm)?;
