@@ -277,20 +277,24 @@ impl Engine {
         let method = req.header(":method").unwrap_or_default();
         let path = req.header(":path").unwrap_or_default();
         let host = req.header(":authority").unwrap_or_default();
-        let selected: Vec<(&str, &str)> = self
-            .context_headers
-            .iter()
-            .filter_map(|h| req.header(h).map(|v| (h.as_str(), v)))
-            .collect();
-        let query: Vec<(String, String)> = if self.context_query.is_empty() {
-            Vec::new()
+        let inputs = self.sets.inputs();
+        let selected: Vec<(&str, &str)> = if inputs.headers {
+            self.context_headers
+                .iter()
+                .filter_map(|h| req.header(h).map(|v| (h.as_str(), v)))
+                .collect()
         } else {
+            Vec::new()
+        };
+        let query: Vec<(String, String)> = if inputs.query && !self.context_query.is_empty() {
             request::query_params(path)
                 .into_iter()
                 .filter(|(k, _)| self.context_query.contains(k))
                 .collect()
+        } else {
+            Vec::new()
         };
-        let source = if self.sets.need_source() {
+        let source = if inputs.source {
             req.source_address()
         } else {
             None
@@ -311,7 +315,8 @@ impl Engine {
             AuthMode::Public => Extracted::Missing,
             AuthMode::Required | AuthMode::Optional => extractor::extract(req, &self.sources),
         };
-        // Everything the decision depends on besides the token and the policies.
+        // Everything the decision depends on besides the token and the policies: the path
+        // holds the query, and an input no policy can read is left out.
         let key = |token_header: Option<&str>| {
             let mut k = DecisionKey::with_capacity(64 + path.len() + host.len());
             k.field(method.as_bytes())
@@ -320,10 +325,10 @@ impl Engine {
             for (name, value) in &selected {
                 k.field(name.as_bytes()).field(value.as_bytes());
             }
-            if self.sets.need_source() {
+            if inputs.source {
                 k.optional(source.as_deref().map(str::as_bytes));
             }
-            if self.sets.need_time() {
+            if inputs.time {
                 k.field(&now.to_le_bytes());
             }
             k.optional(token_header.map(str::as_bytes));

@@ -14,12 +14,11 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use cedar_policy::PolicySet;
-use cedar_policy_core::ast::{
-    BinaryOp, Context, Entity, EntityUID, Expr, ExprKind, Literal, PartialValue, Value, ValueKind,
-};
+use cedar_policy_core::ast::{Context, Entity, EntityUID, Literal, PartialValue, Value, ValueKind};
 use cedar_policy_core::entities::{Entities, NoEntitiesSchema, TCComputation};
 use cedar_policy_core::extensions::Extensions;
+
+use crate::policy_reads::entity_literals;
 
 /// A bundle's entities, indexed for slicing.
 #[derive(Debug, Default)]
@@ -30,24 +29,17 @@ pub struct EntitySlicer {
 }
 
 impl EntitySlicer {
+    /// `literals`: the entity literals the policies' conditions can dereference
+    /// ([`PolicyReads::literals`](crate::policy_reads::PolicyReads)).
     #[must_use]
-    pub fn new(store: &Entities, policies: &PolicySet) -> Self {
+    pub fn new(store: &Entities, literals: &[EntityUID]) -> Self {
         let by_uid = store
             .iter()
             .map(|e| (e.uid().clone(), Arc::new(e.clone())))
             .collect();
-        let mut literals: HashSet<EntityUID> = HashSet::new();
-        for p in policies.policies() {
-            let core: &cedar_policy_core::ast::Policy = p.as_ref();
-            if let Some(conditions) = core.non_scope_constraints() {
-                dereferenced_literals(conditions, &mut |u| {
-                    literals.insert(u.clone());
-                });
-            }
-        }
         Self {
             by_uid,
-            literals: literals.into_iter().collect(),
+            literals: literals.to_vec(),
         }
     }
 
@@ -69,7 +61,7 @@ impl EntitySlicer {
             }
             Some(Context::RestrictedResidual(record)) => {
                 for e in record.values() {
-                    expr_entities(e, &mut |u| queue.push(u.clone()));
+                    entity_literals(e, &mut |u| queue.push(u.clone()));
                 }
             }
             None => {}
@@ -108,39 +100,10 @@ impl EntitySlicer {
     }
 }
 
-/// The entity literals that can reach a position where evaluation reads the entity: the
-/// operand of `.attr`, `has`, `getTag`/`hasTag`, or the left side of `in`. Cedar has no
-/// variables, so a literal's value only flows up its own expression tree: one outside those
-/// operands is only ever compared, never read (`resource in Folder::"f"`, `principal ==
-/// User::"u"`, `[Doc::"a"].contains(resource)`), and need not be in the slice.
-fn dereferenced_literals(expr: &Expr, f: &mut impl FnMut(&EntityUID)) {
-    for e in expr.subexpressions() {
-        match e.expr_kind() {
-            ExprKind::GetAttr { expr, .. }
-            | ExprKind::HasAttr { expr, .. }
-            | ExprKind::ExtHasAttr { expr, .. } => expr_entities(expr, f),
-            ExprKind::BinaryApp {
-                op: BinaryOp::In | BinaryOp::GetTag | BinaryOp::HasTag,
-                arg1,
-                ..
-            } => expr_entities(arg1, f),
-            _ => {}
-        }
-    }
-}
-
-fn expr_entities(expr: &Expr, f: &mut impl FnMut(&EntityUID)) {
-    for e in expr.subexpressions() {
-        if let ExprKind::Lit(Literal::EntityUID(u)) = e.expr_kind() {
-            f(u);
-        }
-    }
-}
-
 fn partial_entities(v: &PartialValue, f: &mut impl FnMut(&EntityUID)) {
     match v {
         PartialValue::Value(v) => value_entities(v, f),
-        PartialValue::Residual(e) => expr_entities(e, f),
+        PartialValue::Residual(e) => entity_literals(e, f),
     }
 }
 

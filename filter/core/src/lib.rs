@@ -21,6 +21,7 @@ pub mod host_crypto;
 pub mod index;
 pub mod jwks;
 pub mod policy;
+pub mod policy_reads;
 pub mod policy_sets;
 pub mod request;
 pub mod routes;

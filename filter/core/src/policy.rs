@@ -14,6 +14,7 @@ use crate::action_routes::ActionRoutes;
 use crate::bundle::Bundle;
 use crate::entity_slice::EntitySlicer;
 use crate::index::PolicyIndex;
+use crate::policy_reads::{ContextReads, PolicyReads};
 
 /// How claims become the Cedar principal.
 #[derive(Debug, Clone)]
@@ -66,6 +67,8 @@ pub struct PolicyEngine {
     authorizer: Authorizer,
     /// The bundle's entities, indexed to take out what one decision can read.
     slicer: EntitySlicer,
+    /// The context attributes the bundle's policies can read.
+    reads: ContextReads,
 }
 
 /// The HTTP side of a request, as Cedar sees it.
@@ -88,9 +91,11 @@ pub struct HttpRequest<'a> {
 impl PolicyEngine {
     #[must_use]
     pub fn new(bundle: Bundle, principal: PrincipalMapping, mapping: RequestMapping) -> Self {
+        let reads = PolicyReads::of(&bundle.policies);
         Self {
             index: PolicyIndex::new(&bundle.policies),
-            slicer: EntitySlicer::new(bundle.entities.as_ref(), &bundle.policies),
+            slicer: EntitySlicer::new(bundle.entities.as_ref(), &reads.literals),
+            reads: reads.context,
             bundle,
             principal,
             mapping,
@@ -108,6 +113,12 @@ impl PolicyEngine {
     #[must_use]
     pub fn bundle(&self) -> &Bundle {
         &self.bundle
+    }
+
+    /// The context attributes the bundle's policies can read.
+    #[must_use]
+    pub fn context_reads(&self) -> &ContextReads {
+        &self.reads
     }
 
     /// The anonymous principal.

@@ -7,6 +7,7 @@ use serde_json::{Map, Value};
 
 use crate::bundle::{Bundle, BundleError, BundleWire};
 use crate::policy::{HttpRequest, PolicyDecision, PolicyEngine, PrincipalMapping, RequestMapping};
+use crate::policy_reads::{ContextInputs, ContextReads};
 use crate::routes::{HostMatcher, host_matcher, host_name};
 
 /// Id of the policy set used when no tenant is selected.
@@ -40,95 +41,8 @@ pub struct PolicySet {
     pub engine: PolicyEngine,
     pub dry_run: bool,
     pub shadow: Option<PolicyEngine>,
-    /// Whether a policy of this set (or its shadow) may read `context.source`.
-    mentions_source: bool,
-    /// Whether a policy of this set (or its shadow) may read `context.time`.
-    mentions_time: bool,
-}
-
-/// Whether policies may read the client address. Cedar reaches a record attribute only by its
-/// literal name (`context.source`, `context["source"]`, `context has source`), so policies
-/// whose text never says `source` cannot; asking the host for the address costs a property
-/// lookup per request (≈ 10 µs inside Envoy), saved when no policy needs it.
-fn mentions_source(wire: &BundleWire) -> bool {
-    mentions_word(wire, "source")
-}
-
-/// Whether policies may read the request time (`context.time`), by the same reasoning: a
-/// decision that cannot depend on the time may be reused for the same request later (the
-/// engine's decision cache), one that can is reused only within the same second.
-fn mentions_time(wire: &BundleWire) -> bool {
-    mentions_word(wire, "time")
-}
-
-fn mentions_word(wire: &BundleWire, word: &str) -> bool {
-    let text = wire.policies.as_bytes();
-    let ident = |b: Option<&u8>| b.is_some_and(|c| c.is_ascii_alphanumeric() || *c == b'_');
-    wire.policies.match_indices(word).any(|(at, w)| {
-        // The word itself, not part of `resource` or `sourceIp`.
-        !ident(at.checked_sub(1).and_then(|i| text.get(i))) && !ident(text.get(at + w.len()))
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn context_names_are_found_as_words_only() {
-        let m = |word: &str, p: &str| {
-            let wire = BundleWire {
-                policies: p.to_owned(),
-                ..BundleWire::default()
-            };
-            match word {
-                "source" => mentions_source(&wire),
-                _ => mentions_time(&wire),
-            }
-        };
-        let cases = [
-            ("source", "permit (principal, action, resource);", false),
-            (
-                "source",
-                "permit (principal, action, resource) when { context.sourceIp == 1 };",
-                false,
-            ),
-            (
-                "source",
-                "permit (principal, action, resource) when { context.source.isLoopback() };",
-                true,
-            ),
-            (
-                "source",
-                r#"permit (principal, action, resource) when { context["source"] == 1 };"#,
-                true,
-            ),
-            (
-                "source",
-                "permit (principal, action, resource) when { context has source };",
-                true,
-            ),
-            ("time", "permit (principal, action, resource);", false),
-            (
-                "time",
-                "permit (principal, action, resource) when { context.timeout == 1 };",
-                false,
-            ),
-            (
-                "time",
-                "forbid (principal, action, resource) when { context.time > 1800000000 };",
-                true,
-            ),
-            (
-                "time",
-                r#"permit (principal, action, resource) when { context["time"] < 1 };"#,
-                true,
-            ),
-        ];
-        for (word, policy, expected) in cases {
-            assert_eq!(m(word, policy), expected, "{word}: {policy}");
-        }
-    }
+    /// What the policies of this set and of its shadow can read of the context.
+    reads: ContextReads,
 }
 
 /// What a policy set decided for one request.
@@ -149,7 +63,7 @@ impl PolicySet {
         principal: &PrincipalMapping,
         mapping: &RequestMapping,
     ) -> Result<Self, SetError> {
-        let engine = |wire: &BundleWire| {
+        let engine_of = |wire: &BundleWire| {
             Bundle::try_from(wire)
                 .map(|b| PolicyEngine::new(b, principal.clone(), mapping.clone()))
                 .map_err(|source| SetError::Bundle {
@@ -157,14 +71,21 @@ impl PolicySet {
                     source,
                 })
         };
+        let engine = engine_of(bundle)?;
+        let shadow = shadow.map(engine_of).transpose()?;
         Ok(Self {
             id: id.to_owned(),
-            engine: engine(bundle)?,
+            reads: reads_of(&engine, shadow.as_ref()),
+            engine,
             dry_run,
-            shadow: shadow.map(engine).transpose()?,
-            mentions_source: mentions_source(bundle) || shadow.is_some_and(mentions_source),
-            mentions_time: mentions_time(bundle) || shadow.is_some_and(mentions_time),
+            shadow,
         })
+    }
+
+    /// What the policies of this set (and of its shadow) can read of the context.
+    #[must_use]
+    pub fn context_reads(&self) -> &ContextReads {
+        &self.reads
     }
 
     /// Evaluates the bundle in force and, if any, the shadow bundle.
@@ -192,6 +113,13 @@ impl PolicySet {
     }
 }
 
+fn reads_of(engine: &PolicyEngine, shadow: Option<&PolicyEngine>) -> ContextReads {
+    match shadow {
+        Some(s) => engine.context_reads().union(s.context_reads()),
+        None => engine.context_reads().clone(),
+    }
+}
+
 /// Why policy sets were refused.
 #[derive(Debug, thiserror::Error)]
 pub enum SetError {
@@ -213,10 +141,8 @@ pub struct PolicySets {
     /// Host pattern → index into `tenants`, in configuration order.
     hosts: Vec<(HostMatcher, usize)>,
     tenant_claim: Option<String>,
-    /// Whether any set may read `context.source` (kept up to date on replacement).
-    need_source: bool,
-    /// Whether any set may read `context.time` (kept up to date on replacement).
-    need_time: bool,
+    /// The optional inputs some set's policies can read (kept up to date on replacement).
+    inputs: ContextInputs,
 }
 
 impl PolicySets {
@@ -257,32 +183,24 @@ impl PolicySets {
             tenants: compiled,
             hosts,
             tenant_claim,
-            need_source: false,
-            need_time: false,
+            inputs: ContextInputs::default(),
         };
-        sets.need_source = sets.any_mentions_source();
-        sets.need_time = sets.any_mentions_time();
+        sets.inputs = sets.derive_inputs();
         Ok(sets)
     }
 
-    /// Whether any policy may read `context.source` (then the host is asked for it).
+    /// The optional request inputs some policy of some set can read: the engine computes
+    /// those and no others.
     #[must_use]
-    pub fn need_source(&self) -> bool {
-        self.need_source
+    pub fn inputs(&self) -> ContextInputs {
+        self.inputs
     }
 
-    fn any_mentions_source(&self) -> bool {
-        self.default.mentions_source || self.tenants.iter().any(|t| t.mentions_source)
-    }
-
-    /// Whether any policy may read `context.time` (then a decision holds for its second only).
-    #[must_use]
-    pub fn need_time(&self) -> bool {
-        self.need_time
-    }
-
-    fn any_mentions_time(&self) -> bool {
-        self.default.mentions_time || self.tenants.iter().any(|t| t.mentions_time)
+    fn derive_inputs(&self) -> ContextInputs {
+        let all = std::iter::once(&self.default)
+            .chain(&self.tenants)
+            .fold(ContextReads::default(), |acc, s| acc.union(&s.reads));
+        ContextInputs::from(&all)
     }
 
     /// The default set.
@@ -349,12 +267,10 @@ impl PolicySets {
             source,
         })?;
         target.engine = target.engine.with_bundle(bundle);
-        // The shadow bundle (if any) stays; it may still need the address.
-        target.mentions_source = mentions_source(wire) || target.shadow.is_some();
-        target.mentions_time = mentions_time(wire) || target.shadow.is_some();
+        // The shadow bundle (if any) stays, and so do its reads.
+        target.reads = reads_of(&target.engine, target.shadow.as_ref());
         let version = target.version();
-        self.need_source = self.any_mentions_source();
-        self.need_time = self.any_mentions_time();
+        self.inputs = self.derive_inputs();
         Ok(version)
     }
 }

@@ -457,7 +457,6 @@ impl portcullis_core::RequestView for Counting {
 
 #[test]
 fn the_client_address_is_asked_for_only_when_a_policy_can_read_it() -> TestResult {
-    use portcullis_core::RequestView as _;
     let issuer = DevIssuer::generate()?;
     let req = Counting {
         inner: StaticRequest::new("GET", "/api/x")
@@ -465,7 +464,7 @@ fn the_client_address_is_asked_for_only_when_a_policy_can_read_it() -> TestResul
             .with_source("10.0.0.1:5"),
         asked: std::cell::Cell::new(0),
     };
-    // The demo bundle never mentions `source`.
+    // No policy of the demo bundle reads `context.source`.
     let demo = Engine::from_json(harness::demo::plugin_config(&issuer).to_string().as_bytes())?;
     assert_eq!(demo.check(&req, now()).verdict, Verdict::Allow);
     assert_eq!(req.asked.get(), 0);
@@ -473,6 +472,13 @@ fn the_client_address_is_asked_for_only_when_a_policy_can_read_it() -> TestResul
     let e = engine_with(&issuer, json!({}))?;
     assert_eq!(e.check(&req, now()).verdict, Verdict::Allow);
     assert_eq!(req.asked.get(), 1);
-    assert_eq!(req.inner.source_address().as_deref(), Some("10.0.0.1:5"));
+    // A policy that reads it through an escaped name reads it all the same.
+    let escaped = engine_with(
+        &issuer,
+        json!({"bundle": {"version": 1, "policies": r#"permit (principal, action, resource)
+            unless { context["\u{73}ource"].isLoopback() };"#}}),
+    )?;
+    assert_eq!(escaped.check(&req, now()).verdict, Verdict::Allow);
+    assert_eq!(req.asked.get(), 2);
     Ok(())
 }

@@ -8,6 +8,7 @@ use std::error::Error;
 
 use cedar_policy::{Authorizer, Entities, Entity, EntityUid, PolicySet};
 use portcullis_core::entity_slice::EntitySlicer;
+use portcullis_core::policy_reads::PolicyReads;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -64,7 +65,7 @@ fn slices_decide_as_the_whole_store() -> TestResult {
         }
         let set: PolicySet = src.parse()?;
         let store = Entities::from_json_value(entities(&mut rng), None)?;
-        let slicer = EntitySlicer::new(store.as_ref(), &set);
+        let slicer = EntitySlicer::new(store.as_ref(), &PolicyReads::of(&set).literals);
         for _ in 0..40 {
             let req = request(&mut rng)?;
             let principal = req.principal().ok_or("no principal")?;

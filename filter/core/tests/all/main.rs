@@ -2,6 +2,7 @@
 
 mod algorithms;
 mod authorization;
+mod context_reads;
 mod decision_cache;
 mod engine;
 mod entity_slice;
