@@ -57,9 +57,11 @@ const CONDITIONS: [&str; 22] = [
 ];
 
 /// A policy that never applies but reads the context whole: next to it, every input is
-/// computed and every one is part of the decision's key.
-const READS_WHOLE: &str =
-    r#"@id("reads-whole") forbid (principal, action, resource) when { false && context == {} };"#;
+/// computed and every one is part of the decision's key. (It names `source` and `time` too, so
+/// that an engine deriving its inputs from the text, as the filter once did, still builds the
+/// whole context here: the comparison then shows what that derivation gets wrong.)
+const READS_WHOLE: &str = r#"@id("reads-whole") forbid (principal, action, resource)
+    when { false && (context == {} || context.source == context.time) };"#;
 
 fn bundle(rng: &mut StdRng, moment: u64) -> Result<String, Box<dyn Error>> {
     let mut src = String::new();
