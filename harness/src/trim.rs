@@ -3,24 +3,22 @@
 //! `cargo xtask wasm` trims the built filter this way, and the measurements trim the ABI probe
 //! the same way so that their no-op baseline pays for the same calls as the filter.
 
-/// Per-request callbacks the filter leaves to the SDK's do-nothing defaults. The SDK exports
-/// every callback; a host calls each one it finds for every request (Envoy: request body and
-/// trailers, response headers, body and trailers, log, done) and skips those the module does not
-/// export. Each call into V8 costs about a microsecond, so the filter's module exports only the
-/// callbacks it implements.
-pub const UNUSED_CALLBACKS: [&str; 7] = [
-    "proxy_on_request_body",
-    "proxy_on_request_trailers",
-    "proxy_on_response_headers",
-    "proxy_on_response_body",
-    "proxy_on_response_trailers",
-    "proxy_on_log",
-    "proxy_on_done",
-];
+#[path = "../../filter/wasm/src/callbacks.rs"]
+mod callbacks;
+
+/// The callbacks the filter leaves to the SDK's defaults, each with the trait method that would
+/// implement it; the list is kept beside the glue (`filter/wasm/src/callbacks.rs`).
+pub use callbacks::UNUSED_CALLBACKS;
+
+/// The names of [`UNUSED_CALLBACKS`].
+pub fn unused_callback_names() -> impl Iterator<Item = &'static str> {
+    UNUSED_CALLBACKS.iter().map(|(export, _)| *export)
+}
 
 /// `bytes` without [`UNUSED_CALLBACKS`] among its exports (idempotent).
 pub fn without_unused_callbacks(bytes: &[u8]) -> Result<Vec<u8>, String> {
-    without_exports(bytes, &UNUSED_CALLBACKS)
+    let names: Vec<&str> = unused_callback_names().collect();
+    without_exports(bytes, &names)
 }
 
 /// The module with the named exports removed; every other section is copied as it is.
@@ -101,12 +99,12 @@ mod tests {
         }
         m.section(&code);
         let bytes = m.finish();
-        let trimmed = without_exports(&bytes, &UNUSED_CALLBACKS)?;
+        let trimmed = without_unused_callbacks(&bytes)?;
         assert_eq!(exports(&trimmed), ["proxy_on_request_headers"]);
         wasmparser::Validator::new()
             .validate_all(&trimmed)
             .map_err(|e| e.to_string())?;
-        assert_eq!(without_exports(&trimmed, &UNUSED_CALLBACKS)?, trimmed);
+        assert_eq!(without_unused_callbacks(&trimmed)?, trimmed);
         assert!(without_exports(b"\0asm\x01\0\0\0\x07\x05", &[]).is_err());
         Ok(())
     }

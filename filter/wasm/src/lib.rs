@@ -3,6 +3,9 @@
 //! The root context compiles the plugin configuration once into an immutable [`Engine`]; each
 //! HTTP context asks the engine for a decision on the request headers and either lets the
 //! request continue or sends the local reply. No policy or token logic lives here.
+//!
+//! The callbacks the glue leaves to the SDK's defaults are listed in `callbacks.rs`; the build
+//! removes them from the module's exports.
 
 mod host_crypto;
 
@@ -302,7 +305,8 @@ fn request_header_bytes() -> Option<Vec<u8>> {
         reason = "taking ownership of the buffer the host filled, as the SDK's own getters do"
     )]
     // SAFETY: the host allocated exactly `size` bytes through this module's only allocation
-    // export, the SDK's `proxy_on_memory_allocate` (a boxed slice of that length from the
+    // export, the SDK's allocator (exported as `proxy_on_memory_allocate` on wasm32-wasip1 and
+    // as `malloc` on wasm32-unknown-unknown; either way a boxed slice of that length from the
     // global allocator, given up with `Box::into_raw`: the layout `Vec` frees with capacity
     // `size`), wrote them, and hands the buffer over.
     Some(unsafe { Vec::from_raw_parts(data, size, size) })

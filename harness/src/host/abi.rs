@@ -102,14 +102,15 @@ impl MetricKind {
     }
 }
 
-/// Header pairs.
-pub type Headers = Vec<(String, String)>;
+/// Header pairs: names as text (Envoy refuses a name that is not a token), values as the bytes
+/// they are (HTTP allows any byte above 0x7F in a value, and Envoy passes such values on).
+pub type Headers = Vec<(String, Vec<u8>)>;
 
 /// Serializes a header map: count, then (key length, value length) pairs, then each key and
 /// value followed by a NUL byte. Written here from the ABI, apart from the filter's own reader
 /// (`portcullis_core::header_map`), so that the host tests would catch that reader getting the
 /// format wrong.
-pub(crate) fn encode_map(pairs: &[(String, String)]) -> Vec<u8> {
+pub(crate) fn encode_map(pairs: &[(String, Vec<u8>)]) -> Vec<u8> {
     let mut out = Vec::new();
     let count = u32::try_from(pairs.len()).unwrap_or(u32::MAX);
     out.extend_from_slice(&count.to_le_bytes());
@@ -120,7 +121,7 @@ pub(crate) fn encode_map(pairs: &[(String, String)]) -> Vec<u8> {
     for (k, v) in pairs {
         out.extend_from_slice(k.as_bytes());
         out.push(0);
-        out.extend_from_slice(v.as_bytes());
+        out.extend_from_slice(v);
         out.push(0);
     }
     out
@@ -148,10 +149,7 @@ pub(crate) fn decode_map(bytes: &[u8]) -> Option<Headers> {
         pos = pos.checked_add(kl + 1)?;
         let v = bytes.get(pos..pos.checked_add(vl)?)?;
         pos = pos.checked_add(vl + 1)?;
-        out.push((
-            String::from_utf8(k.to_vec()).ok()?,
-            String::from_utf8(v.to_vec()).ok()?,
-        ));
+        out.push((String::from_utf8(k.to_vec()).ok()?, v.to_vec()));
     }
     Some(out)
 }
@@ -163,8 +161,9 @@ mod tests {
     #[test]
     fn map_round_trip() {
         let m = vec![
-            (":path".to_owned(), "/a".to_owned()),
-            ("x".to_owned(), String::new()),
+            (":path".to_owned(), b"/a".to_vec()),
+            ("x".to_owned(), Vec::new()),
+            ("latin-1".to_owned(), b"caf\xe9\xff".to_vec()),
         ];
         assert_eq!(decode_map(&encode_map(&m)), Some(m));
         assert_eq!(decode_map(&[1, 0, 0, 0, 9, 0]), None);

@@ -135,11 +135,11 @@ fn property(st: &mut VmState, path: &str) -> Option<Vec<u8>> {
         if let Some(v) = s.properties.get(path) {
             return Some(v.clone());
         }
-        let h = |name: &str| find(&s.request_headers, name).map(|v| v.as_bytes().to_vec());
+        let h = |name: &str| find(&s.request_headers, name).map(<[u8]>::to_vec);
         let derived = match path {
             "request.path" => h(":path"),
             "request.url_path" => find(&s.request_headers, ":path")
-                .map(|p| p.split('?').next().unwrap_or_default().as_bytes().to_vec()),
+                .map(|p| p.split(|b| *b == b'?').next().unwrap_or_default().to_vec()),
             "request.host" => h(":authority"),
             "request.method" => h(":method"),
             "request.scheme" => h(":scheme"),
@@ -323,12 +323,12 @@ pub(crate) fn add_to_linker(l: &mut Linker<VmState>) -> Result<()> {
                 Err(s) => return Ok(s.into()),
             };
             let value = match headers_mut(c.data_mut(), ty) {
-                Ok(h) => find(h, &key).map(str::to_owned),
+                Ok(h) => find(h, &key).map(<[u8]>::to_vec),
                 Err(s) => return Ok(s.into()),
             };
             match value {
                 None => Ok(Status::NotFound.into()),
-                Some(v) => Ok(code(give(&mut c, v.as_bytes(), ret_ptr, ret_size)?)),
+                Some(v) => Ok(code(give(&mut c, &v, ret_ptr, ret_size)?)),
             }
         },
     )?;
@@ -342,7 +342,7 @@ pub(crate) fn add_to_linker(l: &mut Linker<VmState>) -> Result<()> {
             move |mut c: C<'_>, ty: i32, kp: i32, kl: i32, vp: i32, vl: i32| -> i32 {
                 let r = (|| {
                     let key = read_str(&mut c, kp, kl)?.to_ascii_lowercase();
-                    let value = read_str(&mut c, vp, vl)?;
+                    let value = read(&mut c, vp, vl)?;
                     let h = headers_mut(c.data_mut(), ty)?;
                     if replace {
                         h.retain(|(k, _)| *k != key);

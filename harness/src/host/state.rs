@@ -130,9 +130,15 @@ pub struct LocalReply {
 }
 
 impl LocalReply {
-    /// A header of the reply.
+    /// A header of the reply as text (`None` when absent or not UTF-8).
     #[must_use]
     pub fn header(&self, name: &str) -> Option<&str> {
+        find(&self.headers, name).and_then(|v| std::str::from_utf8(v).ok())
+    }
+
+    /// A header of the reply as the bytes it is.
+    #[must_use]
+    pub fn header_bytes(&self, name: &str) -> Option<&[u8]> {
         find(&self.headers, name)
     }
 
@@ -143,11 +149,11 @@ impl LocalReply {
     }
 }
 
-pub(crate) fn find<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+pub(crate) fn find<'a>(headers: &'a [(String, Vec<u8>)], name: &str) -> Option<&'a [u8]> {
     headers
         .iter()
         .find(|(k, _)| k.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.as_str())
+        .map(|(_, v)| v.as_slice())
 }
 
 /// One HTTP stream (request and response) as the filter sees it.

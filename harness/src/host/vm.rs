@@ -50,9 +50,16 @@ impl Request {
 
     /// Adds a header (name lower-cased, as Envoy normalises it).
     #[must_use]
-    pub fn header(mut self, name: &str, value: &str) -> Self {
+    pub fn header(self, name: &str, value: &str) -> Self {
+        self.header_bytes(name, value.as_bytes())
+    }
+
+    /// Adds a header whose value is any bytes (HTTP allows bytes above 0x7F in a value, and
+    /// Envoy passes them on).
+    #[must_use]
+    pub fn header_bytes(mut self, name: &str, value: &[u8]) -> Self {
         self.headers
-            .push((name.to_ascii_lowercase(), value.to_owned()));
+            .push((name.to_ascii_lowercase(), value.to_vec()));
         self
     }
 
@@ -106,9 +113,17 @@ impl Exchange {
         }
     }
 
-    /// A header of the request as the upstream received it.
+    /// A header of the request as the upstream received it, as text (`None` when absent or
+    /// not UTF-8).
     #[must_use]
     pub fn upstream_header(&self, name: &str) -> Option<&str> {
+        self.upstream_header_bytes(name)
+            .and_then(|v| std::str::from_utf8(v).ok())
+    }
+
+    /// A header of the request as the upstream received it, as the bytes it is.
+    #[must_use]
+    pub fn upstream_header_bytes(&self, name: &str) -> Option<&[u8]> {
         self.upstream_request
             .as_ref()
             .and_then(|r| find(&r.headers, name))
@@ -344,7 +359,7 @@ impl Vm {
                 trailers: s.request_trailers.clone(),
                 upstream: upstream.clone(),
             });
-            s.response_headers = vec![(":status".into(), upstream.status.to_string())];
+            s.response_headers = vec![(":status".into(), upstream.status.to_string().into())];
             s.response_headers.extend(upstream.headers.iter().cloned());
             s.response_body = upstream.body.clone();
         }
@@ -363,7 +378,7 @@ impl Vm {
         if let Some(s) = self.store.data().streams.get(&ctx) {
             ex.local_reply = s.local_reply.clone();
             let status = find(&s.response_headers, ":status")
-                .and_then(|v| v.parse().ok())
+                .and_then(|v| std::str::from_utf8(v).ok()?.parse().ok())
                 .unwrap_or(0);
             ex.response = Some(Response {
                 status,

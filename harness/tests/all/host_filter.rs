@@ -204,6 +204,54 @@ fn claim_headers_reach_the_upstream_and_spoofs_do_not() -> TestResult {
     Ok(())
 }
 
+/// The Envoy end-to-end case of header values that are not UTF-8, through the wasmtime host:
+/// such values are decided like any other, a client's copy of a written header is removed,
+/// and the filter keeps deciding.
+#[test]
+fn header_values_that_are_not_utf8_are_decided_and_stop_nothing() -> TestResult {
+    let issuer = DevIssuer::generate()?;
+    let mut cfg = demo::plugin_config(&issuer);
+    cfg["issuers"][0]["claimToHeaders"] = json!([{"claim": "sub", "header": "x-user"}]);
+    let mut host = Host::new(plugin()?);
+    let vm = host.start_vm(VmOptions::new(cfg.to_string().into_bytes()))?;
+    // bob: {"iss":DEV_ISSUER,"aud":"portcullis-demo","sub":"bob","groups":["staff"],...}
+    let bob = issuer.token("bob", &["staff"]);
+    let get = || request("GET", "/api/hello", Some(&bob));
+
+    let ex = host.send(vm, get().header_bytes("x-weird", b"caf\xe9\xff"))?;
+    assert_eq!(ex.status(), 200);
+    assert_eq!(
+        ex.upstream_header_bytes("x-weird"),
+        Some(&b"caf\xe9\xff"[..]),
+        "the value reaches the upstream as it came"
+    );
+    let ex = host.send(
+        vm,
+        Request::new("GET", "/api/hello")
+            .header_bytes("authorization", b"Bearer \xff\xfe.\xfd.\xfc"),
+    )?;
+    assert_eq!(ex.status(), 401);
+    let reply = ex.local_reply.ok_or("no local reply")?;
+    let challenge = reply.header("www-authenticate").ok_or("no challenge")?;
+    assert!(challenge.contains("error=\"invalid_token\""), "{challenge}");
+    let ex = host.send(vm, get().header_bytes("x-user", b"\xffadmin"))?;
+    assert_eq!(ex.status(), 200);
+    let upstream = ex.upstream_request.as_ref().ok_or("no upstream request")?;
+    let users: Vec<&[u8]> = upstream
+        .headers
+        .iter()
+        .filter(|(k, _)| k == "x-user")
+        .map(|(_, v)| v.as_slice())
+        .collect();
+    assert_eq!(users, [b"bob"], "only the filter's x-user");
+    assert_eq!(
+        host.send(vm, request("GET", "/api/hello", None))?.status(),
+        401
+    );
+    assert_eq!(host.send(vm, get())?.status(), 200);
+    Ok(())
+}
+
 /// The requests both counter tests count: bob's `GET /a` three times (200), his `GET /admin`
 /// (403) and a token-less `GET /a` (401). Returns bob's token.
 fn send_counted_mix(
@@ -270,26 +318,118 @@ fn counts_since_the_last_tick_reach_the_host_when_the_vm_stops() -> TestResult {
     Ok(())
 }
 
+/// The module's exports and imports, by name.
+fn module_names(bytes: &[u8]) -> Result<(Vec<String>, Vec<String>), Box<dyn std::error::Error>> {
+    let (mut exports, mut imports) = (Vec::new(), Vec::new());
+    for payload in wasmparser::Parser::new(0).parse_all(bytes) {
+        match payload? {
+            wasmparser::Payload::ExportSection(reader) => {
+                for export in reader {
+                    exports.push(export?.name.to_owned());
+                }
+            }
+            wasmparser::Payload::ImportSection(reader) => {
+                for import in reader.into_imports() {
+                    imports.push(import?.module.to_owned());
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok((exports, imports))
+}
+
 /// The exports Envoy sees: the SDK's allocator and no other (the glue takes ownership of the
-/// header buffer the host fills through it, as a `Vec` of the global allocator; a `malloc`
-/// export would be used by hosts instead), and none of the per-request callbacks the filter
-/// leaves to the SDK's defaults (trimmed, each would cost a call into V8 per request).
+/// header buffer the host fills through it, as a `Vec` of the global allocator; a second
+/// allocation export, which a host might prefer, would break that), and none of the
+/// per-request callbacks the filter leaves to the SDK's defaults (trimmed, each would cost a
+/// call into V8 per request). The SDK names its allocator by target: `malloc` on
+/// wasm32-unknown-unknown, `proxy_on_memory_allocate` elsewhere; the module's imports say which
+/// target it was built for (only wasm32-wasip1 imports WASI).
 #[test]
 fn the_module_allocates_only_through_the_sdk_and_exports_no_unused_callbacks() -> TestResult {
     let bytes = std::fs::read(harness::paths::wasm()?)?;
-    let mut exports = Vec::new();
-    for payload in wasmparser::Parser::new(0).parse_all(&bytes) {
-        if let wasmparser::Payload::ExportSection(reader) = payload? {
-            for export in reader {
-                exports.push(export?.name.to_owned());
-            }
+    let (exports, imports) = module_names(&bytes)?;
+    let has = |name: &str| exports.iter().any(|e| e == name);
+    let wasi = imports
+        .iter()
+        .any(|m| m.starts_with("wasi_snapshot_preview"));
+    let (allocator, other) = if wasi {
+        ("proxy_on_memory_allocate", "malloc")
+    } else {
+        ("malloc", "proxy_on_memory_allocate")
+    };
+    assert!(has(allocator), "wasi {wasi}: {exports:?}");
+    assert!(has("proxy_on_request_headers"), "{exports:?}");
+    for absent in std::iter::once(other).chain(harness::trim::unused_callback_names()) {
+        assert!(!has(absent), "{absent} is exported: {exports:?}");
+    }
+    Ok(())
+}
+
+/// Every callback the SDK exports, with the context-trait method behind it (proxy-wasm 0.2's
+/// dispatcher).
+const SDK_CALLBACKS: [(&str, &str); 19] = [
+    ("proxy_on_vm_start", "on_vm_start"),
+    ("proxy_on_configure", "on_configure"),
+    ("proxy_on_tick", "on_tick"),
+    ("proxy_on_queue_ready", "on_queue_ready"),
+    ("proxy_on_done", "on_done"),
+    ("proxy_on_log", "on_log"),
+    ("proxy_on_new_connection", "on_new_connection"),
+    ("proxy_on_downstream_data", "on_downstream_data"),
+    (
+        "proxy_on_downstream_connection_close",
+        "on_downstream_close",
+    ),
+    ("proxy_on_upstream_data", "on_upstream_data"),
+    ("proxy_on_upstream_connection_close", "on_upstream_close"),
+    ("proxy_on_request_headers", "on_http_request_headers"),
+    ("proxy_on_request_body", "on_http_request_body"),
+    ("proxy_on_request_trailers", "on_http_request_trailers"),
+    ("proxy_on_response_headers", "on_http_response_headers"),
+    ("proxy_on_response_body", "on_http_response_body"),
+    ("proxy_on_response_trailers", "on_http_response_trailers"),
+    ("proxy_on_http_call_response", "on_http_call_response"),
+    ("proxy_on_foreign_function", "on_foreign_function"),
+];
+
+/// The trimming list is kept beside the glue; this checks it against the glue's code: every
+/// callback whose trait method the glue defines is still exported by the built module, and no
+/// callback the list removes has its method defined in the glue (it would never be called).
+#[test]
+fn every_callback_the_glue_implements_is_still_exported() -> TestResult {
+    let glue_dir = harness::paths::repo_root().join("filter/wasm/src");
+    let mut glue = String::new();
+    for entry in std::fs::read_dir(&glue_dir)? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "rs") {
+            glue.push_str(&std::fs::read_to_string(&path)?);
         }
     }
-    let has = |name: &str| exports.iter().any(|e| e == name);
-    assert!(has("proxy_on_memory_allocate"), "{exports:?}");
-    assert!(has("proxy_on_request_headers"), "{exports:?}");
-    for absent in ["malloc"].iter().chain(&harness::trim::UNUSED_CALLBACKS) {
-        assert!(!has(absent), "{absent} is exported: {exports:?}");
+    let defines = |method: &str| glue.contains(&format!("fn {method}("));
+    let (exports, _) = module_names(&std::fs::read(harness::paths::wasm()?)?)?;
+    let mut implemented = 0;
+    for (export, method) in SDK_CALLBACKS {
+        if defines(method) {
+            implemented += 1;
+            assert!(
+                exports.iter().any(|e| e == export),
+                "the glue defines {method} but {export} is not exported: {exports:?}"
+            );
+        }
+    }
+    // The request path, configuration and the metrics tick at least.
+    assert!(implemented >= 3, "{implemented}");
+    for (export, method) in harness::trim::UNUSED_CALLBACKS {
+        assert!(
+            SDK_CALLBACKS.contains(&(export, method)),
+            "{export} is not an SDK callback"
+        );
+        assert!(
+            !defines(method),
+            "the glue defines {method}, but {export} is trimmed away: remove it from filter/wasm/src/callbacks.rs"
+        );
     }
     Ok(())
 }
