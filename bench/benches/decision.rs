@@ -1,7 +1,8 @@
 //! Cost of one filter decision (token verification + Cedar), natively through the core engine
 //! and inside the built module through the wasmtime host, for a token seen for the first time
 //! (token cache off: RS256 verified every time) and for a repeated token (cache hit). Every
-//! iteration asserts the expected verdict, so a broken setup cannot look fast.
+//! iteration asserts the expected verdict, so a broken setup cannot look fast, and a setup step
+//! that fails (no key, a refused configuration, no built module) ends the run with an error.
 //!
 //! The same host also runs a filter that does nothing (the ABI probe with configuration `noop`,
 //! trimmed like the filter) on the same request; the difference is the filter's own work in
@@ -9,6 +10,7 @@
 
 mod common;
 
+use std::error::Error;
 use std::hint::black_box;
 
 use harness::devkeys::{DevIssuer, now};
@@ -16,23 +18,17 @@ use harness::host::{Host, Plugin, Request};
 use portcullis_core::{Engine, StaticRequest, Verdict};
 use serde_json::json;
 
-fn main() {
+fn main() -> Result<(), Box<dyn Error>> {
     let (mut c, out) = common::criterion("decision");
-    let Ok(issuer) = DevIssuer::generate() else {
-        eprintln!("cannot generate a key");
-        return;
-    };
+    let issuer = DevIssuer::generate().map_err(|e| format!("cannot generate a key: {e}"))?;
     let cached_cfg = harness::demo::plugin_config(&issuer);
     let mut first_cfg = cached_cfg.clone();
-    if let Some(o) = first_cfg.as_object_mut() {
-        o.insert("tokenCache".into(), json!({"capacity": 0}));
-    }
-    let (Ok(cached), Ok(first)) = (
-        Engine::from_json(cached_cfg.to_string().as_bytes()),
-        Engine::from_json(first_cfg.to_string().as_bytes()),
-    ) else {
-        return;
-    };
+    first_cfg
+        .as_object_mut()
+        .ok_or("the demo configuration is not an object")?
+        .insert("tokenCache".into(), json!({"capacity": 0}));
+    let cached = Engine::from_json(cached_cfg.to_string().as_bytes())?;
+    let first = Engine::from_json(first_cfg.to_string().as_bytes())?;
     let t = now();
     let bob = issuer.token("bob", &["staff"]);
     let allow = StaticRequest::new("GET", "/api/hello").with_bearer(&bob);
@@ -70,25 +66,14 @@ fn main() {
 
     // The same decisions inside the built filter, through the wasmtime host (Cranelift):
     // the whole request path of the module (ABI calls included), not only the core.
-    let plugin = match Plugin::built() {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("skipping wasm benchmarks: {e}");
-            return;
-        }
-    };
-    let noop = match harness::paths::probe()
+    // `cargo xtask bench` builds the modules and names them.
+    let plugin = Plugin::built().map_err(|e| format!("no built filter: {e}"))?;
+    let noop = harness::paths::probe()
         .map_err(|e| e.to_string())
         .and_then(|p| std::fs::read(p).map_err(|e| e.to_string()))
         .and_then(|b| harness::trim::without_unused_callbacks(&b))
         .and_then(|b| Plugin::from_bytes(&b).map_err(|e| e.to_string()))
-    {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("skipping wasm benchmarks: no ABI probe: {e}");
-            return;
-        }
-    };
+        .map_err(|e| format!("no ABI probe: {e}"))?;
     let mut noop_host = Host::new(&noop);
     // A filter that does nothing, and one that makes the host calls the filter makes on a
     // repeated request (all request headers in one call, the clock) and nothing else.
@@ -96,10 +81,9 @@ fn main() {
         ("noop_filter", "noop"),
         ("same_host_calls", "calls=1:pairs,1:time"),
     ] {
-        let Ok(vm) = noop_host.start_vm(common::vm(config.into())) else {
-            eprintln!("skipping wasm benchmarks: the probe refused `{config}`");
-            return;
-        };
+        let vm = noop_host
+            .start_vm(common::vm(config.into()))
+            .map_err(|e| format!("the probe refused `{config}`: {e}"))?;
         c.bench_function(&format!("wasm/{id}"), |b| {
             b.iter(|| {
                 let req = Request::get("/api/hello").bearer(&bob);
@@ -108,12 +92,8 @@ fn main() {
         });
     }
     let mut host = Host::new(&plugin);
-    let (Ok(vm_first), Ok(vm_cached)) = (
-        host.start_vm(common::vm(first_cfg.to_string().into_bytes())),
-        host.start_vm(common::vm(cached_cfg.to_string().into_bytes())),
-    ) else {
-        return;
-    };
+    let vm_first = host.start_vm(common::vm(first_cfg.to_string().into_bytes()))?;
+    let vm_cached = host.start_vm(common::vm(cached_cfg.to_string().into_bytes()))?;
     let mut run = |name: &str, vm: usize, path: &'static str, token: Option<&str>, status: u16| {
         c.bench_function(&format!("wasm/{name}"), |b| {
             b.iter(|| {
@@ -179,4 +159,5 @@ fn main() {
         "  over the same host calls (the filter's own code)",
         us(minus(wasm, calls)),
     );
+    Ok(())
 }

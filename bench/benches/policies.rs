@@ -3,10 +3,12 @@
 //! of 10, 1,000 and 10,000 policies of a realistic shape: a few role policies and forbids with
 //! conditions, the rest per-user grants on one document each. The request is allowed by one
 //! per-user grant; every iteration asserts the decision and its reason. At the end a table
-//! gives the means and the 10,000/10 ratio of each.
+//! gives the means and the 10,000/10 ratio of each. A setup step that fails (a bundle that does
+//! not compile, a refused configuration, no built module) ends the run with an error.
 
 mod common;
 
+use std::error::Error;
 use std::hint::black_box;
 
 use std::time::Instant;
@@ -79,21 +81,16 @@ fn cedar_policy_set(src: &str) -> Option<PolicySet> {
     src.parse().ok()
 }
 
-fn main() {
+fn main() -> Result<(), Box<dyn Error>> {
     let (mut c, out) = common::criterion("policies");
-    let Some(req) = request() else {
-        eprintln!("cannot build the request");
-        return;
-    };
+    let req = request().ok_or("cannot build the request")?;
     let authorizer = Authorizer::new();
     let reason = PolicyId::new("u3-doc");
     // The fixed cost of one call, and of one policy whose scope does not match.
     let empty = Entities::empty();
-    let none = cedar_policy_set("");
-    let one = cedar_policy_set(r#"permit(principal in Group::"admins", action, resource);"#);
-    let (Some(none), Some(one)) = (none, one) else {
-        return;
-    };
+    let none = cedar_policy_set("").ok_or("the empty policy set does not parse")?;
+    let one = cedar_policy_set(r#"permit(principal in Group::"admins", action, resource);"#)
+        .ok_or("the one-policy set does not parse")?;
     c.bench_function("cedar_call/empty_set", |bch| {
         bch.iter(|| {
             let r = authorizer.is_authorized(black_box(&req), &none, &empty);
@@ -108,10 +105,7 @@ fn main() {
     });
     for n in SIZES {
         let started = Instant::now();
-        let Some(b) = bundle(n) else {
-            eprintln!("cannot build the bundle of {n} policies");
-            return;
-        };
+        let b = bundle(n).ok_or_else(|| format!("cannot build the bundle of {n} policies"))?;
         eprintln!("{n} policies: bundle compiled in {:.1?}", started.elapsed());
         let index = PolicyIndex::new(&b.policies);
         let entities: &Entities = &b.entities;
@@ -142,8 +136,8 @@ fn main() {
             });
         });
     }
-    filter_decisions(&mut c);
-    entity_store_decisions(&mut c);
+    filter_decisions(&mut c)?;
+    entity_store_decisions(&mut c)?;
     c.final_summary();
 
     let us = |x: Option<f64>| x.map_or_else(|| "-".to_owned(), |x| format!("{:.2} µs", x / 1e3));
@@ -196,39 +190,31 @@ fn main() {
         us(common::mean_ns(&out, "entities_wasm", "10000")),
         growth("entities_wasm"),
     );
+    Ok(())
 }
 
 /// The whole filter as the bundle's entity store grows, for a principal the bundle does not
 /// define (the usual case: users come from tokens, the bundle holds groups and resources):
 /// `alice` in `admins` (from her token) reads `/docs/3`, allowed by `admins`.
-fn entity_store_decisions(c: &mut Criterion) {
+fn entity_store_decisions(c: &mut Criterion) -> Result<(), Box<dyn Error>> {
     use harness::devkeys::{DevIssuer, now};
     use harness::host::{Host, Plugin, Request as HostRequest};
     use portcullis_core::{Engine, StaticRequest, Verdict};
-    let Ok(issuer) = DevIssuer::generate() else {
-        return;
-    };
+    let issuer = DevIssuer::generate().map_err(|e| format!("cannot generate a key: {e}"))?;
     let token = issuer.token("alice", &["admins"]);
-    let plugin = Plugin::built()
-        .map_err(|e| eprintln!("no wasm benchmarks: {e}"))
-        .ok();
-    let mut host = plugin.as_ref().map(Host::new);
+    let plugin = Plugin::built().map_err(|e| format!("no built filter: {e}"))?;
+    let mut host = Host::new(&plugin);
     for m in [10_usize, 10_000] {
-        let Some(mut w) = wire(10) else { return };
+        let mut w = wire(10).ok_or("no bundle of 10 policies")?;
         if let Some(all) = w.entities.as_array_mut() {
             for i in 0..m {
                 all.push(json!({"uid": {"type": "Path", "id": format!("/files/{i}")},
                                 "attrs": {}, "parents": [{"type": "Path", "id": "/files"}]}));
             }
         }
-        let mut cfg = harness::demo::plugin_config(&issuer);
-        if let (Some(o), Ok(b)) = (cfg.as_object_mut(), serde_json::to_value(&w)) {
-            o.insert("bundle".into(), b);
-        }
-        let Ok(engine) = Engine::from_json(cfg.to_string().as_bytes()) else {
-            eprintln!("configuration with {m} entities refused");
-            return;
-        };
+        let cfg = with_bundle(&issuer, &w)?;
+        let engine = Engine::from_json(cfg.to_string().as_bytes())
+            .map_err(|e| format!("configuration with {m} entities refused: {e}"))?;
         let req = StaticRequest::new("GET", "/docs/3").with_bearer(&token);
         let t = now();
         c.bench_function(&format!("entities_native/{m}"), |bch| {
@@ -238,44 +224,45 @@ fn entity_store_decisions(c: &mut Criterion) {
                 assert_eq!(out.policies, ["admins"]);
             });
         });
-        if let Some(host) = host.as_mut()
-            && let Ok(vm) = host.start_vm(common::vm(cfg.to_string().into_bytes()))
-        {
-            c.bench_function(&format!("entities_wasm/{m}"), |bch| {
-                bch.iter(|| {
-                    let r = HostRequest::get("/docs/3").bearer(&token);
-                    assert_eq!(host.send(vm, r).map(|e| e.status()).ok(), Some(200));
-                });
+        let vm = host.start_vm(common::vm(cfg.to_string().into_bytes()))?;
+        c.bench_function(&format!("entities_wasm/{m}"), |bch| {
+            bch.iter(|| {
+                let r = HostRequest::get("/docs/3").bearer(&token);
+                assert_eq!(host.send(vm, r).map(|e| e.status()).ok(), Some(200));
             });
-        }
+        });
     }
+    Ok(())
+}
+
+/// The demo configuration with `bundle` inline.
+fn with_bundle(
+    issuer: &harness::devkeys::DevIssuer,
+    bundle: &BundleWire,
+) -> Result<serde_json::Value, Box<dyn Error>> {
+    let mut cfg = harness::demo::plugin_config(issuer);
+    cfg.as_object_mut()
+        .ok_or("the demo configuration is not an object")?
+        .insert("bundle".into(), serde_json::to_value(bundle)?);
+    Ok(cfg)
 }
 
 /// The whole filter with the bundle inline in its configuration: natively through the core
 /// engine and inside the built module through the wasmtime host, a cached token for `u3`
 /// reading `/docs/3` (allowed by `u3-doc`).
-fn filter_decisions(c: &mut Criterion) {
+fn filter_decisions(c: &mut Criterion) -> Result<(), Box<dyn Error>> {
     use harness::devkeys::{DevIssuer, now};
     use harness::host::{Host, Plugin, Request as HostRequest};
     use portcullis_core::{Engine, StaticRequest, Verdict};
-    let Ok(issuer) = DevIssuer::generate() else {
-        return;
-    };
+    let issuer = DevIssuer::generate().map_err(|e| format!("cannot generate a key: {e}"))?;
     let token = issuer.token("u3", &["staff"]);
-    let plugin = Plugin::built()
-        .map_err(|e| eprintln!("no wasm benchmarks: {e}"))
-        .ok();
-    let mut host = plugin.as_ref().map(Host::new);
+    let plugin = Plugin::built().map_err(|e| format!("no built filter: {e}"))?;
+    let mut host = Host::new(&plugin);
     for n in [10, 10_000] {
-        let Some(w) = wire(n) else { return };
-        let mut cfg = harness::demo::plugin_config(&issuer);
-        if let (Some(o), Ok(b)) = (cfg.as_object_mut(), serde_json::to_value(&w)) {
-            o.insert("bundle".into(), b);
-        }
-        let Ok(engine) = Engine::from_json(cfg.to_string().as_bytes()) else {
-            eprintln!("configuration with {n} policies refused");
-            return;
-        };
+        let w = wire(n).ok_or_else(|| format!("no bundle of {n} policies"))?;
+        let cfg = with_bundle(&issuer, &w)?;
+        let engine = Engine::from_json(cfg.to_string().as_bytes())
+            .map_err(|e| format!("configuration with {n} policies refused: {e}"))?;
         let req = StaticRequest::new("GET", "/docs/3").with_bearer(&token);
         let t = now();
         c.bench_function(&format!("filter_native/{n}"), |bch| {
@@ -285,15 +272,13 @@ fn filter_decisions(c: &mut Criterion) {
                 assert_eq!(out.policies, ["u3-doc"]);
             });
         });
-        if let Some(host) = host.as_mut()
-            && let Ok(vm) = host.start_vm(common::vm(cfg.to_string().into_bytes()))
-        {
-            c.bench_function(&format!("filter_wasm/{n}"), |bch| {
-                bch.iter(|| {
-                    let r = HostRequest::get("/docs/3").bearer(&token);
-                    assert_eq!(host.send(vm, r).map(|e| e.status()).ok(), Some(200));
-                });
+        let vm = host.start_vm(common::vm(cfg.to_string().into_bytes()))?;
+        c.bench_function(&format!("filter_wasm/{n}"), |bch| {
+            bch.iter(|| {
+                let r = HostRequest::get("/docs/3").bearer(&token);
+                assert_eq!(host.send(vm, r).map(|e| e.status()).ok(), Some(200));
             });
-        }
+        });
     }
+    Ok(())
 }
