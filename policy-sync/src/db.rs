@@ -1,5 +1,7 @@
 //! Postgres: the connection pool and the embedded migrations.
 
+use std::time::Duration;
+
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use sha2::{Digest as _, Sha256};
 use tokio_postgres::NoTls;
@@ -19,6 +21,8 @@ pub enum DbError {
     Pool(String),
     #[error("cannot reach Postgres: {0}")]
     Connect(String),
+    #[error("every database connection is busy")]
+    PoolBusy,
     #[error("Postgres: {0}")]
     Query(#[from] tokio_postgres::Error),
     #[error("migration {version} was changed after it was applied (checksum differs)")]
@@ -31,17 +35,66 @@ impl From<deadpool_postgres::PoolError> for DbError {
     fn from(e: deadpool_postgres::PoolError) -> Self {
         match e {
             deadpool_postgres::PoolError::Backend(e) => Self::Query(e),
+            deadpool_postgres::PoolError::Timeout(deadpool_postgres::TimeoutType::Wait) => {
+                Self::PoolBusy
+            }
             other => Self::Connect(other.to_string()),
         }
     }
 }
 
-/// A pool of `size` connections to `url` (a libpq-style URL or key=value string).
+/// How the service uses Postgres: pool size, how long a request waits for a connection, and
+/// how long one statement may run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolSettings {
+    pub size: usize,
+    /// A request that finds every connection busy waits this long, then is answered 503 with
+    /// `Retry-After` (never left hanging).
+    pub wait: Duration,
+    /// Every statement of every connection is cancelled by Postgres past this (a lock held
+    /// elsewhere, a slow disk): the request gets 503 and its connection is free again.
+    pub statement_timeout: Duration,
+}
+
+impl Default for PoolSettings {
+    fn default() -> Self {
+        Self {
+            size: 16,
+            wait: Duration::from_millis(500),
+            statement_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A pool of `size` connections to `url` (a libpq-style URL or key=value string), with the
+/// default wait and statement timeout.
 pub fn pool(url: &str, size: usize) -> Result<Pool, DbError> {
-    let config: tokio_postgres::Config = url.parse().map_err(|e: tokio_postgres::Error| {
+    pool_with(
+        url,
+        &PoolSettings {
+            size,
+            ..PoolSettings::default()
+        },
+    )
+}
+
+/// A pool to `url` as `settings` say.
+pub fn pool_with(url: &str, settings: &PoolSettings) -> Result<Pool, DbError> {
+    let mut config: tokio_postgres::Config = url.parse().map_err(|e: tokio_postgres::Error| {
         // The error text never contains the password; the URL is not echoed.
         DbError::Url(e.to_string())
     })?;
+    // Set per session, so it holds for every statement whatever the server's default; an
+    // `options` the URL gives is kept, and a timeout it sets comes after ours and wins.
+    let timeout = format!(
+        "-c statement_timeout={}",
+        settings.statement_timeout.as_millis().max(1)
+    );
+    let options = match config.get_options() {
+        Some(given) => format!("{timeout} {given}"),
+        None => timeout,
+    };
+    config.options(&options);
     let manager = Manager::from_config(
         config,
         NoTls,
@@ -50,10 +103,10 @@ pub fn pool(url: &str, size: usize) -> Result<Pool, DbError> {
         },
     );
     Pool::builder(manager)
-        .max_size(size)
+        .max_size(settings.size)
         .runtime(deadpool_postgres::Runtime::Tokio1)
-        .create_timeout(Some(std::time::Duration::from_secs(5)))
-        .wait_timeout(Some(std::time::Duration::from_secs(10)))
+        .create_timeout(Some(Duration::from_secs(5)))
+        .wait_timeout(Some(settings.wait))
         .build()
         .map_err(|e| DbError::Pool(e.to_string()))
 }

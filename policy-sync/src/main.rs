@@ -122,6 +122,19 @@ struct ServeArgs {
     replica_url: Option<String>,
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=1000))]
     pool_size: u16,
+    /// Milliseconds a request waits for a free database connection before it is answered 503
+    /// with Retry-After.
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(0..=60_000))]
+    pool_wait_ms: u64,
+    /// Milliseconds one SQL statement may run before Postgres cancels it (the request gets 503).
+    #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    statement_timeout_ms: u64,
+    /// Most long-polls waiting at once; past it, 503 with Retry-After.
+    #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    max_waiters: u64,
+    /// Most long-polls of one token waiting at once; past it, 503 with Retry-After.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    max_waiters_per_token: u64,
     #[command(flatten)]
     key: KeyArgs,
     /// Longest long-poll wait, in seconds.
@@ -873,11 +886,18 @@ async fn serve(url: Option<&String>, args: ServeArgs) -> Outcome {
         listen: args.listen,
         database_url,
         replica_url: args.replica_url,
-        pool_size: usize::from(args.pool_size),
+        pool: db::PoolSettings {
+            size: usize::from(args.pool_size),
+            wait: Duration::from_millis(args.pool_wait_ms),
+            statement_timeout: Duration::from_millis(args.statement_timeout_ms),
+        },
         signer: signer(&args.key)?,
         api: ApiSettings {
             max_wait: Duration::from_secs(args.max_wait),
             decision_retention_days: args.decision_retention_days,
+            max_waiters: usize::try_from(args.max_waiters).unwrap_or(usize::MAX),
+            max_waiters_per_token: usize::try_from(args.max_waiters_per_token)
+                .unwrap_or(usize::MAX),
             ..ApiSettings::default()
         },
         fetch: FetchSettings {

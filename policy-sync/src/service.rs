@@ -22,7 +22,7 @@ pub struct ServeConfig {
     pub listen: SocketAddr,
     pub database_url: String,
     pub replica_url: Option<String>,
-    pub pool_size: usize,
+    pub pool: db::PoolSettings,
     pub signer: Signer,
     pub api: ApiSettings,
     pub fetch: FetchSettings,
@@ -67,7 +67,7 @@ pub enum ServeError {
 
 /// Migrates, publishes what is there, starts the background tasks and the HTTP server.
 pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
-    let pool = db::pool(&config.database_url, config.pool_size)?;
+    let pool = db::pool_with(&config.database_url, &config.pool)?;
     let applied = db::migrate(&pool).await?;
     if !applied.is_empty() {
         tracing::info!(?applied, "migrations applied");
@@ -75,7 +75,7 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
     let read_pool = config
         .replica_url
         .as_deref()
-        .map(|u| db::pool(u, config.pool_size))
+        .map(|u| db::pool_with(u, &config.pool))
         .transpose()?;
     let metrics = Metrics::new()?;
     let hub = Arc::new(Hub::default());
@@ -94,6 +94,10 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
         metrics: metrics.clone(),
         wake_publisher: Arc::clone(&wake),
         fetcher: Arc::clone(&fetcher),
+        parking: Arc::new(api::Parking::new(
+            config.api.max_waiters,
+            config.api.max_waiters_per_token,
+        )),
         settings: config.api.clone(),
     };
     // Publish whatever the database holds before answering anyone.

@@ -138,8 +138,10 @@ pub async fn get_policy(pool: &Pool, tenant: &str, id: &str) -> Result<PolicyRow
         .ok_or_else(|| StoreError::NotFound(format!("policy {id:?}")))
 }
 
-/// Creates or replaces policies (one transaction for all); returns whether anything changed.
-pub async fn put_policies(pool: &Pool, tenant: &str, policies: &[PolicyRow]) -> Result<bool> {
+/// The checks a write of `policies` gets before it reaches the database: ids, sizes, no id
+/// twice. (What the policies mean is checked with the tenant's whole source, in the same
+/// transaction as the write: [`crate::publish::check`].)
+pub fn check_policy_rows(policies: &[PolicyRow]) -> Result<()> {
     for p in policies {
         if !valid_policy_id(&p.id) {
             return Err(StoreError::BadInput(format!(
@@ -161,6 +163,12 @@ pub async fn put_policies(pool: &Pool, tenant: &str, policies: &[PolicyRow]) -> 
             dup.id
         )));
     }
+    Ok(())
+}
+
+/// Creates or replaces policies (one transaction for all); returns whether anything changed.
+pub async fn put_policies(pool: &Pool, tenant: &str, policies: &[PolicyRow]) -> Result<bool> {
+    check_policy_rows(policies)?;
     let mut c = pool.get().await?;
     let tx = c.transaction().await?;
     tenant_exists(&tx, tenant).await?;

@@ -43,7 +43,7 @@ fn etag_version(headers: &HeaderMap) -> Option<i64> {
 
 pub async fn get_bundle(
     State(state): State<AppState>,
-    _caller: FilterCaller,
+    caller: FilterCaller,
     Path(tenant): Path<String>,
     query: Result<Query<BundleQuery>, axum::extract::rejection::QueryRejection>,
     headers: HeaderMap,
@@ -96,6 +96,7 @@ pub async fn get_bundle(
             h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
             return Ok(response);
         }
+        let _parked = state.parking.park(&caller.name)?;
         state.metrics.waiters.inc();
         let _waiting = Waiting(&state.metrics.waiters);
         let woke = tokio::time::timeout_at(deadline, announced.wait_for(|v| *v > after)).await;

@@ -53,6 +53,26 @@ pub struct Batch {
     decisions: Vec<DecisionEntry>,
 }
 
+/// Everything a batch is checked for before it is written (`now`: Unix seconds); the message
+/// names the first entry at fault.
+pub fn check_batch(
+    batch: &Batch,
+    now: f64,
+    max_batch: usize,
+    retention_days: i32,
+) -> Result<(), String> {
+    if batch.decisions.is_empty() {
+        return Err("the batch is empty".into());
+    }
+    if batch.decisions.len() > max_batch {
+        return Err(format!("at most {max_batch} decisions per batch"));
+    }
+    for (i, e) in batch.decisions.iter().enumerate() {
+        check(e, i, now, retention_days)?;
+    }
+    Ok(())
+}
+
 const MAX_TEXT: usize = 1024;
 const MAX_POLICIES: usize = 64;
 const MAX_DETAILS: usize = 4096;
@@ -102,22 +122,16 @@ pub async fn ingest(
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64());
-    let refuse = |m: String| {
+    check_batch(
+        &batch,
+        now,
+        s.settings.max_decision_batch,
+        s.settings.decision_retention_days,
+    )
+    .map_err(|m| {
         s.metrics.decision_batches_refused.inc();
         ApiError::BadRequest(m)
-    };
-    if batch.decisions.is_empty() {
-        return Err(refuse("the batch is empty".into()));
-    }
-    if batch.decisions.len() > s.settings.max_decision_batch {
-        return Err(refuse(format!(
-            "at most {} decisions per batch",
-            s.settings.max_decision_batch
-        )));
-    }
-    for (i, e) in batch.decisions.iter().enumerate() {
-        check(e, i, now, s.settings.decision_retention_days).map_err(refuse)?;
-    }
+    })?;
     let n = batch.decisions.len();
     let mut times = Vec::with_capacity(n);
     let mut tenants = Vec::with_capacity(n);

@@ -8,6 +8,7 @@ mod bundles;
 mod decisions;
 mod health;
 mod keys;
+mod parking;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,6 +32,8 @@ use crate::signing::Signer;
 use crate::store::StoreError;
 
 pub use auth::{AdminCaller, FilterCaller};
+pub use decisions::{Batch, check_batch};
+pub use parking::Parking;
 
 /// Limits and timings of the API.
 #[derive(Debug, Clone)]
@@ -44,6 +47,9 @@ pub struct ApiSettings {
     pub max_decision_batch: usize,
     /// Decision logs older than this are neither accepted nor kept.
     pub decision_retention_days: i32,
+    /// Most long-polls waiting at once, in all and per token ([`Parking`]).
+    pub max_waiters: usize,
+    pub max_waiters_per_token: usize,
 }
 
 impl Default for ApiSettings {
@@ -54,6 +60,8 @@ impl Default for ApiSettings {
             max_decision_body: 1 << 20,
             max_decision_batch: 1000,
             decision_retention_days: 7,
+            max_waiters: 20_000,
+            max_waiters_per_token: 10_000,
         }
     }
 }
@@ -73,6 +81,8 @@ pub struct AppState {
     pub wake_publisher: Arc<Notify>,
     pub fetcher: Arc<Fetcher>,
     pub settings: ApiSettings,
+    /// The parked long-polls, bounded by `settings`.
+    pub parking: Arc<Parking>,
 }
 
 impl AppState {
@@ -201,6 +211,9 @@ pub enum ApiError {
         message: String,
     },
     Unavailable,
+    /// The service is at a limit it keeps (parked long-polls, database connections, statement
+    /// time): 503 with `Retry-After`, so that the client comes back rather than piles up.
+    Overloaded(&'static str),
     /// An upstream (an issuer's JWKS endpoint) failed.
     BadGateway,
     Internal,
@@ -236,25 +249,17 @@ impl IntoResponse for ApiError {
             Self::TooMany {
                 retry_after,
                 message,
-            } => {
-                let mut r = (
-                    StatusCode::TOO_MANY_REQUESTS,
-                    Json(ErrorBody {
-                        error: &message,
-                        problems: &[],
-                    }),
-                )
-                    .into_response();
-                if let Ok(v) = retry_after.as_secs().max(1).to_string().parse() {
-                    r.headers_mut().insert("retry-after", v);
-                }
-                return r;
+            } => return retry_later(StatusCode::TOO_MANY_REQUESTS, &message, retry_after),
+            Self::Unavailable => {
+                return retry_later(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "database unavailable",
+                    RETRY_AFTER,
+                );
             }
-            Self::Unavailable => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "database unavailable".into(),
-                vec![],
-            ),
+            Self::Overloaded(message) => {
+                return retry_later(StatusCode::SERVICE_UNAVAILABLE, message, RETRY_AFTER);
+            }
             Self::BadGateway => (
                 StatusCode::BAD_GATEWAY,
                 "the issuer's keys could not be fetched; the last good keys stay".into(),
@@ -284,9 +289,38 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// What an unavailable or overloaded service asks a client to wait before trying again.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// A refusal the client should retry after `retry_after`.
+fn retry_later(status: StatusCode, message: &str, retry_after: Duration) -> Response {
+    let mut r = (
+        status,
+        Json(ErrorBody {
+            error: message,
+            problems: &[],
+        }),
+    )
+        .into_response();
+    if let Ok(v) = retry_after.as_secs().max(1).to_string().parse() {
+        r.headers_mut().insert("retry-after", v);
+    }
+    r
+}
+
 impl From<DbError> for ApiError {
     fn from(e: DbError) -> Self {
         match e {
+            DbError::PoolBusy => {
+                tracing::warn!("every database connection is busy; answering 503");
+                Self::Overloaded("the database is busy")
+            }
+            DbError::Query(ref q)
+                if q.code() == Some(&tokio_postgres::error::SqlState::QUERY_CANCELED) =>
+            {
+                tracing::warn!(error = %e, "a statement ran past the statement timeout");
+                Self::Overloaded("the database is busy")
+            }
             DbError::Connect(_) => {
                 tracing::warn!(error = %e, "database unavailable");
                 Self::Unavailable

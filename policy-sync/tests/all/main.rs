@@ -7,6 +7,7 @@ mod cli;
 mod decisions;
 mod jwks_fetch;
 mod keys_api;
+mod limits;
 mod long_poll;
 mod publishing;
 mod resilience;

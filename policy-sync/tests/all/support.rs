@@ -64,19 +64,35 @@ pub async fn service(url: &str) -> Res<Service> {
 }
 
 pub async fn service_with(url: &str, replica: Option<&str>, max_wait: Duration) -> Res<Service> {
-    let running = service::start(ServeConfig {
+    service_configured(url, |c| {
+        c.replica_url = replica.map(str::to_owned);
+        c.api.max_wait = max_wait;
+    })
+    .await
+}
+
+/// A service whose configuration `configure` changes from the tests' default.
+pub async fn service_configured(
+    url: &str,
+    configure: impl FnOnce(&mut ServeConfig),
+) -> Res<Service> {
+    let mut config = ServeConfig {
         listen: "127.0.0.1:0".parse()?,
         database_url: url.to_owned(),
-        replica_url: replica.map(str::to_owned),
-        pool_size: 8,
+        replica_url: None,
+        pool: policy_sync::db::PoolSettings {
+            size: 8,
+            ..policy_sync::db::PoolSettings::default()
+        },
         signer: signer(),
         api: ApiSettings {
-            max_wait,
+            max_wait: Duration::from_secs(10),
             ..ApiSettings::default()
         },
         fetch: FetchSettings::default(),
-    })
-    .await?;
+    };
+    configure(&mut config);
+    let running = service::start(config).await?;
     let pool = running.state.pool.clone();
     let n = NEXT_DB.fetch_add(1, Ordering::SeqCst);
     let admin = store::create_token(&pool, &format!("admin-{n}"), Role::Admin).await?;
