@@ -1,6 +1,7 @@
 //! `cargo xtask <task>`: everything needed to build, demo and test Portcullis on a fresh machine.
 
 mod demo;
+mod fuzz;
 mod live;
 mod measure;
 mod tools;
@@ -67,6 +68,18 @@ enum Task {
         #[arg(long, default_value_t = 5)]
         shared_rounds: u32,
     },
+    /// Run every cargo-fuzz target in turn (nightly and cargo-fuzz installed if missing),
+    /// seeded from the corpus in the repo; print executions, coverage and crashes per target.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u32,
+        /// Stop each target after this many executions.
+        #[arg(long)]
+        runs: Option<u64>,
+        /// Only these targets.
+        targets: Vec<String>,
+    },
     /// Install what is missing, build the filter, run every test in the workspace.
     Test {
         /// Extra arguments for `cargo test` (for example a test name filter).
@@ -98,6 +111,15 @@ fn main() -> ExitCode {
             rounds,
             first_sight_tokens,
             shared_rounds,
+        }),
+        Task::Fuzz {
+            seconds,
+            runs,
+            targets,
+        } => fuzz::run_all(&fuzz::Options {
+            seconds,
+            runs,
+            targets,
         }),
         Task::Test { cargo_args } => tools::test(&cargo_args),
     };

@@ -25,7 +25,9 @@ thread_local! {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(s) = std::str::from_utf8(data) else { return };
+    let Ok(s) = std::str::from_utf8(data) else {
+        return;
+    };
     let _ = token::parse(s, 65_536);
     let sources = [
         TokenSource::bearer(),
@@ -41,7 +43,10 @@ fuzz_target!(|data: &[u8]| {
     let _ = extractor::extract(&req, &sources);
     ENGINE.with(|e| {
         if let Some(e) = e {
-            let _ = e.check(&StaticRequest::new("GET", "/api").with_bearer(s), 1_800_000_000);
+            let _ = e.check(
+                &StaticRequest::new("GET", "/api").with_bearer(s),
+                1_800_000_000,
+            );
             let _ = e.check(&req, 1_800_000_000);
         }
     });
