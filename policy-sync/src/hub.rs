@@ -3,7 +3,7 @@
 //! the latest versions covers notifications lost while the LISTEN connection was down.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use axum::body::Bytes;
 use tokio::sync::watch;
@@ -14,6 +14,9 @@ use tokio::sync::watch;
 pub struct Hub {
     tenants: Mutex<HashMap<String, watch::Sender<i64>>>,
     documents: Mutex<HashMap<String, (i64, Bytes)>>,
+    /// One database read of a tenant's document at a time: the requests a version wakes wait
+    /// for the first one's read instead of each taking a connection for the same row.
+    reads: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Hub {
@@ -50,6 +53,12 @@ impl Hub {
     pub fn document(&self, tenant: &str, version: i64) -> Option<(i64, Bytes)> {
         let docs = self.documents.lock().unwrap_or_else(|e| e.into_inner());
         docs.get(tenant).filter(|(v, _)| *v >= version).cloned()
+    }
+
+    /// The lock that lets one request at a time read `tenant`'s document from the database.
+    pub fn read_lock(&self, tenant: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut reads = self.reads.lock().unwrap_or_else(|e| e.into_inner());
+        Arc::clone(reads.entry(tenant.to_owned()).or_default())
     }
 
     /// Keeps a document read from the database, unless a newer one is cached.

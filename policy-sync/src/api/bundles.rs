@@ -126,6 +126,15 @@ async fn read_latest(
     {
         return Ok(Some(cached));
     }
+    // Every request a version wakes arrives here at once: the first reads, the others find
+    // its document in the cache once it is done.
+    let lock = state.hub.read_lock(tenant);
+    let _reading = lock.lock().await;
+    if announced > 0
+        && let Some(cached) = state.hub.document(tenant, announced)
+    {
+        return Ok(Some(cached));
+    }
     let mut found = None;
     if let Some(replica) = &state.read_pool {
         match replica.get().await {
