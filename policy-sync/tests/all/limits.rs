@@ -100,6 +100,18 @@ async fn lock_policies(url: &str) -> Res<tokio::sync::oneshot::Sender<()>> {
     Ok(release)
 }
 
+/// Sends `req` (given 8 s: without the limit under test it would wait for the lock, held until
+/// it answers) and checks that it is refused with 503 and `Retry-After: 1`; returns how long
+/// the answer took and its body.
+async fn refused(req: reqwest::RequestBuilder) -> Res<(Duration, serde_json::Value)> {
+    let started = Instant::now();
+    let r = req.timeout(Duration::from_secs(8)).send().await?;
+    let took = started.elapsed();
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(r.headers()["retry-after"], "1");
+    Ok((took, r.json().await?))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_statement_past_its_timeout_is_cancelled_and_answered_503() -> TestResult {
     let url = support::database().await?;
@@ -108,18 +120,11 @@ async fn a_statement_past_its_timeout_is_cancelled_and_answered_503() -> TestRes
     })
     .await?;
     let release = lock_policies(&url).await?;
-    let started = Instant::now();
-    let r = svc
-        .admin(Method::PUT, "/v1/admin/tenants/default/policies/blocked")
-        .json(&serde_json::json!({ "text": PERMIT_GET }))
-        // Without the timeout the write would wait for the lock, held until it answers.
-        .timeout(Duration::from_secs(8))
-        .send()
-        .await?;
-    let took = started.elapsed();
-    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(r.headers()["retry-after"], "1");
-    let body: serde_json::Value = r.json().await?;
+    let (took, body) = refused(
+        svc.admin(Method::PUT, "/v1/admin/tenants/default/policies/blocked")
+            .json(&serde_json::json!({ "text": PERMIT_GET })),
+    )
+    .await?;
     assert_eq!(body["error"], "the database is busy");
     assert!(
         took >= Duration::from_millis(700) && took < Duration::from_secs(5),
@@ -149,15 +154,7 @@ async fn an_exhausted_pool_answers_503_at_once() -> TestResult {
         .send();
     let write = tokio::spawn(async move { Ok::<_, reqwest::Error>(write.await?.status()) });
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let started = Instant::now();
-    let r = svc
-        .as_filter(Method::GET, "/v1/bundles/default?wait=0")
-        .timeout(Duration::from_secs(8))
-        .send()
-        .await?;
-    let took = started.elapsed();
-    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(r.headers()["retry-after"], "1");
+    let (took, _) = refused(svc.as_filter(Method::GET, "/v1/bundles/default?wait=0")).await?;
     // The pool's wait (500 ms by default), not the statement's 10 s.
     assert!(took < Duration::from_secs(2), "{took:?}");
     release.send(()).map_err(|()| "the lock holder is gone")?;
