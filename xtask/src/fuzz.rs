@@ -116,9 +116,8 @@ fn parse(target: &str, log: &str, crashed: bool) -> Report {
     };
     let after = |line: &str, key: &str| -> Option<u64> {
         let (_, rest) = line.split_once(key)?;
-        rest.split_whitespace()
+        rest.split(|c: char| c.is_whitespace() || c == '/')
             .next()?
-            .trim_end_matches('/')
             .parse()
             .ok()
     };
