@@ -54,13 +54,13 @@ fn nightly() -> Command {
 }
 
 fn ensure_tools() -> Result {
-    let has_nightly = Command::new("rustup")
-        .args(["run", "nightly", "rustc", "--version"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !has_nightly {
+    let succeeds = |cmd: &mut Command| {
+        cmd.stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !succeeds(Command::new("rustup").args(["run", "nightly", "rustc", "--version"])) {
         run(
             Command::new("rustup").args([
                 "toolchain",
@@ -72,13 +72,7 @@ fn ensure_tools() -> Result {
             "rustup toolchain install nightly",
         )?;
     }
-    let has_fuzz = nightly()
-        .args(["fuzz", "--version"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !has_fuzz {
+    if !succeeds(nightly().args(["fuzz", "--version"])) {
         run(
             Command::new("cargo").args(["install", "cargo-fuzz", "--locked"]),
             "cargo install cargo-fuzz",

@@ -48,11 +48,6 @@ impl ContextReads {
         self.whole
     }
 
-    /// The attributes read by name (all of them may be read when [`Self::reads_whole`]).
-    pub fn attrs(&self) -> impl Iterator<Item = &str> {
-        self.attrs.iter().map(String::as_str)
-    }
-
     /// What either of two sets of policies can read.
     #[must_use]
     pub fn union(&self, other: &Self) -> Self {
