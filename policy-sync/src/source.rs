@@ -6,6 +6,8 @@ use std::sync::{Arc, LazyLock, Mutex};
 
 use cedar_policy::{Entities, Policy, PolicyId, PolicySet, Schema, ValidationMode, Validator};
 use deadpool_postgres::GenericClient;
+use portcullis_core::config::IssuerSettings;
+use portcullis_core::jwks::{JwkSetWire, JwkWire};
 use portcullis_core::signed_bundle::IssuerKeys;
 use portcullis_core::{Bundle, BundleWire};
 use serde::{Deserialize, Serialize};
@@ -112,6 +114,10 @@ pub async fn load(c: &impl GenericClient, only: Option<&str>) -> Result<Source, 
 }
 
 /// Reads every issuer with its keys, sorted, as they go into documents.
+///
+/// Settings and keys were checked when they were written; a row that no longer reads as the
+/// filter's types (edited by hand) is left out with a warning: its issuer's tokens, or that
+/// key's, are then refused, never accepted under settings the filter cannot read.
 pub async fn load_issuers(c: &impl GenericClient) -> Result<Vec<IssuerKeys>, DbError> {
     let mut issuers: Vec<IssuerKeys> = Vec::new();
     for row in c
@@ -121,34 +127,37 @@ pub async fn load_issuers(c: &impl GenericClient) -> Result<Vec<IssuerKeys>, DbE
         )
         .await?
     {
-        issuers.push(IssuerKeys {
-            issuer: row.get(0),
-            audiences: row.get(1),
-            jwks: serde_json::json!({"keys": []}),
-            settings: row.get(2),
-        });
+        let issuer: String = row.get(0);
+        match serde_json::from_value::<IssuerSettings>(row.get(2)) {
+            Ok(settings) => issuers.push(IssuerKeys {
+                issuer,
+                audiences: row.get(1),
+                jwks: JwkSetWire { keys: Vec::new() },
+                settings,
+            }),
+            Err(e) => tracing::warn!(issuer, "stored settings unreadable, issuer left out: {e}"),
+        }
     }
-    let mut keys: BTreeMap<String, Vec<serde_json::Value>> = BTreeMap::new();
+    let mut keys: BTreeMap<String, Vec<JwkWire>> = BTreeMap::new();
     for row in c
         .query("SELECT issuer, jwk FROM keys ORDER BY issuer, kid", &[])
         .await?
     {
-        keys.entry(row.get(0)).or_default().push(row.get(1));
+        let issuer: String = row.get(0);
+        match serde_json::from_value::<JwkWire>(row.get(1)) {
+            Ok(jwk) => keys.entry(issuer).or_default().push(jwk),
+            Err(e) => tracing::warn!(issuer, "stored key unreadable, left out: {e}"),
+        }
     }
     for issuer in &mut issuers {
         if let Some(k) = keys.remove(&issuer.issuer) {
-            issuer.jwks = serde_json::json!({ "keys": k });
+            issuer.jwks.keys = k;
         }
     }
     // An issuer without keys (not fetched yet, or its keys went stale) verifies nothing; it
     // is left out, so its tokens are refused as from an unknown issuer and every document
     // stays one a filter can load.
-    issuers.retain(|i| {
-        i.jwks
-            .get("keys")
-            .and_then(serde_json::Value::as_array)
-            .is_some_and(|k| !k.is_empty())
-    });
+    issuers.retain(|i| !i.jwks.keys.is_empty());
     Ok(issuers)
 }
 

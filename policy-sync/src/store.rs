@@ -4,7 +4,7 @@
 //! it is kept. Committed changes wake the publisher through the tables' triggers.
 
 use deadpool_postgres::{GenericClient, Pool, Transaction};
-use portcullis_core::config::IssuerConfig;
+use portcullis_core::config::IssuerSettings;
 use portcullis_core::jwks::{JwkSetWire, JwkWire, Key, KeySet};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
@@ -377,11 +377,8 @@ impl IssuerSpec {
                 return bad(format!("settings cannot set {reserved:?}"));
             }
         }
-        // The filter's own issuer configuration type decides what settings mean.
-        let mut full = settings.clone();
-        full.insert("issuer".into(), self.issuer.clone().into());
-        full.insert("audiences".into(), serde_json::json!(self.audiences));
-        serde_json::from_value::<IssuerConfig>(serde_json::Value::Object(full))
+        // The filter's own type decides what settings mean.
+        serde_json::from_value::<IssuerSettings>(self.settings.clone())
             .map(|_| ())
             .map_err(|e| StoreError::BadInput(format!("settings: {e}")))
     }

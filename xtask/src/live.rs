@@ -9,6 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use harness::postgres::Cluster;
+use portcullis_core::signed_bundle::{SignedBundle, parse_public_key};
 
 use crate::Result;
 use crate::tools::{self, cargo};
@@ -121,7 +122,7 @@ pub fn start(policies: &Path) -> Result<Live> {
     // The document policy-sync publishes: wait until it serves one.
     let agent = harness::http::agent(Duration::from_secs(5));
     let started = Instant::now();
-    let signed: serde_json::Value = loop {
+    let signed: SignedBundle = loop {
         let got = agent
             .get(format!("{api}/v1/bundles/default?wait=0"))
             .header("authorization", format!("Bearer {filter_token}"))
@@ -136,37 +137,19 @@ pub fn start(policies: &Path) -> Result<Live> {
         }
         std::thread::sleep(Duration::from_millis(100));
     };
-    let doc: serde_json::Value = signed
-        .get("payload")
-        .and_then(|p| p.as_str())
-        .and_then(|p| serde_json::from_str(p).ok())
-        .ok_or("policy-sync served no document")?;
-    let version = doc
-        .get("version")
-        .and_then(serde_json::Value::as_u64)
-        .unwrap_or(0);
-    let issuers: Vec<serde_json::Value> = doc
-        .get("issuers")
-        .and_then(|i| i.as_array())
-        .map(|all| {
-            all.iter()
-                .map(|i| {
-                    let mut config = i.get("settings").cloned().unwrap_or_default();
-                    if let Some(map) = config.as_object_mut() {
-                        for k in ["issuer", "audiences", "jwks"] {
-                            if let Some(v) = i.get(k) {
-                                map.insert(k.into(), v.clone());
-                            }
-                        }
-                    }
-                    config
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    // Checked as a filter checks it: the signature with the public key keygen printed.
+    let public = keygen
+        .lines()
+        .find_map(|l| l.strip_prefix("public key:"))
+        .and_then(parse_public_key)
+        .ok_or("policy-sync keygen printed no public key")?;
+    let doc = signed
+        .verify(&public)
+        .map_err(|e| format!("the published document: {e}"))?;
+    let version = doc.version;
     let plugin_config = serde_json::json!({
-        "issuers": issuers,
-        "bundle": doc.get("bundle").cloned().unwrap_or_default(),
+        "issuers": doc.issuer_configs(),
+        "bundle": doc.bundle,
         "debugHeaders": true,
     });
     println!(

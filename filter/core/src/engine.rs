@@ -1,235 +1,153 @@
-//! The compiled, immutable configuration snapshot and the per-request entry point.
+//! Per-worker state and the per-request entry point: the [`Snapshot`] in force, the token and
+//! decision caches and their counters. A proxy-wasm VM (one per Envoy worker) holds one
+//! [`Engine`]; a new snapshot replaces the one in force whole ([`Engine::swap`]), and the
+//! caches keep what is still valid under it.
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
-use hashbrown::HashMap;
-
-use crate::action_routes::ActionRoutes;
 use crate::bundle::BundleWire;
 use crate::config::{ConfigError, FilterConfig};
 use crate::decision::{AuthError, Outcome, Verdict};
 use crate::decision_cache::{DecisionKey, DecisionStats, Decisions};
-use crate::extractor::{self, Extracted, TokenSource};
-use crate::headers::{self, ClaimHeader, Outputs};
+use crate::extractor::{self, Extracted};
 use crate::host_crypto::HostCrypto;
-use crate::jwks::KeySet;
-use crate::policy::{self, HttpRequest, PolicyEngine, PrincipalMapping, RequestMapping};
-use crate::policy_sets::{DEFAULT_SET, PolicySets, SetError};
+use crate::policy::{self, HttpRequest};
+use crate::policy_sets::{PolicySets, SetError};
 use crate::request;
 use crate::request::RequestView;
-use crate::routes::{AuthMode, Routes};
+use crate::routes::AuthMode;
+use crate::snapshot::Snapshot;
 use crate::token;
 use crate::token_cache::{CacheStats, TokenCache, Verified};
-use crate::verifier::{self, Issuer, TimeRules};
+use crate::verifier;
 
-/// Everything the filter needs per request, compiled from [`FilterConfig`].
-#[derive(Debug)]
+/// One worker's engine: the snapshot in force and what the worker learns while it serves
+/// requests (verified tokens, decisions, counters). Single-threaded, as a proxy-wasm VM is.
 pub struct Engine {
-    issuers: HashMap<String, (Issuer, Outputs)>,
-    /// Every header any issuer writes: client copies are removed from every request.
-    written_headers: Vec<String>,
+    snapshot: RefCell<Rc<Snapshot>>,
+    /// Bumped whenever the snapshot is replaced: cached decisions of older generations miss.
+    generation: Cell<u64>,
     cache: RefCell<TokenCache>,
-    sources: Vec<TokenSource>,
-    routes: Routes,
-    sets: PolicySets,
-    rules: TimeRules,
-    max_token_bytes: usize,
-    debug_headers: bool,
-    principal_type: String,
-    host_crypto_allowed: bool,
-    context_headers: Vec<String>,
-    context_query: Vec<String>,
-    host_crypto: Option<Box<dyn HostCrypto>>,
-    /// Decisions kept per cached token, and for requests without a token.
-    decisions_per_token: usize,
-    anonymous_capacity: usize,
     anonymous: RefCell<Decisions>,
-    /// Bumped whenever a bundle is replaced: cached decisions of older generations miss.
-    generation: u64,
+    host_crypto: Option<Box<dyn HostCrypto>>,
     decision_stats: Cell<DecisionStats>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("generation", &self.generation.get())
+            .field("host_crypto", &self.host_crypto.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Whether a cache answered a lookup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheUse {
+    /// The request did not consult it (cache off, or not reached).
+    Unused,
+    Hit,
+    Miss,
+}
+
+/// What [`Engine::decide`] did: the outcome and how it was reached.
+#[derive(Debug, Clone)]
+pub struct Decided {
+    pub outcome: Rc<Outcome>,
+    pub token_cache: CacheUse,
+    pub decision_cache: CacheUse,
+    /// Whether policies were evaluated (false for a cached decision or a request refused
+    /// before authorization).
+    pub evaluated: bool,
+}
+
+impl Decided {
+    fn new(outcome: Rc<Outcome>) -> Self {
+        Self {
+            outcome,
+            token_cache: CacheUse::Unused,
+            decision_cache: CacheUse::Unused,
+            evaluated: false,
+        }
+    }
 }
 
 impl TryFrom<FilterConfig> for Engine {
     type Error = ConfigError;
 
+    /// Compiles `cfg` into a snapshot and an engine over it (no host crypto).
     fn try_from(cfg: FilterConfig) -> Result<Self, Self::Error> {
-        if cfg.issuers.is_empty() {
-            return Err(ConfigError::NoIssuers);
-        }
-        if !(256..=65536).contains(&cfg.max_token_bytes) {
-            return Err(ConfigError::MaxTokenBytes(cfg.max_token_bytes));
-        }
-        if cfg.token_cache.capacity > 1_000_000 {
-            return Err(ConfigError::CacheCapacity(cfg.token_cache.capacity));
-        }
-        if cfg.decision_cache.per_token > 65_536 {
-            return Err(ConfigError::DecisionCache(
-                "perToken",
-                65_536,
-                cfg.decision_cache.per_token,
-            ));
-        }
-        if cfg.decision_cache.anonymous > 1_000_000 {
-            return Err(ConfigError::DecisionCache(
-                "anonymous",
-                1_000_000,
-                cfg.decision_cache.anonymous,
-            ));
-        }
-        if cfg.token_sources.is_empty() {
-            return Err(ConfigError::TokenSource(
-                "tokenSources must not be empty".into(),
-            ));
-        }
-        let sources = cfg
-            .token_sources
-            .iter()
-            .map(TokenSource::try_from)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(ConfigError::TokenSource)?;
-        let routes = Routes::try_from(cfg.routes.as_slice()).map_err(ConfigError::Route)?;
-        let mut issuers = HashMap::with_capacity(cfg.issuers.len());
-        let mut written_headers: Vec<String> = Vec::new();
-        for i in cfg.issuers {
-            let (wire, shared) = match (&i.jwks, &i.shared_secrets) {
-                (Some(w), None) => (w, false),
-                (None, Some(w)) => (w, true),
-                _ => return Err(ConfigError::KeySource(i.issuer)),
-            };
-            let keys = KeySet::try_from(wire).map_err(|source| ConfigError::Jwks {
-                issuer: i.issuer.clone(),
-                source,
-            })?;
-            match (shared, keys.is_shared_secret()) {
-                (false, true) => return Err(ConfigError::SecretInJwks(i.issuer)),
-                (true, false) => return Err(ConfigError::PublicInSecrets(i.issuer)),
-                _ => {}
-            }
-            if issuers.contains_key(&i.issuer) {
-                return Err(ConfigError::DuplicateIssuer(i.issuer));
-            }
-            let outputs = Outputs {
-                claim_headers: i
-                    .claim_to_headers
-                    .iter()
-                    .map(|c| ClaimHeader {
-                        claim: c.claim.split('.').map(str::to_owned).collect(),
-                        header: c.header.clone(),
-                    })
-                    .collect(),
-                payload_header: i.payload_header.clone(),
-                forward: i.forward,
-            };
-            for h in outputs.written() {
-                if !headers::valid_header_name(h) {
-                    return Err(ConfigError::Header {
-                        issuer: i.issuer.clone(),
-                        header: h.to_owned(),
-                    });
-                }
-                if !written_headers.iter().any(|w| w == h) {
-                    written_headers.push(h.to_owned());
-                }
-            }
-            let issuer = Issuer {
-                iss: i.issuer.clone(),
-                audiences: i.audiences,
-                keys,
-                required_claims: i.required_claims,
-                max_lifetime: i.max_lifetime.map(|d| d.0.as_secs()),
-            };
-            issuers.insert(i.issuer, (issuer, outputs));
-        }
-
-        let principal = PrincipalMapping {
-            entity_type: policy::type_name(&cfg.principal.entity_type)
-                .map_err(ConfigError::EntityType)?,
-            id_claim: cfg.principal.id_claim,
-            groups_claim: cfg.principal.groups_claim,
-            group_type: policy::type_name(&cfg.principal.group_entity_type)
-                .map_err(ConfigError::EntityType)?,
-            anonymous: policy::entity_uid(&cfg.principal.anonymous)
-                .map_err(ConfigError::EntityType)?,
-        };
-        let mapping = RequestMapping {
-            action_type: policy::type_name(&cfg.request.action_entity_type)
-                .map_err(ConfigError::EntityType)?,
-            resource_type: policy::type_name(&cfg.request.resource_entity_type)
-                .map_err(ConfigError::EntityType)?,
-            routes: ActionRoutes::try_from(cfg.request.routes.as_slice())
-                .map_err(ConfigError::Route)?,
-        };
-        if let Some(h) = cfg
-            .request
-            .context_headers
-            .iter()
-            .find(|h| !headers::valid_header_name(h) && h.as_str() != "host")
-        {
-            return Err(ConfigError::Route(format!(
-                "request.contextHeaders: {h:?} is not a lower-case header name"
-            )));
-        }
-        let sets = PolicySets::new(
-            (&cfg.bundle, cfg.dry_run, cfg.shadow_bundle.as_ref()),
-            &cfg.tenants,
-            cfg.tenant_claim,
-            &principal,
-            &mapping,
-        )
-        .map_err(|e| match e {
-            // The default set's bundle is the configuration's `bundle`.
-            SetError::Bundle { set, source } if set == DEFAULT_SET => ConfigError::Bundle(source),
-            e => ConfigError::PolicySets(e),
-        })?;
-        Ok(Self {
-            issuers,
-            written_headers,
-            cache: RefCell::new(TokenCache::new(cfg.token_cache.capacity)),
-            sources,
-            routes,
-            sets,
-            rules: TimeRules {
-                leeway: cfg.clock_skew.0.as_secs(),
-            },
-            max_token_bytes: cfg.max_token_bytes,
-            debug_headers: cfg.debug_headers,
-            principal_type: cfg.principal.entity_type,
-            host_crypto_allowed: cfg.host_crypto,
-            context_headers: cfg.request.context_headers,
-            context_query: cfg.request.context_query,
-            host_crypto: None,
-            // Decisions live in token-cache entries: without that cache there is nowhere to
-            // keep them.
-            decisions_per_token: if cfg.token_cache.capacity == 0 {
-                0
-            } else {
-                cfg.decision_cache.per_token
-            },
-            anonymous_capacity: cfg.decision_cache.anonymous,
-            anonymous: RefCell::default(),
-            generation: 0,
-            decision_stats: Cell::default(),
-        })
+        Ok(Self::new(Rc::new(Snapshot::try_from(cfg)?), None))
     }
 }
 
 impl Engine {
-    /// Parses and compiles a JSON configuration.
+    /// A worker's engine over `snapshot`. `host_crypto` (the host's signature checks) is used
+    /// when the configuration allows it (`hostCrypto`, default true).
+    #[must_use]
+    pub fn new(snapshot: Rc<Snapshot>, host_crypto: Option<Box<dyn HostCrypto>>) -> Self {
+        Self {
+            cache: RefCell::new(TokenCache::new(snapshot.token_cache_capacity)),
+            snapshot: RefCell::new(snapshot),
+            generation: Cell::new(0),
+            anonymous: RefCell::default(),
+            host_crypto,
+            decision_stats: Cell::default(),
+        }
+    }
+
+    /// Parses and compiles a JSON configuration (no host crypto).
     pub fn from_json(bytes: &[u8]) -> Result<Self, ConfigError> {
-        Self::try_from(FilterConfig::from_json(bytes)?)
+        Ok(Self::new(Rc::new(Snapshot::from_json(bytes)?), None))
+    }
+
+    /// The snapshot in force.
+    #[must_use]
+    pub fn snapshot(&self) -> Rc<Snapshot> {
+        self.snapshot.borrow().clone()
+    }
+
+    /// Puts `next` in force. Decisions taken under the snapshot before are never served
+    /// again; verified tokens stay cached when `next` has the same issuers.
+    pub fn swap(&self, next: Rc<Snapshot>) {
+        let same_issuers = self.snapshot.borrow().same_issuers(&next);
+        if !same_issuers && let Ok(mut cache) = self.cache.try_borrow_mut() {
+            *cache = TokenCache::new(next.token_cache_capacity);
+        }
+        if let Ok(mut anonymous) = self.anonymous.try_borrow_mut() {
+            anonymous.clear();
+        }
+        self.generation.set(self.generation.get().wrapping_add(1));
+        *self.snapshot.borrow_mut() = next;
+    }
+
+    /// Replaces a policy set's bundle (`default` or a tenant id); an invalid bundle changes
+    /// nothing. Returns the version now in force.
+    pub fn replace_bundle(&self, set: &str, wire: &BundleWire) -> Result<u64, SetError> {
+        let next = self.snapshot().with_bundle(set, wire)?;
+        let version = next.policy_sets().get(set).map_or(0, |s| s.version());
+        self.swap(Rc::new(next));
+        Ok(version)
     }
 
     /// Whether 403 replies name the determining policies.
     #[must_use]
     pub fn debug_headers(&self) -> bool {
-        self.debug_headers
+        self.snapshot.borrow().debug_headers
     }
 
     /// Number of trusted issuers.
     #[must_use]
     pub fn issuer_count(&self) -> usize {
-        self.issuers.len()
+        self.snapshot.borrow().issuers.len()
+    }
+
+    /// Whether signatures go to the host's crypto (given, and allowed by the configuration).
+    #[must_use]
+    pub fn host_crypto_in_use(&self) -> bool {
+        self.host_crypto.is_some() && self.snapshot.borrow().host_crypto
     }
 
     /// Token cache counters.
@@ -241,10 +159,10 @@ impl Engine {
             .unwrap_or_default()
     }
 
-    /// Version of the bundle in force.
+    /// Version of the default set's bundle in force.
     #[must_use]
     pub fn bundle_version(&self) -> u64 {
-        self.sets.default_set().version()
+        self.snapshot.borrow().bundle_version()
     }
 
     /// Decision cache counters.
@@ -253,43 +171,53 @@ impl Engine {
         self.decision_stats.get()
     }
 
-    /// Authenticates and authorizes one request. `now` is Unix time in seconds.
-    pub fn check(&self, req: &dyn RequestView, now: u64) -> Outcome {
-        Outcome::clone(&self.decide(req, now))
+    /// The policy sets in force.
+    #[must_use]
+    pub fn policy_sets(&self) -> PolicySets {
+        self.snapshot.borrow().sets.clone()
     }
 
-    /// [`Engine::check`] without copying the outcome: a repeated request gets the outcome
-    /// its first occurrence got, shared (the decision cache).
-    pub fn decide(&self, req: &dyn RequestView, now: u64) -> Rc<Outcome> {
+    /// Authenticates and authorizes one request. `now` is Unix time in seconds.
+    pub fn check(&self, req: &dyn RequestView, now: u64) -> Outcome {
+        Outcome::clone(&self.decide(req, now).outcome)
+    }
+
+    /// [`Engine::check`] without copying the outcome, and with how it was reached: a
+    /// repeated request gets the outcome its first occurrence got, shared (the decision
+    /// cache). The whole decision is taken under one snapshot.
+    pub fn decide(&self, req: &dyn RequestView, now: u64) -> Decided {
+        let snap = self.snapshot();
+        let snap = &*snap;
         // Built only when the decision is not in the cache.
         let fresh = || Outcome {
             verdict: Verdict::Forbidden,
             principal: None,
             policies: Vec::new(),
             errors: Vec::new(),
-            bundle_version: self.bundle_version(),
+            bundle_version: snap.bundle_version(),
             policy_set: String::new(),
             dry_run: None,
             shadow: None,
-            remove_headers: self.written_headers.clone(),
+            remove_headers: snap.issuers.written_headers.clone(),
             set_headers: Vec::new(),
         };
+        let refused = |e: AuthError| Decided::new(Rc::new(fresh().unauthenticated(e)));
         let method = req.header(":method").unwrap_or_default();
         let path = req.header(":path").unwrap_or_default();
         let host = req.header(":authority").unwrap_or_default();
-        let inputs = self.sets.inputs();
+        let inputs = snap.sets.inputs();
         let selected: Vec<(&str, &str)> = if inputs.headers {
-            self.context_headers
+            snap.context_headers
                 .iter()
                 .filter_map(|h| req.header(h).map(|v| (h.as_str(), v)))
                 .collect()
         } else {
             Vec::new()
         };
-        let query: Vec<(String, String)> = if inputs.query && !self.context_query.is_empty() {
+        let query: Vec<(String, String)> = if inputs.query && !snap.context_query.is_empty() {
             request::query_params(path)
                 .into_iter()
-                .filter(|(k, _)| self.context_query.contains(k))
+                .filter(|(k, _)| snap.context_query.contains(k))
                 .collect()
         } else {
             Vec::new()
@@ -308,12 +236,12 @@ impl Engine {
             source: source.as_deref().map(request::address_ip),
             time: now,
         };
-        let mode = self
+        let mode = snap
             .routes
             .mode(host, path.split(['?', '#']).next().unwrap_or_default());
         let extracted = match mode {
             AuthMode::Public => Extracted::Missing,
-            AuthMode::Required | AuthMode::Optional => extractor::extract(req, &self.sources),
+            AuthMode::Required | AuthMode::Optional => extractor::extract(req, &snap.sources),
         };
         // Everything the decision depends on besides the token and the policies: the path
         // holds the query, and an input no policy can read is left out.
@@ -338,52 +266,60 @@ impl Engine {
             Extracted::Token { token, header } => (token, header),
             Extracted::Missing | Extracted::WrongScheme if mode != AuthMode::Required => {
                 // No credentials on a public or optional route: the anonymous principal.
-                let key = (self.anonymous_capacity > 0).then(|| key(None));
+                let key = (snap.anonymous_capacity > 0).then(|| key(None));
                 if let Some(hit) = key.as_ref().and_then(|k| self.cached(&self.anonymous, k)) {
                     return hit;
                 }
                 let mut outcome = fresh();
-                outcome.principal = Some(self.policy().anonymous().to_string());
+                outcome.principal = Some(snap.default_engine().anonymous().to_string());
                 let none = serde_json::Map::new();
                 let empty = policy::claims_value(&none);
-                self.authorize(None, (&none, &empty), http, &mut outcome);
-                return self.remember(&self.anonymous, key, outcome, self.anonymous_capacity);
+                authorize(snap, None, (&none, &empty), http, &mut outcome);
+                return self.remember(&self.anonymous, key, outcome, snap.anonymous_capacity);
             }
-            Extracted::Missing => return Rc::new(fresh().unauthenticated(AuthError::Missing)),
-            Extracted::WrongScheme => {
-                return Rc::new(fresh().unauthenticated(AuthError::WrongScheme));
-            }
+            Extracted::Missing => return refused(AuthError::Missing),
+            Extracted::WrongScheme => return refused(AuthError::WrongScheme),
         };
-        let verified = match self.authenticate(&token, now) {
+        let (verified, token_cache) = match self.verify(snap, &token, now) {
             Ok(v) => v,
-            Err(e) => return Rc::new(fresh().unauthenticated(e)),
+            Err(e) => {
+                let mut d = refused(e);
+                if snap.token_cache_capacity > 0 {
+                    d.token_cache = CacheUse::Miss;
+                }
+                return d;
+            }
         };
-        let key = (self.decisions_per_token > 0).then(|| key(token_header));
-        if let Some(hit) = key
+        let key = (snap.decisions_per_token > 0).then(|| key(token_header));
+        if let Some(mut hit) = key
             .as_ref()
             .and_then(|k| self.cached(&verified.decisions, k))
         {
+            hit.token_cache = token_cache;
             return hit;
         }
         let mut outcome = fresh();
         let claims = &*verified.claims;
-        let Some(principal_id) = self.policy().principal_id(claims) else {
-            return Rc::new(outcome.unauthenticated(AuthError::NoSubject(
-                self.policy().principal_claim().to_owned(),
-            )));
+        let Some(principal_id) = snap.default_engine().principal_id(claims) else {
+            let mut d = refused(AuthError::NoSubject(
+                snap.default_engine().principal_claim().to_owned(),
+            ));
+            d.token_cache = token_cache;
+            return d;
         };
-        outcome.principal = Some(format!("{}::{principal_id:?}", self.principal_type));
+        outcome.principal = Some(format!("{}::{principal_id:?}", snap.principal_type));
         let cedar_claims = verified
             .cedar_claims
             .get_or_init(|| policy::claims_value(claims));
-        self.authorize(
+        authorize(
+            snap,
             Some(principal_id),
             (claims, cedar_claims),
             http,
             &mut outcome,
         );
         if outcome.verdict == Verdict::Allow
-            && let Some((_, outputs)) = self.issuers.get(&*verified.issuer)
+            && let Some((_, outputs)) = snap.issuers.by_iss.get(&*verified.issuer)
         {
             outcome.set_headers = outputs.render(claims, &token);
             if !outputs.forward
@@ -392,15 +328,17 @@ impl Engine {
                 outcome.remove_headers.push(h.to_owned());
             }
         }
-        self.remember(&verified.decisions, key, outcome, self.decisions_per_token)
+        let mut d = self.remember(&verified.decisions, key, outcome, snap.decisions_per_token);
+        d.token_cache = token_cache;
+        d
     }
 
-    /// A decision taken before for the same request under the policies in force.
-    fn cached(&self, decisions: &RefCell<Decisions>, key: &DecisionKey) -> Option<Rc<Outcome>> {
+    /// A decision taken before for the same request under the snapshot in force.
+    fn cached(&self, decisions: &RefCell<Decisions>, key: &DecisionKey) -> Option<Decided> {
         let hit = decisions
             .try_borrow()
             .ok()
-            .and_then(|d| d.get(key, self.generation));
+            .and_then(|d| d.get(key, self.generation.get()));
         let mut stats = self.decision_stats.get();
         if hit.is_some() {
             stats.hits += 1;
@@ -408,7 +346,10 @@ impl Engine {
             stats.misses += 1;
         }
         self.decision_stats.set(stats);
-        hit
+        hit.map(|outcome| Decided {
+            decision_cache: CacheUse::Hit,
+            ..Decided::new(outcome)
+        })
     }
 
     /// Keeps a fresh decision (when there is a key to keep it under) and returns it.
@@ -418,100 +359,60 @@ impl Engine {
         key: Option<DecisionKey>,
         outcome: Outcome,
         capacity: usize,
-    ) -> Rc<Outcome> {
+    ) -> Decided {
         let outcome = Rc::new(outcome);
-        if let (Some(key), Ok(mut d)) = (key, decisions.try_borrow_mut()) {
-            d.insert(key, outcome.clone(), self.generation, capacity);
-        }
-        outcome
-    }
-
-    /// The default set's mapping (principal claims, anonymous principal).
-    fn policy(&self) -> &PolicyEngine {
-        &self.sets.default_set().engine
-    }
-
-    /// The policy sets.
-    #[must_use]
-    pub fn policy_sets(&self) -> &PolicySets {
-        &self.sets
-    }
-
-    /// Replaces a policy set's bundle (`default` or a tenant id); an invalid bundle changes
-    /// nothing. Returns the version now in force.
-    pub fn replace_bundle(&mut self, set: &str, wire: &BundleWire) -> Result<u64, SetError> {
-        let version = self.sets.replace_bundle(set, wire)?;
-        // Decisions taken under the old bundle are never served again.
-        self.generation += 1;
-        self.anonymous.get_mut().clear();
-        Ok(version)
-    }
-
-    /// Selects the policy set and decides; fills the verdict and its explanation.
-    fn authorize(
-        &self,
-        principal_id: Option<&str>,
-        (claims, cedar_claims): (
-            &serde_json::Map<String, serde_json::Value>,
-            &cedar_policy_core::ast::Value,
-        ),
-        http: HttpRequest<'_>,
-        outcome: &mut Outcome,
-    ) {
-        let token_claims = principal_id.map(|_| claims);
-        let set = match self.sets.select(http.host, token_claims) {
-            Ok(set) => set,
-            Err(e) => {
-                outcome.verdict = Verdict::Forbidden;
-                outcome.errors.push(e);
-                return;
-            }
-        };
-        let d = set.decide(principal_id, claims, cedar_claims, http);
-        outcome.policy_set.clone_from(&set.id);
-        outcome.bundle_version = set.version();
-        outcome.shadow = d.shadow.map(|s| (s.allow, s.policies));
-        outcome.verdict = if d.enforced.allow || set.dry_run {
-            Verdict::Allow
+        let decision_cache = if key.is_some() {
+            CacheUse::Miss
         } else {
-            Verdict::Forbidden
+            CacheUse::Unused
         };
-        if set.dry_run {
-            outcome.dry_run = Some(d.enforced.allow);
+        if let (Some(key), Ok(mut d)) = (key, decisions.try_borrow_mut()) {
+            d.insert(key, outcome.clone(), self.generation.get(), capacity);
         }
-        outcome.policies = d.enforced.policies;
-        outcome.errors = d.enforced.errors;
-    }
-
-    /// Lets the host verify RSA and ECDSA signatures (unless the configuration says
-    /// `hostCrypto: false`); returns whether it will be used.
-    pub fn set_host_crypto(&mut self, host: Box<dyn HostCrypto>) -> bool {
-        if self.host_crypto_allowed {
-            self.host_crypto = Some(host);
+        Decided {
+            decision_cache,
+            evaluated: true,
+            ..Decided::new(outcome)
         }
-        self.host_crypto_allowed
     }
 
     /// Verifies a token (or finds it in the cache) and returns its claims.
     pub fn authenticate(&self, token: &str, now: u64) -> Result<Verified, AuthError> {
-        let leeway = self.rules.leeway;
-        if let Ok(mut cache) = self.cache.try_borrow_mut()
+        self.verify(&self.snapshot(), token, now).map(|(v, _)| v)
+    }
+
+    fn verify(
+        &self,
+        snap: &Snapshot,
+        token: &str,
+        now: u64,
+    ) -> Result<(Verified, CacheUse), AuthError> {
+        let leeway = snap.rules.leeway;
+        let use_cache = snap.token_cache_capacity > 0;
+        if use_cache
+            && let Ok(mut cache) = self.cache.try_borrow_mut()
             && let Some(hit) = cache.get(token, now, leeway)
         {
-            return Ok(hit);
+            return Ok((hit, CacheUse::Hit));
         }
-        let t = token::parse(token, self.max_token_bytes)?;
+        let t = token::parse(token, snap.max_token_bytes)?;
         let iss = t
             .claims
             .get("iss")
             .and_then(|v| v.as_str())
             .ok_or(AuthError::NoIssuer)?;
-        let issuer = self
+        let issuer = snap
             .issuers
+            .by_iss
             .get(iss)
             .map(|(issuer, _)| issuer)
             .ok_or_else(|| AuthError::UnknownIssuer(iss.to_owned()))?;
-        issuer.verify(&t, now, self.rules, self.host_crypto.as_deref())?;
+        let host = if snap.host_crypto {
+            self.host_crypto.as_deref()
+        } else {
+            None
+        };
+        issuer.verify(&t, now, snap.rules, host)?;
         let exp = t
             .claims
             .get("exp")
@@ -524,11 +425,52 @@ impl Engine {
             issuer: Rc::from(issuer.iss.as_str()),
             exp,
         };
-        if let Ok(mut cache) = self.cache.try_borrow_mut() {
+        if use_cache && let Ok(mut cache) = self.cache.try_borrow_mut() {
             cache.insert(token, verified.clone(), now, leeway);
         }
-        Ok(verified)
+        let used = if use_cache {
+            CacheUse::Miss
+        } else {
+            CacheUse::Unused
+        };
+        Ok((verified, used))
     }
+}
+
+/// Selects the policy set and decides; fills the verdict and its explanation.
+fn authorize(
+    snap: &Snapshot,
+    principal_id: Option<&str>,
+    (claims, cedar_claims): (
+        &serde_json::Map<String, serde_json::Value>,
+        &cedar_policy_core::ast::Value,
+    ),
+    http: HttpRequest<'_>,
+    outcome: &mut Outcome,
+) {
+    let token_claims = principal_id.map(|_| claims);
+    let set = match snap.sets.select(http.host, token_claims) {
+        Ok(set) => set,
+        Err(e) => {
+            outcome.verdict = Verdict::Forbidden;
+            outcome.errors.push(e);
+            return;
+        }
+    };
+    let d = set.decide(principal_id, claims, cedar_claims, http);
+    outcome.policy_set.clone_from(&set.id);
+    outcome.bundle_version = set.version();
+    outcome.shadow = d.shadow.map(|s| (s.allow, s.policies));
+    outcome.verdict = if d.enforced.allow || set.dry_run {
+        Verdict::Allow
+    } else {
+        Verdict::Forbidden
+    };
+    if set.dry_run {
+        outcome.dry_run = Some(d.enforced.allow);
+    }
+    outcome.policies = d.enforced.policies;
+    outcome.errors = d.enforced.errors;
 }
 
 impl Outcome {

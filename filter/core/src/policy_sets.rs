@@ -2,6 +2,8 @@
 //! tenant claim. Each set enforces its bundle or runs in dry run (evaluate and record, enforce
 //! nothing), and may shadow-evaluate a candidate bundle next to the one in force.
 
+use std::rc::Rc;
+
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
@@ -40,7 +42,7 @@ pub struct PolicySet {
     pub id: String,
     pub engine: PolicyEngine,
     pub dry_run: bool,
-    pub shadow: Option<PolicyEngine>,
+    pub shadow: Option<Rc<PolicyEngine>>,
     /// What the policies of this set and of its shadow can read of the context.
     reads: ContextReads,
 }
@@ -72,10 +74,10 @@ impl PolicySet {
                 })
         };
         let engine = engine_of(bundle)?;
-        let shadow = shadow.map(engine_of).transpose()?;
+        let shadow = shadow.map(engine_of).transpose()?.map(Rc::new);
         Ok(Self {
             id: id.to_owned(),
-            reads: reads_of(&engine, shadow.as_ref()),
+            reads: reads_of(&engine, shadow.as_deref()),
             engine,
             dry_run,
             shadow,
@@ -133,11 +135,12 @@ pub enum SetError {
     Unknown(String),
 }
 
-/// All policy sets of a filter.
-#[derive(Debug)]
+/// All policy sets of a filter. Each compiled set is shared: a snapshot that replaces one
+/// set's bundle shares the others with the snapshot it came from.
+#[derive(Debug, Clone)]
 pub struct PolicySets {
-    default: PolicySet,
-    tenants: Vec<PolicySet>,
+    default: Rc<PolicySet>,
+    tenants: Vec<Rc<PolicySet>>,
     /// Host pattern → index into `tenants`, in configuration order.
     hosts: Vec<(HostMatcher, usize)>,
     tenant_claim: Option<String>,
@@ -156,7 +159,7 @@ impl PolicySets {
     ) -> Result<Self, SetError> {
         let (bundle, dry_run, shadow) = default;
         let default = PolicySet::compile(DEFAULT_SET, bundle, dry_run, shadow, principal, mapping)?;
-        let mut compiled: Vec<PolicySet> = Vec::with_capacity(tenants.len());
+        let mut compiled: Vec<Rc<PolicySet>> = Vec::with_capacity(tenants.len());
         let mut hosts = Vec::new();
         for t in tenants {
             if t.id.is_empty() || t.id == DEFAULT_SET || compiled.iter().any(|c| c.id == t.id) {
@@ -169,17 +172,17 @@ impl PolicySets {
                 })?;
                 hosts.push((m, compiled.len()));
             }
-            compiled.push(PolicySet::compile(
+            compiled.push(Rc::new(PolicySet::compile(
                 &t.id,
                 &t.bundle,
                 t.dry_run,
                 t.shadow_bundle.as_ref(),
                 principal,
                 mapping,
-            )?);
+            )?));
         }
         let mut sets = Self {
-            default,
+            default: Rc::new(default),
             tenants: compiled,
             hosts,
             tenant_claim,
@@ -234,6 +237,7 @@ impl PolicySets {
             return self
                 .tenants
                 .get(*i)
+                .map(|t| &**t)
                 .ok_or_else(|| "tenant index out of range".to_owned());
         }
         let tenant = self
@@ -247,17 +251,19 @@ impl PolicySets {
                 .tenants
                 .iter()
                 .find(|t| t.id == id)
+                .map(|t| &**t)
                 .ok_or_else(|| format!("the token's tenant {id:?} has no policy set")),
         }
     }
 
-    /// Replaces one set's bundle (a live update). The new bundle is compiled first; if it is
-    /// invalid, nothing changes and the error says why.
-    pub fn replace_bundle(&mut self, set: &str, wire: &BundleWire) -> Result<u64, SetError> {
+    /// These sets with one set's bundle replaced (a live update); the other sets are shared.
+    /// The new bundle is compiled first; if it is invalid, the error says why.
+    pub fn with_bundle(&self, set: &str, wire: &BundleWire) -> Result<Self, SetError> {
+        let mut next = self.clone();
         let target = if set == DEFAULT_SET {
-            &mut self.default
+            &mut next.default
         } else {
-            self.tenants
+            next.tenants
                 .iter_mut()
                 .find(|t| t.id == set)
                 .ok_or_else(|| SetError::Unknown(set.to_owned()))?
@@ -266,11 +272,27 @@ impl PolicySets {
             set: set.to_owned(),
             source,
         })?;
-        target.engine = target.engine.with_bundle(bundle);
+        let engine = target.engine.with_bundle(bundle);
         // The shadow bundle (if any) stays, and so do its reads.
-        target.reads = reads_of(&target.engine, target.shadow.as_ref());
-        let version = target.version();
-        self.inputs = self.derive_inputs();
-        Ok(version)
+        let shadow = target.shadow.clone();
+        *target = Rc::new(PolicySet {
+            id: target.id.clone(),
+            reads: reads_of(&engine, shadow.as_deref()),
+            engine,
+            dry_run: target.dry_run,
+            shadow,
+        });
+        next.inputs = next.derive_inputs();
+        Ok(next)
+    }
+
+    /// The set with id `set` (`default` or a tenant id).
+    #[must_use]
+    pub fn get(&self, set: &str) -> Option<&PolicySet> {
+        if set == DEFAULT_SET {
+            Some(&self.default)
+        } else {
+            self.tenants.iter().find(|t| t.id == set).map(|t| &**t)
+        }
     }
 }

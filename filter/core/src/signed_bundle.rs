@@ -12,6 +12,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
 use crate::bundle::BundleWire;
+use crate::config::{IssuerConfig, IssuerSettings};
+use crate::jwks::JwkSetWire;
 
 /// One tenant's bundle at one version, with the issuers' keys.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -30,23 +32,39 @@ pub struct BundleDocument {
     pub issuers: Vec<IssuerKeys>,
 }
 
-/// An issuer's keys at the time of publishing.
+/// An issuer's keys and token settings at the time of publishing.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct IssuerKeys {
     pub issuer: String,
     #[serde(default)]
     pub audiences: Vec<String>,
-    /// A JWK Set: `{"keys": [...]}`.
-    pub jwks: serde_json::Value,
-    /// Token settings of the issuer's filter configuration (`requiredClaims`, `maxLifetime`,
-    /// `claimToHeaders`, ...), as an object; empty for the defaults.
-    #[serde(default = "empty_object")]
-    pub settings: serde_json::Value,
+    /// The issuer's public keys (uploaded and fetched).
+    pub jwks: JwkSetWire,
+    /// Token settings (`requiredClaims`, `maxLifetime`, `claimToHeaders`, ...); absent for
+    /// the defaults.
+    #[serde(default)]
+    pub settings: IssuerSettings,
 }
 
-fn empty_object() -> serde_json::Value {
-    serde_json::Value::Object(serde_json::Map::new())
+impl From<&IssuerKeys> for IssuerConfig {
+    fn from(k: &IssuerKeys) -> Self {
+        Self::with_keys(
+            k.issuer.clone(),
+            k.audiences.clone(),
+            k.jwks.clone(),
+            k.settings.clone(),
+        )
+    }
+}
+
+impl BundleDocument {
+    /// The filter configuration of the document's issuers: their keys with their token
+    /// settings, in the document's order.
+    #[must_use]
+    pub fn issuer_configs(&self) -> Vec<IssuerConfig> {
+        self.issuers.iter().map(IssuerConfig::from).collect()
+    }
 }
 
 /// What travels: the document's bytes and their signature.

@@ -1,6 +1,7 @@
 //! Proxy-wasm glue: Envoy ⇄ `portcullis-core`.
 //!
-//! The root context compiles the plugin configuration once into an immutable [`Engine`]; each
+//! The root context compiles the plugin configuration into an immutable [`Snapshot`] and keeps
+//! the worker's [`Engine`] over it (the snapshot in force plus the worker's caches); each
 //! HTTP context asks the engine for a decision on the request headers and either lets the
 //! request continue or sends the local reply. No policy or token logic lives here.
 //!
@@ -13,7 +14,7 @@ use std::rc::Rc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use log::{debug, error, info, warn};
-use portcullis_core::{Engine, HeaderMap, Outcome, RequestView, Verdict};
+use portcullis_core::{CacheUse, Engine, HeaderMap, Outcome, RequestView, Snapshot, Verdict};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel, MetricType};
@@ -178,19 +179,24 @@ impl RootContext for Root {
         if let Ok(level) = hostcalls::get_log_level() {
             proxy_wasm::set_log_level(level);
         }
-        match Engine::from_json(&bytes) {
-            Ok(mut engine) => {
+        match Snapshot::from_json(&bytes) {
+            Ok(snapshot) => {
                 self.metrics = Metrics::define();
-                let host_crypto = engine.set_host_crypto(Box::new(host_crypto::EnvoyCrypto::new(
+                let crypto = host_crypto::EnvoyCrypto::new(
                     self.metrics.host_verified,
                     self.metrics.host_fallback,
                     self.metrics.host_verify_ns,
-                )));
+                );
+                let engine = Engine::new(Rc::new(snapshot), Some(Box::new(crypto)));
                 info!(
                     "portcullis: configured with {} issuer(s), bundle version {}, host signature checks {}",
                     engine.issuer_count(),
                     engine.bundle_version(),
-                    if host_crypto { "on" } else { "off" }
+                    if engine.host_crypto_in_use() {
+                        "on"
+                    } else {
+                        "off"
+                    }
                 );
                 self.engine = Some(Rc::new(engine));
                 self.set_tick_period(METRICS_FLUSH);
@@ -318,8 +324,6 @@ impl HttpContext for Http {
             // Only reachable if the host creates contexts for an unconfigured plugin.
             return self.unavailable("no configuration in force");
         };
-        let before = engine.cache_stats();
-        let decisions_before = engine.decision_stats();
         let started = self.get_current_time();
         let now = started
             .duration_since(UNIX_EPOCH)
@@ -335,12 +339,10 @@ impl HttpContext for Http {
             http: self,
             headers,
         };
-        let outcome = engine.decide(&request, now);
-        let after = engine.cache_stats();
-        let decisions_after = engine.decision_stats();
+        let decided = engine.decide(&request, now);
         // Time the decisions that evaluated policies: one from the decision cache takes no
         // measurable time, and skipping it saves a clock read and a record per request.
-        if self.metrics.eval_us != 0 && decisions_after.hits == decisions_before.hits {
+        if self.metrics.eval_us != 0 && decided.evaluated {
             let elapsed = self
                 .get_current_time()
                 .duration_since(started)
@@ -350,20 +352,16 @@ impl HttpContext for Http {
                 u64::try_from(elapsed).unwrap_or(u64::MAX),
             );
         }
-        log_outcome(&outcome);
         let m = self.metrics;
-        Metrics::add(m.cache_hits, after.hits.saturating_sub(before.hits));
-        Metrics::add(m.cache_misses, after.misses.saturating_sub(before.misses));
-        Metrics::add(
-            m.decision_hits,
-            decisions_after.hits.saturating_sub(decisions_before.hits),
-        );
-        Metrics::add(
-            m.decision_misses,
-            decisions_after
-                .misses
-                .saturating_sub(decisions_before.misses),
-        );
+        let counter = |used: CacheUse, hit: u32, miss: u32| match used {
+            CacheUse::Hit => Metrics::add(hit, 1),
+            CacheUse::Miss => Metrics::add(miss, 1),
+            CacheUse::Unused => {}
+        };
+        counter(decided.token_cache, m.cache_hits, m.cache_misses);
+        counter(decided.decision_cache, m.decision_hits, m.decision_misses);
+        let outcome = decided.outcome;
+        log_outcome(&outcome);
         let verdict = match outcome.verdict {
             Verdict::Allow => m.allowed,
             Verdict::Forbidden => m.denied,

@@ -251,8 +251,11 @@ async fn entities_issuers_and_keys_reach_the_document() -> TestResult {
     let issuer = &doc.issuers[0];
     assert_eq!(issuer.issuer, "https://issuer.example");
     assert_eq!(issuer.audiences, ["api"]);
-    assert_eq!(issuer.jwks, json!({"keys": [jwk]}));
-    assert_eq!(issuer.settings, json!({"requiredClaims": ["email"]}));
+    assert_eq!(serde_json::to_value(&issuer.jwks)?, json!({"keys": [jwk]}));
+    assert_eq!(
+        serde_json::to_value(&issuer.settings)?,
+        json!({"requiredClaims": ["email"]})
+    );
     // Deleting the issuer removes its keys with it.
     let r = svc
         .admin(

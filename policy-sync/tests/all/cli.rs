@@ -874,18 +874,7 @@ async fn api_tokens_work_until_revoked() -> TestResult {
 /// A filter engine configured from a verified document: every issuer in it with its keys,
 /// and the tenant's bundle inline.
 fn engine_from(doc: &BundleDocument) -> Res<Engine> {
-    let issuers: Vec<Value> = doc
-        .issuers
-        .iter()
-        .map(|i| {
-            let mut issuer = i.settings.as_object().cloned().unwrap_or_default();
-            issuer.insert("issuer".into(), i.issuer.clone().into());
-            issuer.insert("audiences".into(), json!(i.audiences));
-            issuer.insert("jwks".into(), i.jwks.clone());
-            Value::Object(issuer)
-        })
-        .collect();
-    let config = json!({"issuers": issuers, "bundle": doc.bundle});
+    let config = json!({"issuers": doc.issuer_configs(), "bundle": doc.bundle});
     Ok(Engine::from_json(config.to_string().as_bytes())?)
 }
 
@@ -958,9 +947,10 @@ async fn dev_tokens_pass_the_filter() -> TestResult {
     let doc = document_where(&svc, "default", first.version, |d| {
         d.issuers.iter().any(|i| {
             i.issuer == policy_sync::dev_token::DEV_ISSUER
-                && i.jwks["keys"]
-                    .as_array()
-                    .is_some_and(|k| k.iter().any(|k| k["kid"] == kid.as_str()))
+                && i.jwks
+                    .keys
+                    .iter()
+                    .any(|k| k.kid.as_deref() == Some(kid.as_str()))
         })
     })
     .await?;

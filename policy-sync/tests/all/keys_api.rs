@@ -45,14 +45,7 @@ async fn kids(svc: &Service, after: i64) -> Res<(u64, Vec<String>)> {
             let kids = doc
                 .issuers
                 .iter()
-                .flat_map(|i| {
-                    i.jwks
-                        .get("keys")
-                        .and_then(Value::as_array)
-                        .cloned()
-                        .unwrap_or_default()
-                })
-                .filter_map(|k| k.get("kid").and_then(Value::as_str).map(str::to_owned))
+                .flat_map(|i| i.jwks.keys.iter().filter_map(|k| k.kid.clone()))
                 .collect();
             return Ok((doc.version, kids));
         }

@@ -7,7 +7,7 @@ use std::rc::Rc;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use harness::devkeys::{DevIssuer, now};
-use portcullis_core::{AuthError, Digest, Engine, HostCrypto, StaticRequest, Verdict};
+use portcullis_core::{AuthError, Digest, Engine, HostCrypto, Snapshot, StaticRequest, Verdict};
 use serde_json::{Value, json};
 
 type TestResult = Result<(), Box<dyn Error>>;
@@ -257,6 +257,12 @@ impl HostCrypto for RecordingHost {
     }
 }
 
+/// An engine over `cfg` whose signature checks may go to `host`.
+fn with_host(cfg: &Value, host: RecordingHost) -> Result<Engine, Box<dyn Error>> {
+    let snapshot = Snapshot::from_json(cfg.to_string().as_bytes())?;
+    Ok(Engine::new(Rc::new(snapshot), Some(Box::new(host))))
+}
+
 #[test]
 fn the_host_checks_rsa_and_ecdsa_when_it_can() -> TestResult {
     let issuer = DevIssuer::generate()?;
@@ -268,8 +274,8 @@ fn the_host_checks_rsa_and_ecdsa_when_it_can() -> TestResult {
     cfg["tokenCache"] = json!({"capacity": 0});
     let host = RecordingHost::default();
     let calls = host.calls.clone();
-    let mut e = Engine::from_json(cfg.to_string().as_bytes())?;
-    assert!(e.set_host_crypto(Box::new(host)));
+    let e = with_host(&cfg, host)?;
+    assert!(e.host_crypto_in_use());
     for (alg, by_host) in [
         ("RS256", 1),
         ("RS384", 1),
@@ -301,8 +307,7 @@ fn the_host_checks_rsa_and_ecdsa_when_it_can() -> TestResult {
     cfg["issuers"][0]["jwks"] = jwks;
     let host = RecordingHost::default();
     let calls = host.calls.clone();
-    let mut e = Engine::from_json(cfg.to_string().as_bytes())?;
-    e.set_host_crypto(Box::new(host));
+    let e = with_host(&cfg, host)?;
     assert_eq!(verdict(&e, &token, t), Verdict::Allow);
     assert_eq!(calls.get(), 1);
     // A zero signature never reaches the host.
@@ -317,16 +322,15 @@ fn the_host_checks_rsa_and_ecdsa_when_it_can() -> TestResult {
         absent: true,
         ..RecordingHost::default()
     };
-    let mut e = Engine::from_json(cfg.to_string().as_bytes())?;
-    e.set_host_crypto(Box::new(host));
+    let e = with_host(&cfg, host)?;
     assert_eq!(verdict(&e, &token, t), Verdict::Allow);
 
     // `hostCrypto: false` keeps every check in the filter.
     cfg["hostCrypto"] = json!(false);
     let host = RecordingHost::default();
     let calls = host.calls.clone();
-    let mut e = Engine::from_json(cfg.to_string().as_bytes())?;
-    assert!(!e.set_host_crypto(Box::new(host)));
+    let e = with_host(&cfg, host)?;
+    assert!(!e.host_crypto_in_use());
     assert_eq!(verdict(&e, &token, t), Verdict::Allow);
     assert_eq!(calls.get(), 0);
     Ok(())

@@ -271,7 +271,8 @@ fn default_schema_validates_the_mapping() -> TestResult {
     // The context the filter builds for a real request conforms to the schema.
     let issuer = DevIssuer::generate()?;
     let e = Engine::from_json(harness::demo::plugin_config(&issuer).to_string().as_bytes())?;
-    let policy = &e.policy_sets().default_set().engine;
+    let sets = e.policy_sets();
+    let policy = &sets.default_set().engine;
     let claims = json!({"iss": issuer.issuer, "sub": "bob", "exp": 2_000_000_000u64, "iat": 1_900_000_000u64, "groups": ["staff"]});
     let claims = claims.as_object().ok_or("claims")?;
     let http = HttpRequest {
@@ -416,7 +417,7 @@ fn dry_run_and_shadow_bundles_enforce_nothing_new() -> TestResult {
 #[test]
 fn an_invalid_bundle_keeps_the_last_good_one() -> TestResult {
     let issuer = DevIssuer::generate()?;
-    let mut e = engine_with(&issuer, json!({}))?;
+    let e = engine_with(&issuer, json!({}))?;
     let del = StaticRequest::new("DELETE", "/api/x").with_bearer(&issuer.token("bob", &[]));
     assert_eq!(e.check(&del, now()).verdict, Verdict::Forbidden);
     for bad in [

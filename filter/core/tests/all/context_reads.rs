@@ -163,7 +163,8 @@ fn differs_with(
     t: u64,
 ) -> Result<bool, Box<dyn Error>> {
     use portcullis_core::RequestView as _;
-    let policy = &engine.policy_sets().default_set().engine;
+    let sets = engine.policy_sets();
+    let policy = &sets.default_set().engine;
     let path = req.header(":path").unwrap_or_default();
     let headers: Vec<(&str, &str)> = req
         .header("x-maintenance")

@@ -143,7 +143,7 @@ fn time_dependent_policies_are_decided_per_second() -> TestResult {
 #[test]
 fn a_replaced_bundle_is_never_answered_from_older_decisions() -> TestResult {
     let issuer = DevIssuer::generate()?;
-    let mut e = engine_with(
+    let e = engine_with(
         &issuer,
         json!({
             "bundle": {"version": 1, "policies": "permit (principal, action, resource);"},

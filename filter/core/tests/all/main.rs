@@ -7,4 +7,5 @@ mod decision_cache;
 mod engine;
 mod entity_slice;
 mod index;
+mod snapshot;
 mod vectors;

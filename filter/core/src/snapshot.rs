@@ -1,0 +1,333 @@
+//! The compiled configuration: immutable once built, replaced whole when a new bundle or new
+//! keys arrive (the glue swaps an `Rc`). What changes per request (caches, counters) lives in
+//! [`crate::Engine`], not here.
+
+use std::rc::Rc;
+
+use hashbrown::HashMap;
+
+use crate::action_routes::ActionRoutes;
+use crate::bundle::BundleWire;
+use crate::config::{ConfigError, FilterConfig, IssuerConfig};
+use crate::extractor::TokenSource;
+use crate::headers::{self, ClaimHeader, Outputs};
+use crate::jwks::KeySet;
+use crate::policy::{self, PolicyEngine, PrincipalMapping, RequestMapping};
+use crate::policy_sets::{DEFAULT_SET, PolicySets, SetError};
+use crate::routes::Routes;
+use crate::signed_bundle::BundleDocument;
+use crate::verifier::{Issuer, TimeRules};
+
+/// The trusted issuers, compiled.
+#[derive(Debug)]
+pub struct Issuers {
+    pub(crate) by_iss: HashMap<String, (Issuer, Outputs)>,
+    /// Every header any issuer writes: client copies are removed from every request.
+    pub(crate) written_headers: Vec<String>,
+    /// What they were compiled from (a new document with the same issuers keeps these).
+    configs: Vec<IssuerConfig>,
+}
+
+impl TryFrom<Vec<IssuerConfig>> for Issuers {
+    type Error = ConfigError;
+
+    fn try_from(configs: Vec<IssuerConfig>) -> Result<Self, Self::Error> {
+        if configs.is_empty() {
+            return Err(ConfigError::NoIssuers);
+        }
+        let mut by_iss = HashMap::with_capacity(configs.len());
+        let mut written_headers: Vec<String> = Vec::new();
+        for i in &configs {
+            let (wire, shared) = match (&i.jwks, &i.shared_secrets) {
+                (Some(w), None) => (w, false),
+                (None, Some(w)) => (w, true),
+                _ => return Err(ConfigError::KeySource(i.issuer.clone())),
+            };
+            let keys = KeySet::try_from(wire).map_err(|source| ConfigError::Jwks {
+                issuer: i.issuer.clone(),
+                source,
+            })?;
+            match (shared, keys.is_shared_secret()) {
+                (false, true) => return Err(ConfigError::SecretInJwks(i.issuer.clone())),
+                (true, false) => return Err(ConfigError::PublicInSecrets(i.issuer.clone())),
+                _ => {}
+            }
+            if by_iss.contains_key(&i.issuer) {
+                return Err(ConfigError::DuplicateIssuer(i.issuer.clone()));
+            }
+            let outputs = Outputs {
+                claim_headers: i
+                    .claim_to_headers
+                    .iter()
+                    .map(|c| ClaimHeader {
+                        claim: c.claim.split('.').map(str::to_owned).collect(),
+                        header: c.header.clone(),
+                    })
+                    .collect(),
+                payload_header: i.payload_header.clone(),
+                forward: i.forward,
+            };
+            for h in outputs.written() {
+                if !headers::valid_header_name(h) {
+                    return Err(ConfigError::Header {
+                        issuer: i.issuer.clone(),
+                        header: h.to_owned(),
+                    });
+                }
+                if !written_headers.iter().any(|w| w == h) {
+                    written_headers.push(h.to_owned());
+                }
+            }
+            let issuer = Issuer {
+                iss: i.issuer.clone(),
+                audiences: i.audiences.clone(),
+                keys,
+                required_claims: i.required_claims.clone(),
+                max_lifetime: i.max_lifetime.map(|d| d.0.as_secs()),
+            };
+            by_iss.insert(i.issuer.clone(), (issuer, outputs));
+        }
+        Ok(Self {
+            by_iss,
+            written_headers,
+            configs,
+        })
+    }
+}
+
+impl Issuers {
+    /// Number of trusted issuers.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.by_iss.len()
+    }
+
+    /// Always false: a configuration without issuers is refused.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.by_iss.is_empty()
+    }
+
+    /// Whether `iss` is trusted.
+    #[must_use]
+    pub fn contains(&self, iss: &str) -> bool {
+        self.by_iss.contains_key(iss)
+    }
+}
+
+/// Why a document could not become the snapshot in force. Nothing changes when it is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum DocumentError {
+    #[error("the document's issuers: {0}")]
+    Issuers(ConfigError),
+    #[error("{0}")]
+    Bundle(SetError),
+}
+
+/// Everything the filter needs per request, compiled from [`FilterConfig`]; never changed
+/// after it is built.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub(crate) issuers: Rc<Issuers>,
+    pub(crate) sources: Vec<TokenSource>,
+    pub(crate) routes: Routes,
+    pub(crate) sets: PolicySets,
+    pub(crate) rules: TimeRules,
+    pub(crate) max_token_bytes: usize,
+    pub(crate) debug_headers: bool,
+    pub(crate) principal_type: String,
+    pub(crate) host_crypto: bool,
+    pub(crate) context_headers: Vec<String>,
+    pub(crate) context_query: Vec<String>,
+    pub(crate) token_cache_capacity: usize,
+    /// Decisions kept per cached token, and for requests without a token.
+    pub(crate) decisions_per_token: usize,
+    pub(crate) anonymous_capacity: usize,
+}
+
+/// Refuses cache sizes and limits outside their documented bounds.
+fn check_limits(cfg: &FilterConfig) -> Result<(), ConfigError> {
+    if !(256..=65536).contains(&cfg.max_token_bytes) {
+        return Err(ConfigError::MaxTokenBytes(cfg.max_token_bytes));
+    }
+    if cfg.token_cache.capacity > 1_000_000 {
+        return Err(ConfigError::CacheCapacity(cfg.token_cache.capacity));
+    }
+    if cfg.decision_cache.per_token > 65_536 {
+        return Err(ConfigError::DecisionCache(
+            "perToken",
+            65_536,
+            cfg.decision_cache.per_token,
+        ));
+    }
+    if cfg.decision_cache.anonymous > 1_000_000 {
+        return Err(ConfigError::DecisionCache(
+            "anonymous",
+            1_000_000,
+            cfg.decision_cache.anonymous,
+        ));
+    }
+    if cfg.token_sources.is_empty() {
+        return Err(ConfigError::TokenSource(
+            "tokenSources must not be empty".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn mappings(cfg: &FilterConfig) -> Result<(PrincipalMapping, RequestMapping), ConfigError> {
+    let principal = PrincipalMapping {
+        entity_type: policy::type_name(&cfg.principal.entity_type)
+            .map_err(ConfigError::EntityType)?,
+        id_claim: cfg.principal.id_claim.clone(),
+        groups_claim: cfg.principal.groups_claim.clone(),
+        group_type: policy::type_name(&cfg.principal.group_entity_type)
+            .map_err(ConfigError::EntityType)?,
+        anonymous: policy::entity_uid(&cfg.principal.anonymous).map_err(ConfigError::EntityType)?,
+    };
+    let mapping = RequestMapping {
+        action_type: policy::type_name(&cfg.request.action_entity_type)
+            .map_err(ConfigError::EntityType)?,
+        resource_type: policy::type_name(&cfg.request.resource_entity_type)
+            .map_err(ConfigError::EntityType)?,
+        routes: ActionRoutes::try_from(cfg.request.routes.as_slice())
+            .map_err(ConfigError::Route)?,
+    };
+    if let Some(h) = cfg
+        .request
+        .context_headers
+        .iter()
+        .find(|h| !headers::valid_header_name(h) && h.as_str() != "host")
+    {
+        return Err(ConfigError::Route(format!(
+            "request.contextHeaders: {h:?} is not a lower-case header name"
+        )));
+    }
+    Ok((principal, mapping))
+}
+
+impl TryFrom<FilterConfig> for Snapshot {
+    type Error = ConfigError;
+
+    fn try_from(mut cfg: FilterConfig) -> Result<Self, Self::Error> {
+        let issuers = Issuers::try_from(std::mem::take(&mut cfg.issuers))?;
+        check_limits(&cfg)?;
+        let sources = cfg
+            .token_sources
+            .iter()
+            .map(TokenSource::try_from)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(ConfigError::TokenSource)?;
+        let routes = Routes::try_from(cfg.routes.as_slice()).map_err(ConfigError::Route)?;
+        let (principal, mapping) = mappings(&cfg)?;
+        let sets = PolicySets::new(
+            (&cfg.bundle, cfg.dry_run, cfg.shadow_bundle.as_ref()),
+            &cfg.tenants,
+            cfg.tenant_claim,
+            &principal,
+            &mapping,
+        )
+        .map_err(|e| match e {
+            // The default set's bundle is the configuration's `bundle`.
+            SetError::Bundle { set, source } if set == DEFAULT_SET => ConfigError::Bundle(source),
+            e => ConfigError::PolicySets(e),
+        })?;
+        Ok(Self {
+            issuers: Rc::new(issuers),
+            sources,
+            routes,
+            sets,
+            rules: TimeRules {
+                leeway: cfg.clock_skew.0.as_secs(),
+            },
+            max_token_bytes: cfg.max_token_bytes,
+            debug_headers: cfg.debug_headers,
+            principal_type: cfg.principal.entity_type,
+            host_crypto: cfg.host_crypto,
+            context_headers: cfg.request.context_headers,
+            context_query: cfg.request.context_query,
+            token_cache_capacity: cfg.token_cache.capacity,
+            // Decisions live in token-cache entries: without that cache there is nowhere to
+            // keep them.
+            decisions_per_token: if cfg.token_cache.capacity == 0 {
+                0
+            } else {
+                cfg.decision_cache.per_token
+            },
+            anonymous_capacity: cfg.decision_cache.anonymous,
+        })
+    }
+}
+
+impl Snapshot {
+    /// Parses and compiles a JSON configuration.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, ConfigError> {
+        Self::try_from(FilterConfig::from_json(bytes)?)
+    }
+
+    /// Whether 403 replies name the determining policies.
+    #[must_use]
+    pub fn debug_headers(&self) -> bool {
+        self.debug_headers
+    }
+
+    /// Whether the configuration lets the host verify signatures (`hostCrypto`).
+    #[must_use]
+    pub fn host_crypto_allowed(&self) -> bool {
+        self.host_crypto
+    }
+
+    /// The trusted issuers.
+    #[must_use]
+    pub fn issuers(&self) -> &Issuers {
+        &self.issuers
+    }
+
+    /// Version of the default set's bundle.
+    #[must_use]
+    pub fn bundle_version(&self) -> u64 {
+        self.sets.default_set().version()
+    }
+
+    /// The policy sets.
+    #[must_use]
+    pub fn policy_sets(&self) -> &PolicySets {
+        &self.sets
+    }
+
+    /// The default set's engine (principal mapping, anonymous principal).
+    pub(crate) fn default_engine(&self) -> &PolicyEngine {
+        &self.sets.default_set().engine
+    }
+
+    /// This snapshot with one set's bundle (`default` or a tenant id) replaced; the other
+    /// sets and the issuers are shared, not recompiled.
+    pub fn with_bundle(&self, set: &str, wire: &BundleWire) -> Result<Self, SetError> {
+        let mut next = self.clone();
+        next.sets = self.sets.with_bundle(set, wire)?;
+        Ok(next)
+    }
+
+    /// This snapshot with a verified document applied: the tenant's bundle replaced and, when
+    /// the document lists issuers, those issuers (keys and token settings) in place of the
+    /// ones in force. Issuers equal to the ones in force are kept as they are (and with them
+    /// the tokens verified against them).
+    pub fn with_document(&self, doc: &BundleDocument) -> Result<Self, DocumentError> {
+        let mut next = self
+            .with_bundle(&doc.tenant, &doc.bundle)
+            .map_err(DocumentError::Bundle)?;
+        if !doc.issuers.is_empty() {
+            let configs = doc.issuer_configs();
+            if configs != self.issuers.configs {
+                next.issuers = Rc::new(Issuers::try_from(configs).map_err(DocumentError::Issuers)?);
+            }
+        }
+        Ok(next)
+    }
+
+    /// Whether tokens verified under `self` are verified under `other` too (same issuers).
+    #[must_use]
+    pub fn same_issuers(&self, other: &Self) -> bool {
+        Rc::ptr_eq(&self.issuers, &other.issuers)
+    }
+}
