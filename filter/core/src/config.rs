@@ -14,15 +14,25 @@ use crate::extractor::TokenSourceConfig;
 use crate::jwks::{JwkSetWire, JwksError};
 use crate::policy_sets::{SetError, TenantConfig};
 use crate::routes::RouteConfig;
+use crate::signed_bundle::BundleDocument;
+use crate::sync::config::{SyncConfig, SyncConfigError, SyncSettings};
 
 /// Top-level filter configuration.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct FilterConfig {
-    /// Trusted token issuers (at least one).
+    /// Trusted token issuers (at least one, unless `sync` brings them: the issuers of a
+    /// document from policy-sync replace these).
+    #[serde(default)]
     pub issuers: Vec<IssuerConfig>,
-    /// The default policy set's bundle (inline).
-    pub bundle: BundleWire,
+    /// The default policy set's bundle, inline. Required unless `sync` is configured; with
+    /// `sync` it is served until the first verified document arrives.
+    #[serde(default)]
+    pub bundle: Option<BundleWire>,
+    /// Follow policy-sync: its signed documents replace the bundles and issuers in force.
+    /// Default: none (the configuration's bundles stay until the configuration changes).
+    #[serde(default)]
+    pub sync: Option<SyncConfig>,
     /// The default policy set evaluates and records but enforces nothing. Default false.
     #[serde(default)]
     pub dry_run: bool,
@@ -366,6 +376,10 @@ pub enum ConfigError {
     Json(String),
     #[error("at least one issuer must be configured")]
     NoIssuers,
+    #[error("policy set {0:?} has no bundle: give one inline, or configure `sync` to fetch it")]
+    NoBundle(String),
+    #[error("{0}")]
+    Sync(#[from] SyncConfigError),
     #[error("issuer {0:?} is configured twice")]
     DuplicateIssuer(String),
     #[error("issuer {issuer:?}: {source}")]
@@ -402,5 +416,54 @@ impl FilterConfig {
     /// Parses the configuration bytes Envoy hands the filter.
     pub fn from_json(bytes: &[u8]) -> Result<Self, ConfigError> {
         serde_json::from_slice(bytes).map_err(|e| ConfigError::Json(e.to_string()))
+    }
+
+    /// The checked `sync` section, if there is one.
+    pub fn sync_settings(&self) -> Result<Option<SyncSettings>, ConfigError> {
+        let tenants: Vec<&str> = self.tenants.iter().map(|t| t.id.as_str()).collect();
+        self.sync
+            .as_ref()
+            .map(|s| SyncSettings::new(s, &tenants))
+            .transpose()
+            .map_err(ConfigError::from)
+    }
+
+    /// The policy sets that have no bundle yet (`default` or tenant ids).
+    #[must_use]
+    pub fn missing_bundles(&self) -> Vec<&str> {
+        let default = self
+            .bundle
+            .is_none()
+            .then_some(crate::policy_sets::DEFAULT_SET);
+        default
+            .into_iter()
+            .chain(
+                self.tenants
+                    .iter()
+                    .filter(|t| t.bundle.is_none())
+                    .map(|t| t.id.as_str()),
+            )
+            .collect()
+    }
+
+    /// Puts a verified document's bundle in its tenant's place and, when it lists issuers,
+    /// its issuers in place of the configured ones (how a filter that started without them
+    /// gets its first snapshot). A tenant that is not configured is an error.
+    pub fn apply_document(&mut self, doc: &BundleDocument) -> Result<(), ConfigError> {
+        let slot = if doc.tenant == crate::policy_sets::DEFAULT_SET {
+            &mut self.bundle
+        } else {
+            &mut self
+                .tenants
+                .iter_mut()
+                .find(|t| t.id == doc.tenant)
+                .ok_or_else(|| SetError::Unknown(doc.tenant.clone()))?
+                .bundle
+        };
+        *slot = Some(doc.bundle.clone());
+        if !doc.issuers.is_empty() {
+            self.issuers = doc.issuer_configs();
+        }
+        Ok(())
     }
 }

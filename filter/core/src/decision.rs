@@ -16,8 +16,10 @@ pub enum AuthError {
     NoIssuer,
     #[error("issuer {0:?} is not trusted")]
     UnknownIssuer(String),
-    #[error("no key of the issuer matches kid {kid:?} and alg {alg}")]
+    #[error("no key of issuer {issuer:?} matches kid {kid:?} and alg {alg}")]
     NoKey {
+        /// The token's (trusted) issuer: with `sync`, its keys are refreshed.
+        issuer: String,
         kid: Option<String>,
         alg: &'static str,
     },

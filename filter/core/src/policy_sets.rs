@@ -26,8 +26,10 @@ pub struct TenantConfig {
     /// Default: none (selected by claim only).
     #[serde(default)]
     pub hosts: Vec<String>,
-    /// The tenant's bundle.
-    pub bundle: BundleWire,
+    /// The tenant's bundle, inline. Required unless `sync` is configured (then it is served
+    /// until the first verified document for the tenant arrives).
+    #[serde(default)]
+    pub bundle: Option<BundleWire>,
     /// Evaluate and record, enforce nothing. Default false.
     #[serde(default)]
     pub dry_run: bool,
@@ -133,6 +135,8 @@ pub enum SetError {
     Host { tenant: String, message: String },
     #[error("no policy set {0:?}")]
     Unknown(String),
+    #[error("policy set {0:?} has no bundle: give one inline, or configure `sync` to fetch it")]
+    NoBundle(String),
 }
 
 /// All policy sets of a filter. Each compiled set is shared: a snapshot that replaces one
@@ -172,9 +176,13 @@ impl PolicySets {
                 })?;
                 hosts.push((m, compiled.len()));
             }
+            let bundle = t
+                .bundle
+                .as_ref()
+                .ok_or_else(|| SetError::NoBundle(t.id.clone()))?;
             compiled.push(Rc::new(PolicySet::compile(
                 &t.id,
-                &t.bundle,
+                bundle,
                 t.dry_run,
                 t.shadow_bundle.as_ref(),
                 principal,

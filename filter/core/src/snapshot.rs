@@ -102,7 +102,8 @@ impl Issuers {
         self.by_iss.len()
     }
 
-    /// Always false: a configuration without issuers is refused.
+    /// Whether there are none (only in the trial compile of a configuration waiting for
+    /// its first document).
     #[must_use]
     pub fn is_empty(&self) -> bool {
         self.by_iss.is_empty()
@@ -209,8 +210,66 @@ fn mappings(cfg: &FilterConfig) -> Result<(PrincipalMapping, RequestMapping), Co
 impl TryFrom<FilterConfig> for Snapshot {
     type Error = ConfigError;
 
-    fn try_from(mut cfg: FilterConfig) -> Result<Self, Self::Error> {
-        let issuers = Issuers::try_from(std::mem::take(&mut cfg.issuers))?;
+    fn try_from(cfg: FilterConfig) -> Result<Self, Self::Error> {
+        Self::compile(cfg, true)
+    }
+}
+
+/// What a configuration starts as.
+#[derive(Debug)]
+pub enum Start {
+    /// Everything is there: the snapshot to put in force.
+    Ready(Rc<Snapshot>),
+    /// `sync` will bring what is missing (the bundles of these sets, and the issuers when
+    /// `issuers` is set); everything else has been checked. Until then the filter answers
+    /// 503.
+    Pending { bundles: Vec<String>, issuers: bool },
+}
+
+impl Start {
+    /// Checks `cfg` whole. Without `sync` every bundle and an issuer are required; with it,
+    /// what is missing is left for the first documents, and the rest is compiled as a trial
+    /// (with empty bundles in the missing places) so that anything wrong is refused now.
+    pub fn new(cfg: &FilterConfig) -> Result<Self, ConfigError> {
+        let sync = cfg.sync_settings()?;
+        let missing: Vec<String> = cfg
+            .missing_bundles()
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+        let no_issuers = cfg.issuers.is_empty();
+        if sync.is_none() || (missing.is_empty() && !no_issuers) {
+            return Snapshot::try_from(cfg.clone()).map(|s| Start::Ready(Rc::new(s)));
+        }
+        let mut trial = cfg.clone();
+        let empty = || Some(BundleWire::default());
+        if trial.bundle.is_none() {
+            trial.bundle = empty();
+        }
+        for t in &mut trial.tenants {
+            if t.bundle.is_none() {
+                t.bundle = empty();
+            }
+        }
+        Snapshot::compile(trial, false)?;
+        Ok(Start::Pending {
+            bundles: missing,
+            issuers: no_issuers,
+        })
+    }
+}
+
+impl Snapshot {
+    fn compile(mut cfg: FilterConfig, require_issuers: bool) -> Result<Self, ConfigError> {
+        let issuers = if !require_issuers && cfg.issuers.is_empty() {
+            Issuers {
+                by_iss: HashMap::new(),
+                written_headers: Vec::new(),
+                configs: Vec::new(),
+            }
+        } else {
+            Issuers::try_from(std::mem::take(&mut cfg.issuers))?
+        };
         check_limits(&cfg)?;
         let sources = cfg
             .token_sources
@@ -220,8 +279,12 @@ impl TryFrom<FilterConfig> for Snapshot {
             .map_err(ConfigError::TokenSource)?;
         let routes = Routes::try_from(cfg.routes.as_slice()).map_err(ConfigError::Route)?;
         let (principal, mapping) = mappings(&cfg)?;
+        let bundle = cfg
+            .bundle
+            .as_ref()
+            .ok_or_else(|| ConfigError::NoBundle(DEFAULT_SET.to_owned()))?;
         let sets = PolicySets::new(
-            (&cfg.bundle, cfg.dry_run, cfg.shadow_bundle.as_ref()),
+            (bundle, cfg.dry_run, cfg.shadow_bundle.as_ref()),
             &cfg.tenants,
             cfg.tenant_claim,
             &principal,
@@ -230,6 +293,7 @@ impl TryFrom<FilterConfig> for Snapshot {
         .map_err(|e| match e {
             // The default set's bundle is the configuration's `bundle`.
             SetError::Bundle { set, source } if set == DEFAULT_SET => ConfigError::Bundle(source),
+            SetError::NoBundle(set) => ConfigError::NoBundle(set),
             e => ConfigError::PolicySets(e),
         })?;
         Ok(Self {

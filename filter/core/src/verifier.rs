@@ -42,6 +42,7 @@ impl Issuer {
             .peekable();
         if candidates.peek().is_none() {
             return Err(AuthError::NoKey {
+                issuer: self.iss.clone(),
                 kid: token.kid.clone(),
                 alg: token.alg.name(),
             });

@@ -81,6 +81,7 @@ fn es384_fixture_tokens() -> TestResult {
     assert_eq!(
         verdict(&e, &as256, t),
         refused(AuthError::NoKey {
+            issuer: issuer.issuer.clone(),
             kid: Some("fixed".into()),
             alg: "ES256"
         })
@@ -126,6 +127,7 @@ fn hmac_issuers_take_only_hmac_tokens() -> TestResult {
     assert_eq!(
         verdict(&e, &rs, t),
         refused(AuthError::NoKey {
+            issuer: HS_ISSUER.into(),
             kid: Some(issuer.kid.clone()),
             alg: "RS256"
         })
@@ -140,6 +142,7 @@ fn hmac_issuers_take_only_hmac_tokens() -> TestResult {
     assert_eq!(
         verdict(&e, &confused, t),
         refused(AuthError::NoKey {
+            issuer: issuer.issuer.clone(),
             kid: Some("s1".into()),
             alg: "HS256"
         })
