@@ -3,6 +3,7 @@
 //! host-agnostic: the glue supplies the clock, the shared data and the HTTP calls.
 
 pub mod accept;
+pub mod agent;
 pub mod backoff;
 pub mod config;
 pub mod health;

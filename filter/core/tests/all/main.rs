@@ -8,4 +8,5 @@ mod engine;
 mod entity_slice;
 mod index;
 mod snapshot;
+mod sync_agent;
 mod vectors;
