@@ -9,12 +9,17 @@
 //! removes them from the module's exports.
 
 mod host_crypto;
+mod sync;
 
+use std::cell::RefCell;
 use std::rc::Rc;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use log::{debug, error, info, warn};
-use portcullis_core::{CacheUse, Engine, HeaderMap, Outcome, RequestView, Snapshot, Verdict};
+use portcullis_core::{
+    AuthError, CacheUse, Engine, FilterConfig, HeaderMap, Outcome, RequestView, Snapshot, Start,
+    Verdict,
+};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel, MetricType};
@@ -30,13 +35,36 @@ static ALLOCATOR: lol_alloc::AssumeSingleThreaded<lol_alloc::FreeListAllocator> 
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Trace);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root { engine: None, metrics: Metrics::default(), by_policy: Rc::default() }) });
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root::default()) });
 }}
 
+#[derive(Default)]
 struct Root {
     engine: Option<Rc<Engine>>,
     metrics: Metrics,
     by_policy: Rc<PolicyCounters>,
+    /// Following policy-sync, when the configuration says `sync`.
+    sync: Option<Rc<RefCell<sync::Sync>>>,
+    /// When counts last went to Envoy (the tick is faster than the flush when syncing).
+    flushed: Option<SystemTime>,
+}
+
+impl Root {
+    /// A worker's engine over `snapshot`, with Envoy's signature checks.
+    fn engine_over(metrics: Metrics, snapshot: Rc<Snapshot>) -> Engine {
+        let crypto = host_crypto::EnvoyCrypto::new(
+            metrics.host_verified,
+            metrics.host_fallback,
+            metrics.host_verify_ns,
+        );
+        Engine::new(snapshot, Some(Box::new(crypto)))
+    }
+
+    fn apply(&mut self, change: Option<sync::Change>) {
+        if let Some(sync::Change::Engine(engine)) = change {
+            self.engine = Some(engine);
+        }
+    }
 }
 
 /// Counters, visible in Envoy as `wasmcustom.portcullis.*` (README lists them).
@@ -113,6 +141,9 @@ impl Metrics {
 /// second (the root context's tick) takes those calls off the request path.
 const METRICS_FLUSH: Duration = Duration::from_secs(1);
 
+/// `Retry-After` of the 503 sent while there is no bundle the filter may decide with.
+const RETRY_AFTER: &str = "5";
+
 thread_local! {
     /// Counter id → count not yet handed to the host (a proxy-wasm VM runs on one thread).
     static PENDING: std::cell::RefCell<Vec<(u32, u64)>> = const { std::cell::RefCell::new(Vec::new()) };
@@ -155,7 +186,30 @@ impl PolicyCounters {
     }
 }
 
-impl Context for Root {}
+impl Context for Root {
+    fn on_http_call_response(
+        &mut self,
+        token_id: u32,
+        num_headers: usize,
+        body_size: usize,
+        _num_trailers: usize,
+    ) {
+        let Some(sync) = self.sync.clone() else {
+            return;
+        };
+        let metrics = self.metrics;
+        let change = sync.try_borrow_mut().ok().and_then(|mut s| {
+            s.on_answer(
+                token_id,
+                num_headers,
+                body_size,
+                self.engine.as_ref(),
+                &|snap| Self::engine_over(metrics, snap),
+            )
+        });
+        self.apply(change);
+    }
+}
 
 /// Envoy deletes the root context when the plugin stops: the counts gathered since the last
 /// tick go to Envoy then, instead of going with the VM when no later tick comes.
@@ -164,6 +218,61 @@ impl Context for Root {}
 impl Drop for Root {
     fn drop(&mut self) {
         Metrics::flush();
+        if let Some(s) = self.sync.as_ref().and_then(|s| s.try_borrow().ok()) {
+            s.stop();
+        }
+    }
+}
+
+impl Root {
+    /// Compiles the configuration and, with `sync`, starts following policy-sync.
+    fn configure(&mut self, bytes: &[u8]) -> Result<(), String> {
+        let cfg = FilterConfig::from_json(bytes).map_err(|e| e.to_string())?;
+        let start = Start::new(&cfg).map_err(|e| e.to_string())?;
+        let settings = cfg.sync_settings().map_err(|e| e.to_string())?;
+        self.metrics = Metrics::define();
+        let engine = match start {
+            Start::Ready(snapshot) => Some(Rc::new(Self::engine_over(self.metrics, snapshot))),
+            Start::Pending { bundles, issuers } => {
+                info!(
+                    "portcullis: waiting for policy-sync to bring {}{}; answering 503 until then",
+                    bundles.join(", "),
+                    if issuers { " and the issuers" } else { "" }
+                );
+                None
+            }
+        };
+        if let Some(engine) = &engine {
+            info!(
+                "portcullis: configured with {} issuer(s), bundle version {}, host signature checks {}",
+                engine.issuer_count(),
+                engine.bundle_version(),
+                if engine.host_crypto_in_use() {
+                    "on"
+                } else {
+                    "off"
+                }
+            );
+        }
+        self.sync = match settings {
+            Some(settings) => {
+                let tenants = settings.tenants.join(", ");
+                let cluster = settings.cluster.clone();
+                let s = sync::Sync::new(settings, &cfg, engine.as_deref())
+                    .ok_or("Envoy refused shared data, which following policy-sync needs")?;
+                info!(
+                    "portcullis: following policy-sync through cluster {cluster:?} for {tenants}"
+                );
+                self.set_tick_period(sync::SYNC_TICK);
+                Some(Rc::new(RefCell::new(s)))
+            }
+            None => {
+                self.set_tick_period(METRICS_FLUSH);
+                None
+            }
+        };
+        self.engine = engine;
+        Ok(())
     }
 }
 
@@ -179,29 +288,8 @@ impl RootContext for Root {
         if let Ok(level) = hostcalls::get_log_level() {
             proxy_wasm::set_log_level(level);
         }
-        match Snapshot::from_json(&bytes) {
-            Ok(snapshot) => {
-                self.metrics = Metrics::define();
-                let crypto = host_crypto::EnvoyCrypto::new(
-                    self.metrics.host_verified,
-                    self.metrics.host_fallback,
-                    self.metrics.host_verify_ns,
-                );
-                let engine = Engine::new(Rc::new(snapshot), Some(Box::new(crypto)));
-                info!(
-                    "portcullis: configured with {} issuer(s), bundle version {}, host signature checks {}",
-                    engine.issuer_count(),
-                    engine.bundle_version(),
-                    if engine.host_crypto_in_use() {
-                        "on"
-                    } else {
-                        "off"
-                    }
-                );
-                self.engine = Some(Rc::new(engine));
-                self.set_tick_period(METRICS_FLUSH);
-                true
-            }
+        match self.configure(&bytes) {
+            Ok(()) => true,
             Err(e) => {
                 // Envoy keeps the previous configuration (or none: fail closed).
                 error!("portcullis: configuration refused: {e}");
@@ -211,7 +299,23 @@ impl RootContext for Root {
     }
 
     fn on_tick(&mut self) {
-        Metrics::flush();
+        if let Some(sync) = self.sync.clone() {
+            let metrics = self.metrics;
+            let change = sync.try_borrow_mut().ok().and_then(|mut s| {
+                s.tick(self.engine.as_ref(), &|snap| {
+                    Self::engine_over(metrics, snap)
+                })
+            });
+            self.apply(change);
+        }
+        let now = self.get_current_time();
+        let due = self
+            .flushed
+            .is_none_or(|t| now.duration_since(t).unwrap_or(METRICS_FLUSH) >= METRICS_FLUSH);
+        if due {
+            self.flushed = Some(now);
+            Metrics::flush();
+        }
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
@@ -219,6 +323,7 @@ impl RootContext for Root {
             engine: self.engine.clone(),
             metrics: self.metrics,
             by_policy: self.by_policy.clone(),
+            sync: self.sync.clone(),
         }))
     }
 
@@ -231,11 +336,25 @@ struct Http {
     engine: Option<Rc<Engine>>,
     metrics: Metrics,
     by_policy: Rc<PolicyCounters>,
+    sync: Option<Rc<RefCell<sync::Sync>>>,
 }
 
 impl Context for Http {}
 
 impl Http {
+    /// Refuses the request while the filter has nothing it may decide with (no verified
+    /// bundle yet, or the one in force is stale): 503 with `Retry-After`, never allow. Logged
+    /// once per episode by the sync, counted per request.
+    fn retry_later(&self, sync: &sync::Sync) -> Action {
+        sync.count_refused();
+        self.send_http_response(
+            503,
+            vec![("content-type", "text/plain"), ("retry-after", RETRY_AFTER)],
+            Some(b"authorization unavailable\n"),
+        );
+        Action::Pause
+    }
+
     /// Fails the request closed when the filter cannot decide (logged and counted as an error;
     /// the client learns nothing of why).
     fn unavailable(&self, why: &str) -> Action {
@@ -320,6 +439,12 @@ fn request_header_bytes() -> Option<Vec<u8>> {
 
 impl HttpContext for Http {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        if let Some(sync) = self.sync.clone()
+            && let Ok(sync) = sync.try_borrow()
+            && (sync.refusing() || self.engine.is_none())
+        {
+            return self.retry_later(&sync);
+        }
         let Some(engine) = self.engine.clone() else {
             // Only reachable if the host creates contexts for an unconfigured plugin.
             return self.unavailable("no configuration in force");
@@ -362,6 +487,11 @@ impl HttpContext for Http {
         counter(decided.decision_cache, m.decision_hits, m.decision_misses);
         let outcome = decided.outcome;
         log_outcome(&outcome);
+        if let Verdict::Unauthenticated(AuthError::NoKey { issuer, .. }) = &outcome.verdict
+            && let Some(sync) = self.sync.as_ref().and_then(|s| s.try_borrow().ok())
+        {
+            sync.want_refresh(issuer);
+        }
         let verdict = match outcome.verdict {
             Verdict::Allow => m.allowed,
             Verdict::Forbidden => m.denied,

@@ -243,9 +243,14 @@ impl<'p> Host<'p> {
     }
 
     /// Stops VM `vm` as Envoy stops a plugin: the root context's `proxy_on_done`, then its
-    /// `proxy_on_delete`. Later calls on it fail with [`HostError::VmStopped`].
+    /// `proxy_on_delete`; its callouts in flight are cancelled, as Envoy cancels a deleted
+    /// context's. Later calls on it fail with [`HostError::VmStopped`].
     pub fn stop_vm(&mut self, vm: usize) -> Result<(), HostError> {
-        self.vm_mut(vm)?.stop()
+        self.vm_mut(vm)?.stop()?;
+        let mut sh = self.shared.lock();
+        sh.http_calls.retain(|c| c.vm != vm);
+        sh.grpc_calls.retain(|c| c.vm != vm);
+        Ok(())
     }
 
     /// Runs one HTTP exchange through the filter on VM `vm`, with Envoy's callback order.

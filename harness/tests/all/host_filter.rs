@@ -14,7 +14,7 @@ use serde_json::json;
 type TestResult = Result<(), Box<dyn Error>>;
 
 /// Compiling the 3 MB module takes seconds: once per test binary.
-fn plugin() -> Result<&'static Plugin, Box<dyn Error>> {
+pub fn plugin() -> Result<&'static Plugin, Box<dyn Error>> {
     static PLUGIN: OnceLock<Result<Plugin, String>> = OnceLock::new();
     PLUGIN
         .get_or_init(|| Plugin::built().map_err(|e| e.to_string()))

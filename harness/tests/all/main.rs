@@ -4,3 +4,4 @@ mod deploy_configs;
 mod envoy_e2e;
 mod host_abi;
 mod host_filter;
+mod host_sync;
