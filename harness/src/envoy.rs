@@ -58,29 +58,51 @@ pub fn render(template: &str, vars: &[(&str, String)]) -> Result<String> {
 
 /// The Envoy configuration for `ports`, the filter at `wasm`, configured with `plugin_config`.
 pub fn config(ports: Ports, wasm: &Path, plugin_config: &Value) -> Result<String> {
-    // A JSON string literal is a valid YAML double-quoted scalar.
-    let quoted = serde_json::to_string(&plugin_config.to_string())
-        .map_err(|e| Error::Template(e.to_string()))?;
     render(
-        TEMPLATE,
-        &[
-            ("ADMIN_PORT", ports.admin.to_string()),
-            ("PORT", ports.listener.to_string()),
-            ("UPSTREAM_PORT", ports.upstream.to_string()),
-            ("WASM", wasm.display().to_string()),
-            ("PLUGIN_CONFIG", quoted),
-        ],
+        &without_block(TEMPLATE, "policy-sync")?,
+        &filter_vars(ports, wasm, plugin_config)?,
     )
 }
 
-/// The same Envoy without the filter: the baseline for measurements.
-pub fn baseline_config(ports: Ports) -> Result<String> {
+/// [`config`] with the `policy-sync` cluster, reaching policy-sync on 127.0.0.1:`policy_sync`:
+/// for a filter whose `sync.cluster` is `policy-sync`.
+pub fn config_following(
+    ports: Ports,
+    wasm: &Path,
+    plugin_config: &Value,
+    policy_sync: u16,
+) -> Result<String> {
+    let mut vars = filter_vars(ports, wasm, plugin_config)?;
+    vars.push(("POLICY_SYNC_PORT", policy_sync.to_string()));
+    render(TEMPLATE, &vars)
+}
+
+fn filter_vars(
+    ports: Ports,
+    wasm: &Path,
+    plugin_config: &Value,
+) -> Result<Vec<(&'static str, String)>> {
+    // A JSON string literal is a valid YAML double-quoted scalar.
+    let quoted = serde_json::to_string(&plugin_config.to_string())
+        .map_err(|e| Error::Template(e.to_string()))?;
+    Ok(vec![
+        ("ADMIN_PORT", ports.admin.to_string()),
+        ("PORT", ports.listener.to_string()),
+        ("UPSTREAM_PORT", ports.upstream.to_string()),
+        ("WASM", wasm.display().to_string()),
+        ("PLUGIN_CONFIG", quoted),
+    ])
+}
+
+/// `template` without the lines between `# BEGIN name` and `# END name`.
+fn without_block(template: &str, name: &str) -> Result<String> {
+    let (begin, end) = (format!("# BEGIN {name}"), format!("# END {name}"));
     let mut out = String::new();
     let mut skipping = false;
-    for line in TEMPLATE.lines() {
-        if line.contains("# BEGIN portcullis") {
+    for line in template.lines() {
+        if line.contains(&begin) {
             skipping = true;
-        } else if line.contains("# END portcullis") {
+        } else if line.contains(&end) {
             skipping = false;
         } else if !skipping {
             out.push_str(line);
@@ -88,8 +110,14 @@ pub fn baseline_config(ports: Ports) -> Result<String> {
         }
     }
     if skipping {
-        return Err(Error::Template("BEGIN portcullis without END".into()));
+        return Err(Error::Template(format!("BEGIN {name} without END")));
     }
+    Ok(out)
+}
+
+/// The same Envoy without the filter: the baseline for measurements.
+pub fn baseline_config(ports: Ports) -> Result<String> {
+    let out = without_block(&without_block(TEMPLATE, "portcullis")?, "policy-sync")?;
     render(
         &out,
         &[

@@ -5,6 +5,7 @@ mod admin;
 mod bundle_cli;
 mod cli;
 mod decisions;
+mod edge;
 mod jwks_fetch;
 mod keys_api;
 mod limits;
