@@ -512,7 +512,21 @@ impl HttpContext for Http {
         {
             Metrics::add(m.shadow_disagreements, 1);
         }
-        match outcome.local_reply(engine.debug_headers()) {
+        let reply = outcome.local_reply(engine.debug_headers());
+        if let Some(sync) = &self.sync
+            && let Ok(mut sync) = sync.try_borrow_mut()
+        {
+            let status = reply.as_ref().map_or(200, |r| r.status);
+            let method = request.headers.get(":method").unwrap_or_default();
+            let path = request.headers.get(":path").unwrap_or_default();
+            sync.log_decision(
+                &outcome,
+                (method, path),
+                request.headers.get("x-request-id"),
+                status,
+            );
+        }
+        match reply {
             None => {
                 // Only headers the client sent need removing (each removal is a host call).
                 for name in &outcome.remove_headers {

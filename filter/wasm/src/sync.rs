@@ -9,9 +9,10 @@ use std::time::{Duration, UNIX_EPOCH};
 use log::{debug, error, info, warn};
 use portcullis_core::signed_bundle::BundleDocument;
 use portcullis_core::sync::agent::{Agent, Answer, Call, Event, SyncHost};
+use portcullis_core::sync::decision_log::{LogEntry, LogEvent};
 use portcullis_core::sync::lease::SharedStore;
 use portcullis_core::sync::{SyncFailure, SyncSettings};
-use portcullis_core::{Engine, FilterConfig, Snapshot, Start};
+use portcullis_core::{Engine, FilterConfig, Outcome, Snapshot, Start, Verdict};
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{MapType, MetricType, Status};
 
@@ -117,6 +118,8 @@ struct SyncMetrics {
     takeovers: u32,
     refused: u32,
     applied: u32,
+    shipped: u32,
+    dropped: u32,
     /// Per tenant: the version in force, and seconds since policy-sync last answered.
     versions: Vec<(String, u32, u32)>,
 }
@@ -134,6 +137,8 @@ impl SyncMetrics {
             takeovers: counter("portcullis.sync.lease_takeovers"),
             refused: counter("portcullis.sync.refused_requests"),
             applied: counter("portcullis.sync.documents_applied"),
+            shipped: counter("portcullis.decision_log.shipped"),
+            dropped: counter("portcullis.decision_log.dropped"),
             versions: tenants
                 .iter()
                 .map(|t| {
@@ -225,6 +230,27 @@ impl Sync {
     /// Counts a request refused for staleness or for want of a first document.
     pub fn count_refused(&self) {
         Metrics::add(self.metrics.refused, 1);
+    }
+
+    /// Keeps a decision for policy-sync: every denial, and the configured share of allows.
+    pub fn log_decision(
+        &mut self,
+        outcome: &Outcome,
+        request: (&str, &str),
+        request_id: Option<&str>,
+        status: u16,
+    ) {
+        let share = self.agent.settings().sample_allows;
+        if outcome.verdict == Verdict::Allow {
+            #[expect(clippy::cast_precision_loss, reason = "a share, not an exact count")]
+            let pick = self.host.random() as f64 / u64::MAX as f64;
+            if share <= 0.0 || pick >= share {
+                return;
+            }
+        }
+        let entry = LogEntry::new(outcome, request, request_id, self.host.now_ms(), status);
+        // A full buffer drops the entry and counts it (reported at the next tick).
+        let _ = self.agent.record(entry);
     }
 
     /// A request's token named a key its issuer does not have.
@@ -363,7 +389,21 @@ impl Sync {
                     info!("portcullis: asked policy-sync to refresh the keys of {issuer:?}")
                 }
                 Event::KeyRefreshFailed { issuer, why } => {
-                    warn!("portcullis: key refresh for {issuer:?} failed: {why}")
+                    warn!("portcullis: key refresh for {issuer:?} failed: {why}");
+                }
+                Event::DecisionLog(LogEvent::Shipped(n)) => {
+                    Metrics::add(self.metrics.shipped, u64::try_from(n).unwrap_or(u64::MAX));
+                }
+                Event::DecisionLog(LogEvent::Dropped(n)) => {
+                    warn!(
+                        "portcullis: {n} decision-log entries dropped (buffer full or refused by policy-sync)"
+                    );
+                    Metrics::add(self.metrics.dropped, u64::try_from(n).unwrap_or(u64::MAX));
+                }
+                Event::DecisionLog(LogEvent::Retrying { entries, why }) => {
+                    debug!(
+                        "portcullis: {entries} decision-log entries not shipped ({why}); sending again"
+                    );
                 }
             }
         }

@@ -208,6 +208,26 @@ async fn envoy_follows_policy_sync() -> TestResult {
             .iter()
             .all(|s| *s == 403)
     );
+    // Every denial becomes a decision-log row in Postgres (shipped by the poller's worker,
+    // at least once a second).
+    let c = pool.get().await?;
+    let started = Instant::now();
+    let denied = loop {
+        let n: i64 = c
+            .query_one(
+                "SELECT count(*) FROM decision_logs WHERE decision = 'deny' AND resource = '/api'
+                 AND principal = 'User::\"bob\"' AND policies = ARRAY['deny']",
+                &[],
+            )
+            .await?
+            .get(0);
+        if n >= 80 || started.elapsed() > Duration::from_secs(5) {
+            break n;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(denied >= 80, "{denied} denials logged, 80 or more sent");
+    drop(c);
 
     // policy-sync is killed: the policies in force stay in force.
     serve.kill()?;

@@ -11,6 +11,7 @@ use crate::signed_bundle::BundleDocument;
 use crate::sync::accept::{SyncFailure, accept};
 use crate::sync::backoff::Backoff;
 use crate::sync::config::{SyncSettings, WhenStale};
+use crate::sync::decision_log::{DecisionLog, LogEntry, LogEvent};
 use crate::sync::health::{Episode, Health};
 use crate::sync::lease::{Lease, LeaseState, SharedStore, unique_id};
 
@@ -71,6 +72,8 @@ pub enum Event {
     KeyRefresh { issuer: String },
     /// A key refresh could not be asked, or policy-sync refused it.
     KeyRefreshFailed { issuer: String, why: String },
+    /// Decision-log entries shipped, dropped, or waiting to be sent again.
+    DecisionLog(LogEvent),
 }
 
 /// A poll in flight.
@@ -102,6 +105,8 @@ pub struct Agent {
     started_ms: u64,
     tenants: Vec<Followed>,
     refreshes: Vec<(u32, String)>,
+    log: DecisionLog,
+    last_ship_ms: u64,
 }
 
 /// How long past its timeout a call may stay unanswered before the agent gives up on it (the
@@ -164,6 +169,8 @@ impl Agent {
             })
             .collect();
         Some(Self {
+            log: DecisionLog::new(&prefix, me, settings.queue, settings.batch),
+            last_ship_ms: now,
             lease: Lease::new(format!("{prefix}.lease"), me, settings.lease),
             settings,
             prefix,
@@ -215,6 +222,7 @@ impl Agent {
                     for t in &mut self.tenants {
                         t.poll = None;
                     }
+                    self.log.hand_over(host);
                     events.push(Event::LeaseLost);
                 }
             }
@@ -223,7 +231,43 @@ impl Agent {
             self.start_polls(host, now, &mut events);
         }
         self.offer_documents(host, &mut events);
+        self.log.flush(host);
+        if self.holder && now.saturating_sub(self.last_ship_ms) >= 1000 {
+            self.last_ship_ms = now;
+            self.ship(host, &mut events);
+        }
+        events.extend(self.log.take_dropped().map(Event::DecisionLog));
         events
+    }
+
+    /// Keeps a decision for shipping to policy-sync; `false` when the buffer is full (the
+    /// entry is dropped and counted).
+    pub fn record(&mut self, entry: LogEntry) -> bool {
+        self.log.record(entry)
+    }
+
+    fn ship(&mut self, host: &dyn SyncHost, events: &mut Vec<Event>) {
+        let Some(body) = self.log.next_batch(host) else {
+            return;
+        };
+        let call = Call {
+            method: "POST",
+            path: "/v1/decisions".to_owned(),
+            headers: vec![
+                ("authorization", format!("Bearer {}", self.settings.token)),
+                ("content-type", "application/json".to_owned()),
+            ],
+            authority: self.settings.authority.clone(),
+            body: Some(body),
+            timeout: self.settings.timeout,
+        };
+        match host.dispatch(&call) {
+            Ok(token) => self.log.started(Some(token)),
+            Err(why) => {
+                self.log.started(None);
+                events.push(Event::DecisionLog(LogEvent::Retrying { entries: 0, why }));
+            }
+        }
     }
 
     fn start_polls(&mut self, host: &dyn SyncHost, now: u64, events: &mut Vec<Event>) {
@@ -298,6 +342,14 @@ impl Agent {
     /// An answer to one of this VM's calls (others are ignored).
     pub fn on_answer(&mut self, host: &dyn SyncHost, token: u32, answer: Answer<'_>) -> Vec<Event> {
         let mut events = Vec::new();
+        if self.log.owns(token) {
+            events.extend(self.log.answered(answer.status).map(Event::DecisionLog));
+            if !self.holder {
+                self.log.hand_over(host);
+            }
+            events.extend(self.log.take_dropped().map(Event::DecisionLog));
+            return events;
+        }
         if let Some(pos) = self.refreshes.iter().position(|(t, _)| *t == token) {
             let (_, issuer) = self.refreshes.swap_remove(pos);
             match answer.status {

@@ -6,6 +6,7 @@ pub mod accept;
 pub mod agent;
 pub mod backoff;
 pub mod config;
+pub mod decision_log;
 pub mod health;
 pub mod lease;
 

@@ -480,3 +480,98 @@ fn key_refreshes_are_coalesced_across_workers() -> TestResult {
     assert_eq!(again, 1);
     Ok(())
 }
+
+fn entry(n: u64) -> portcullis_core::sync::decision_log::LogEntry {
+    let outcome = portcullis_core::Outcome {
+        verdict: portcullis_core::Verdict::Forbidden,
+        principal: Some("User::\"bob\"".into()),
+        policies: vec!["deny-all".into()],
+        errors: Vec::new(),
+        bundle_version: 3,
+        policy_set: String::new(),
+        dry_run: None,
+        shadow: None,
+        remove_headers: Vec::new(),
+        set_headers: Vec::new(),
+    };
+    portcullis_core::sync::decision_log::LogEntry::new(
+        &outcome,
+        ("GET", &format!("/api/{n}?q=1")),
+        Some("req-1"),
+        1_000_000,
+        403,
+    )
+}
+
+#[test]
+fn decision_logs_reach_one_batch_from_the_holder() -> TestResult {
+    use portcullis_core::sync::decision_log::LogEvent;
+    let mut envoy = Envoy::new(
+        3,
+        &settings(json!({"decisionLog": {"queue": 4, "batch": 3}}))?,
+    )?;
+    envoy.tick(&[]);
+    envoy.take_calls();
+    for (i, (_, agent)) in envoy.vms.iter_mut().enumerate() {
+        for n in 0..3 {
+            assert!(agent.record(entry(u64::try_from(i * 10 + n)?)));
+        }
+    }
+    // A full buffer drops, and says so.
+    let (_, first) = envoy.vms.first_mut().ok_or("vm")?;
+    assert!(first.record(entry(98)));
+    assert!(!first.record(entry(99)));
+    envoy.advance(1_000);
+    let events = envoy.tick(&[]);
+    assert!(
+        events
+            .iter()
+            .flatten()
+            .any(|e| *e == Event::DecisionLog(LogEvent::Dropped(1))),
+        "{events:?}"
+    );
+    let calls = envoy.take_calls();
+    let posts: Vec<_> = calls
+        .iter()
+        .filter(|c| c.2.path == "/v1/decisions")
+        .collect();
+    assert_eq!(posts.len(), 1, "{calls:?}");
+    let body: serde_json::Value =
+        serde_json::from_slice(posts[0].2.body.as_deref().unwrap_or_default())?;
+    let batch = body["decisions"].as_array().ok_or("no decisions")?;
+    assert_eq!(batch.len(), 3, "the batch limit");
+    assert_eq!(batch[0]["decision"], "deny");
+    assert_eq!(batch[0]["resource"], "/api/0");
+    assert_eq!(
+        batch[0]["details"],
+        json!({"status": 403, "requestId": "req-1"})
+    );
+    let post = (*posts[0]).clone();
+    // policy-sync is down for this batch: it is sent again, whole, the next second.
+    let events = envoy.answer(&post, Some(503), b"");
+    assert!(
+        matches!(
+            events.as_slice(),
+            [Event::DecisionLog(LogEvent::Retrying { entries: 3, .. })]
+        ),
+        "{events:?}"
+    );
+    let mut shipped = 0;
+    for _ in 0..8 {
+        envoy.advance(1_000);
+        envoy.tick(&[]);
+        for call in envoy
+            .take_calls()
+            .into_iter()
+            .filter(|c| c.2.path == "/v1/decisions")
+        {
+            for e in envoy.answer(&call, Some(200), b"{}") {
+                if let Event::DecisionLog(LogEvent::Shipped(n)) = e {
+                    shipped += n;
+                }
+            }
+        }
+    }
+    assert_eq!(shipped, 10, "3 + 3 + 4 recorded, all shipped once");
+    Ok(())
+}

@@ -1,0 +1,267 @@
+//! Decision logs on their way to policy-sync. Each VM keeps what its requests decided in a
+//! bounded buffer and moves it, every tick, into its own slot in shared data; the lease holder
+//! empties every slot (compare-and-swap) into its outbox and posts batches to
+//! `POST /v1/decisions`, at least once a second, one batch in flight. A batch that fails is
+//! sent again (at least once); one policy-sync refuses, or any entry past a full buffer, is
+//! dropped and counted, never silently.
+
+use std::collections::VecDeque;
+
+use serde::{Deserialize, Serialize};
+
+use crate::decision::{Outcome, Verdict};
+use crate::sync::lease::SharedStore;
+
+/// policy-sync's limit for one text field.
+const MAX_TEXT: usize = 1024;
+/// policy-sync's limit for the policy ids of one entry.
+const MAX_POLICIES: usize = 64;
+
+/// One decision as policy-sync stores it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LogEntry {
+    /// Unix seconds.
+    pub time: f64,
+    pub tenant: String,
+    /// `allow`, `deny` or `unauthenticated`.
+    pub decision: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub principal: Option<String>,
+    /// The HTTP method (Cedar's action derives from it through `request.routes`).
+    pub action: String,
+    /// The path without its query (Cedar's resource derives from it).
+    pub resource: String,
+    pub policies: Vec<String>,
+    pub version: u64,
+    pub dry_run: bool,
+    /// The answer's status and the request's `x-request-id`.
+    pub details: serde_json::Value,
+}
+
+fn clip(text: &str) -> String {
+    let mut end = text.len().min(MAX_TEXT);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.get(..end).unwrap_or_default().to_owned()
+}
+
+impl LogEntry {
+    /// The entry for one decision, its fields cut to what policy-sync accepts.
+    #[must_use]
+    pub fn new(
+        outcome: &Outcome,
+        (method, path): (&str, &str),
+        request_id: Option<&str>,
+        now_ms: u64,
+        status: u16,
+    ) -> Self {
+        let decision = match outcome.verdict {
+            Verdict::Allow => "allow",
+            Verdict::Forbidden => "deny",
+            Verdict::Unauthenticated(_) => "unauthenticated",
+        };
+        #[expect(clippy::cast_precision_loss, reason = "milliseconds fit f64's 53 bits")]
+        let time = now_ms as f64 / 1000.0;
+        let tenant = if outcome.policy_set.is_empty() {
+            crate::policy_sets::DEFAULT_SET.to_owned()
+        } else {
+            outcome.policy_set.clone()
+        };
+        Self {
+            time,
+            tenant,
+            decision: decision.to_owned(),
+            principal: outcome.principal.as_deref().map(clip),
+            action: clip(method),
+            resource: clip(path.split(['?', '#']).next().unwrap_or_default()),
+            policies: outcome
+                .policies
+                .iter()
+                .take(MAX_POLICIES)
+                .map(|p| clip(p))
+                .collect(),
+            version: outcome.bundle_version,
+            dry_run: outcome.dry_run.is_some(),
+            details: serde_json::json!({
+                "status": status,
+                "requestId": request_id.map(clip),
+            }),
+        }
+    }
+}
+
+/// What shipping did, for counters and logs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogEvent {
+    Shipped(usize),
+    Dropped(usize),
+    /// A batch failed and waits to be sent again.
+    Retrying {
+        entries: usize,
+        why: String,
+    },
+}
+
+/// One VM's side of the decision log.
+#[derive(Debug)]
+pub struct DecisionLog {
+    slot_prefix: String,
+    ids_key: String,
+    me: u64,
+    queue: usize,
+    batch: usize,
+    pending: Vec<LogEntry>,
+    outbox: VecDeque<LogEntry>,
+    in_flight: Option<(u32, Vec<LogEntry>)>,
+    dropped: usize,
+}
+
+fn read_slot(store: &dyn SharedStore, key: &str) -> (Vec<LogEntry>, u32) {
+    match store.get(key) {
+        Some((bytes, cas)) => (serde_json::from_slice(&bytes).unwrap_or_default(), cas),
+        None => (Vec::new(), 0),
+    }
+}
+
+impl DecisionLog {
+    #[must_use]
+    pub fn new(prefix: &str, me: u64, queue: usize, batch: usize) -> Self {
+        Self {
+            slot_prefix: format!("{prefix}.log."),
+            ids_key: format!("{prefix}.ids"),
+            me,
+            queue,
+            batch,
+            pending: Vec::new(),
+            outbox: VecDeque::new(),
+            in_flight: None,
+            dropped: 0,
+        }
+    }
+
+    /// Keeps an entry for shipping; `false` (and counted) when the buffer is full.
+    pub fn record(&mut self, entry: LogEntry) -> bool {
+        if self.pending.len() >= self.queue {
+            self.dropped += 1;
+            return false;
+        }
+        self.pending.push(entry);
+        true
+    }
+
+    /// Moves this VM's buffer into its slot (what does not fit is dropped and counted).
+    pub fn flush(&mut self, store: &dyn SharedStore) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let key = format!("{}{}", self.slot_prefix, self.me);
+        for _ in 0..8 {
+            let (mut slot, cas) = read_slot(store, &key);
+            let room = self.queue.saturating_sub(slot.len());
+            let take = room.min(self.pending.len());
+            let over = self.pending.len() - take;
+            slot.extend(self.pending.iter().take(take).cloned());
+            let Ok(bytes) = serde_json::to_vec(&slot) else {
+                return;
+            };
+            if store.set(&key, &bytes, cas) {
+                self.dropped += over;
+                self.pending.clear();
+                return;
+            }
+        }
+    }
+
+    /// The holder's step: empties every VM's slot into the outbox and, when no batch is in
+    /// flight, hands back the next batch to post (its body).
+    pub fn next_batch(&mut self, store: &dyn SharedStore) -> Option<Vec<u8>> {
+        let last = store
+            .get(&self.ids_key)
+            .and_then(|(b, _)| Some(u64::from_le_bytes(b.get(..8)?.try_into().ok()?)))
+            .unwrap_or(self.me)
+            .min(4096);
+        for id in 1..=last {
+            let key = format!("{}{id}", self.slot_prefix);
+            let (slot, cas) = read_slot(store, &key);
+            // A slot that does not fit waits in shared data for a later round (its VM drops
+            // what does not fit there): nothing is dropped here.
+            let room = self.queue.max(self.batch).saturating_sub(self.outbox.len());
+            if slot.is_empty() || slot.len() > room || !store.set(&key, b"[]", cas) {
+                continue;
+            }
+            self.outbox.extend(slot);
+        }
+        if self.in_flight.is_some() || self.outbox.is_empty() {
+            return None;
+        }
+        let n = self.batch.min(self.outbox.len());
+        let batch: Vec<LogEntry> = self.outbox.drain(..n).collect();
+        let body = serde_json::to_vec(&serde_json::json!({ "decisions": batch })).ok()?;
+        self.in_flight = Some((0, batch));
+        Some(body)
+    }
+
+    /// The call carrying the batch [`DecisionLog::next_batch`] gave started (`Some(token)`)
+    /// or could not start (`None`: the batch goes back to the front of the outbox).
+    pub fn started(&mut self, token: Option<u32>) {
+        match (token, self.in_flight.take()) {
+            (Some(t), Some((_, batch))) => self.in_flight = Some((t, batch)),
+            (None, Some((_, batch))) => {
+                for e in batch.into_iter().rev() {
+                    self.outbox.push_front(e);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Whether `token` is this log's batch in flight.
+    #[must_use]
+    pub fn owns(&self, token: u32) -> bool {
+        self.in_flight.as_ref().is_some_and(|(t, _)| *t == token)
+    }
+
+    /// policy-sync's answer to the batch in flight.
+    pub fn answered(&mut self, status: Option<u16>) -> Option<LogEvent> {
+        let (_, batch) = self.in_flight.take()?;
+        let n = batch.len();
+        match status {
+            Some(200..=299) => Some(LogEvent::Shipped(n)),
+            // Refused as invalid or too large: sending it again changes nothing.
+            Some(400 | 413 | 422) => {
+                self.dropped += n;
+                None
+            }
+            other => {
+                for e in batch.into_iter().rev() {
+                    self.outbox.push_front(e);
+                }
+                Some(LogEvent::Retrying {
+                    entries: n,
+                    why: other.map_or_else(|| "no answer".to_owned(), |s| format!("status {s}")),
+                })
+            }
+        }
+    }
+
+    /// The lease went elsewhere: what this VM held for shipping goes back to its own slot,
+    /// for the next holder.
+    pub fn hand_over(&mut self, store: &dyn SharedStore) {
+        let held: Vec<LogEntry> = self.outbox.drain(..).collect();
+        self.pending.splice(0..0, held);
+        let over = self.pending.len().saturating_sub(self.queue);
+        if over > 0 {
+            self.pending.truncate(self.queue);
+            self.dropped += over;
+        }
+        self.flush(store);
+    }
+
+    /// Entries dropped since the last call.
+    pub fn take_dropped(&mut self) -> Option<LogEvent> {
+        let n = std::mem::take(&mut self.dropped);
+        (n > 0).then_some(LogEvent::Dropped(n))
+    }
+}
