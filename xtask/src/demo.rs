@@ -32,11 +32,37 @@ pub fn run(port: u16, live: bool) -> Result {
     let plugin_config = live
         .as_ref()
         .map_or_else(|| demo::plugin_config(&issuer), |l| l.plugin_config.clone());
-    let config = envoy::config(ports, &wasm, &plugin_config).map_err(|e| e.to_string())?;
+    let config = match &live {
+        Some(l) => envoy::config_following(ports, &wasm, &plugin_config, l.port),
+        None => envoy::config(ports, &wasm, &plugin_config),
+    }
+    .map_err(|e| e.to_string())?;
     let mut proxy = Envoy::start(&config, ports, 2).map_err(|e| e.to_string())?;
     let ready = proxy
         .wait_ready(Duration::from_secs(60))
         .map_err(|e| e.to_string())?;
+    if let Some(l) = &live {
+        // The filter answers 503 until its first document from policy-sync.
+        let agent = http::agent(Duration::from_secs(5));
+        let url = proxy.url("/api/hello");
+        let started = std::time::Instant::now();
+        while agent
+            .get(&url)
+            .header("authorization", format!("Bearer {}", l.bob))
+            .call()
+            .map(|r| r.status().as_u16())
+            .ok()
+            != Some(200)
+        {
+            if started.elapsed() > Duration::from_secs(30) {
+                return Err(format!(
+                    "the filter did not take policy-sync's first document:\n{}",
+                    proxy.log()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 
     let base = proxy.url("");
     let (alice, bob) = match &live {
@@ -141,9 +167,10 @@ pub fn run(port: u16, live: bool) -> Result {
             "  curl -s -H \"authorization: Bearer $ADMIN\" {}/v1/admin/versions",
             l.api
         );
+        crate::live::flip(l, &proxy.url("/api/items/7"), &l.bob)?;
         println!(
-            "The filter in this Envoy took version {} when it started (scratch files in {}).",
-            l.version,
+            "  {} policy rm staff-may-delete   # and back (scratch files in {})",
+            l.binary.display(),
             l.dir.path().display()
         );
     }

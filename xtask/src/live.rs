@@ -36,12 +36,15 @@ pub struct Live {
     pub admin_token: String,
     pub database_url: String,
     pub binary: PathBuf,
+    /// policy-sync's port on 127.0.0.1 (the Envoy `policy-sync` cluster).
+    pub port: u16,
     pub dir: tempfile::TempDir,
     _server: Guard,
     _cluster: Cluster,
 }
 
-fn policy_sync(binary: &Path, url: &str, args: &[&str]) -> Result<String> {
+/// Runs the policy-sync CLI against `url`; its standard output.
+pub fn policy_sync(binary: &Path, url: &str, args: &[&str]) -> Result<String> {
     let out = Command::new(binary)
         .args(args)
         .env("PORTCULLIS_DATABASE_URL", url)
@@ -138,19 +141,27 @@ pub fn start(policies: &Path) -> Result<Live> {
         std::thread::sleep(Duration::from_millis(100));
     };
     // Checked as a filter checks it: the signature with the public key keygen printed.
-    let public = keygen
+    let public_text = keygen
         .lines()
         .find_map(|l| l.strip_prefix("public key:"))
-        .and_then(parse_public_key)
+        .map(str::trim)
         .ok_or("policy-sync keygen printed no public key")?;
+    let public = parse_public_key(public_text).ok_or("policy-sync keygen printed a bad key")?;
     let doc = signed
         .verify(&public)
         .map_err(|e| format!("the published document: {e}"))?;
     let version = doc.version;
+    // No inline bundle or issuers: the filter takes both from policy-sync's documents and
+    // follows every new version (one long-poll for the whole Envoy).
     let plugin_config = serde_json::json!({
-        "issuers": doc.issuer_configs(),
-        "bundle": doc.bundle,
         "debugHeaders": true,
+        "sync": {
+            "cluster": "policy-sync",
+            "authority": listen,
+            "token": filter_token,
+            "signingKeys": [public_text],
+            "retry": {"initial": "100ms", "max": "2s"},
+        },
     });
     println!(
         "policy-sync {api} (Postgres on 127.0.0.1:{})",
@@ -158,7 +169,7 @@ pub fn start(policies: &Path) -> Result<Live> {
     );
     println!("{}", keygen.lines().skip(1).collect::<Vec<_>>().join("\n"));
     println!("policies stored: {policies}");
-    println!("published version {version}; the filter is configured from that document\n");
+    println!("published version {version}; the filter follows policy-sync from there\n");
     Ok(Live {
         plugin_config,
         alice,
@@ -169,8 +180,62 @@ pub fn start(policies: &Path) -> Result<Live> {
         admin_token,
         database_url: url,
         binary,
+        port,
         dir,
         _server: server,
         _cluster: cluster,
     })
+}
+
+/// The live demo's point: a request denied, one `policy-sync` command, the same request
+/// allowed, and the time from the command's commit to the first allowed answer.
+pub fn flip(live: &Live, url: &str, bob: &str) -> Result {
+    let agent = harness::http::agent(Duration::from_secs(5));
+    let delete = || -> Result<u16> {
+        let req = ureq::http::Request::builder()
+            .method("DELETE")
+            .uri(url)
+            .header("authorization", format!("Bearer {bob}"))
+            .body(())
+            .map_err(|e| e.to_string())?;
+        Ok(agent.run(req).map_err(|e| e.to_string())?.status().as_u16())
+    };
+    let file = live.dir.path().join("staff-may-delete.cedar");
+    std::fs::write(
+        &file,
+        "@id(\"staff-may-delete\")\npermit (principal in Group::\"staff\", action == Action::\"DELETE\", resource);\n",
+    )
+    .map_err(|e| e.to_string())?;
+    println!("\nLive update (policy-sync pushes it; nothing restarts):");
+    println!(
+        "  [{}] curl -i -X DELETE -H \"authorization: Bearer $BOB\" {url}",
+        delete()?
+    );
+    let command = format!("{} policy put {}", live.binary.display(), file.display());
+    let file_arg = file.to_string_lossy().into_owned();
+    policy_sync(
+        &live.binary,
+        &live.database_url,
+        &["policy", "put", &file_arg],
+    )?;
+    // The command has committed when it returns.
+    let committed = Instant::now();
+    let status = loop {
+        let s = delete()?;
+        if s == 200 || committed.elapsed() > Duration::from_secs(10) {
+            break s;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    let took = committed.elapsed();
+    println!("  $ {command}");
+    println!(
+        "  [{status}] curl -i -X DELETE -H \"authorization: Bearer $BOB\" {url}    # {took:.1?} after the commit"
+    );
+    if status != 200 {
+        return Err(format!(
+            "the new policy was not in force 10 s after the commit (last answer {status})"
+        ));
+    }
+    Ok(())
 }
