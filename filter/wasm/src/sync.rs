@@ -242,9 +242,12 @@ impl Sync {
     ) {
         let share = self.agent.settings().sample_allows;
         if outcome.verdict == Verdict::Allow {
+            if share <= 0.0 {
+                return;
+            }
             #[expect(clippy::cast_precision_loss, reason = "a share, not an exact count")]
             let pick = self.host.random() as f64 / u64::MAX as f64;
-            if share <= 0.0 || pick >= share {
+            if pick >= share {
                 return;
             }
         }

@@ -3,7 +3,7 @@
 
 use std::error::Error;
 
-use portcullis_core::{Engine, FilterConfig};
+use portcullis_core::{Engine, FilterConfig, Start};
 
 type TestResult = Result<(), Box<dyn Error>>;
 
@@ -35,6 +35,31 @@ fn istio_wasmplugin_is_accepted_by_the_filter() -> TestResult {
     let engine = Engine::try_from(config)?;
     assert_eq!(engine.issuer_count(), 1);
     assert_eq!(engine.bundle_version(), 1);
+    Ok(())
+}
+
+#[test]
+fn istio_wasmplugin_following_policy_sync_is_accepted() -> TestResult {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../istio/wasmplugin-sync.yaml"
+    ))?;
+    let doc: serde_json::Value = serde_yaml_ng::from_str(&text)?;
+    assert_eq!(doc["kind"], "WasmPlugin");
+    assert_eq!(doc["spec"]["phase"], "AUTHN");
+    assert_eq!(doc["spec"]["failStrategy"], "FAIL_CLOSE");
+    let config: FilterConfig = serde_json::from_value(doc["spec"]["pluginConfig"].clone())?;
+    let sync = config.sync_settings()?.ok_or("no sync section")?;
+    assert!(sync.cluster.starts_with("outbound|8080||"));
+    assert_eq!(sync.tenants, ["default"]);
+    // Checked whole now; waits for policy-sync's first document for its policies and keys.
+    match Start::new(&config)? {
+        Start::Pending { bundles, issuers } => {
+            assert_eq!(bundles, ["default"]);
+            assert!(issuers);
+        }
+        Start::Ready(_) => return Err("started without policy-sync".into()),
+    }
     Ok(())
 }
 

@@ -378,3 +378,81 @@ fn an_unknown_key_asks_for_a_refresh_and_the_rotated_key_is_accepted() -> TestRe
     );
     Ok(())
 }
+
+/// The decision-log batches in flight: each call's token and entries.
+type Posts = Vec<(u32, Vec<Value>)>;
+
+fn decision_posts(host: &Host<'_>) -> Result<Posts, Box<dyn Error>> {
+    let mut out = Vec::new();
+    for c in host.http_calls() {
+        if header(&c, ":path") == Some("/v1/decisions") {
+            let body: Value = serde_json::from_slice(&c.body)?;
+            let entries = body
+                .get("decisions")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            out.push((c.token, entries));
+        }
+    }
+    Ok(out)
+}
+
+#[test]
+fn decision_logs_ship_denials_and_the_sampled_allows() -> TestResult {
+    let issuer = DevIssuer::generate()?;
+    let token = issuer.token("bob", &[]);
+    // Default: denials only.
+    let deny_some = "@id(\"no-admin\") forbid (principal, action, resource) when { context.path like \"/admin*\" };\n@id(\"allow-all\") permit (principal, action, resource);";
+    let mut host = envoy(plugin()?, &config(&issuer, Some(deny_some), &json!({})), 2)?;
+    for vm in 0..2 {
+        assert_eq!(
+            host.send(vm, Request::get("/api").bearer(&token))?.status(),
+            200
+        );
+        let denied = Request::get("/admin/x?y=1")
+            .bearer(&token)
+            .header("x-request-id", "r-7");
+        assert_eq!(host.send(vm, denied)?.status(), 403);
+    }
+    assert_eq!(host.send(0, Request::get("/api"))?.status(), 401);
+    host.advance(Duration::from_millis(1_100))?;
+    let posts = decision_posts(&host)?;
+    assert_eq!(posts.len(), 1, "one batch from the poller");
+    let (post, entries) = posts.first().ok_or("no post")?;
+    let mut decisions: Vec<&str> = entries
+        .iter()
+        .filter_map(|e| e["decision"].as_str())
+        .collect();
+    decisions.sort_unstable();
+    assert_eq!(decisions, ["deny", "deny", "unauthenticated"]);
+    let deny = entries
+        .iter()
+        .find(|e| e["decision"] == "deny")
+        .ok_or("no deny")?;
+    assert_eq!(deny["resource"], "/admin/x");
+    assert_eq!(deny["policies"], json!(["no-admin"]));
+    assert_eq!(deny["details"], json!({"status": 403, "requestId": "r-7"}));
+    assert_eq!(deny["version"], 1);
+    host.respond_http_call(*post, answer(200, b"{\"written\":3}".to_vec()))?;
+    host.advance(Duration::from_millis(1_100))?;
+    assert_eq!(metric(&host, "portcullis.decision_log.shipped"), 3);
+    // sampleAllows 1: every allowed request too.
+    let all = json!({"decisionLog": {"sampleAllows": 1}});
+    let mut host = envoy(plugin()?, &config(&issuer, Some(ALLOW), &all), 1)?;
+    for _ in 0..3 {
+        assert_eq!(
+            host.send(0, Request::get("/api").bearer(&token))?.status(),
+            200
+        );
+    }
+    host.advance(Duration::from_millis(1_100))?;
+    let posts = decision_posts(&host)?;
+    let allows = posts
+        .iter()
+        .flat_map(|(_, e)| e)
+        .filter(|e| e["decision"] == "allow")
+        .count();
+    assert_eq!(allows, 3);
+    Ok(())
+}
