@@ -4,6 +4,7 @@ mod demo;
 mod fuzz;
 mod live;
 mod measure;
+mod propagation;
 mod tools;
 mod wasm;
 
@@ -80,6 +81,16 @@ enum Task {
         /// Only these targets.
         targets: Vec<String>,
     },
+    /// Measure how long a commit in Postgres takes to be enforced at every worker of an Envoy
+    /// following policy-sync, per bundle size (p50/p99 over the updates).
+    Propagation {
+        /// Bundle sizes in policies, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "10,1000,10000")]
+        sizes: Vec<usize>,
+        /// Updates per size.
+        #[arg(long, default_value_t = 100)]
+        updates: usize,
+    },
     /// Install what is missing, build the filter, run every test in the workspace.
     Test {
         /// Extra arguments for `cargo test` (for example a test name filter).
@@ -121,6 +132,9 @@ fn main() -> ExitCode {
             runs,
             targets,
         }),
+        Task::Propagation { sizes, updates } => {
+            propagation::run(&propagation::Options { sizes, updates })
+        }
         Task::Test { cargo_args } => tools::test(&cargo_args),
     };
     match result {
