@@ -5,7 +5,7 @@ use std::path::Path;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use ed25519_dalek::{Signer as _, SigningKey, VerifyingKey};
+use ed25519_dalek::{SigningKey, VerifyingKey};
 use portcullis_core::signed_bundle::{SignedBundle, key_id};
 
 /// The key that signs bundle documents.
@@ -108,11 +108,6 @@ impl Signer {
     }
 
     pub fn sign(&self, payload: String) -> SignedBundle {
-        let signature = URL_SAFE_NO_PAD.encode(self.key.sign(payload.as_bytes()).to_bytes());
-        SignedBundle {
-            payload,
-            signature,
-            key_id: self.key_id.clone(),
-        }
+        SignedBundle::sign(&self.key, payload)
     }
 }

@@ -110,6 +110,17 @@ pub fn parse_public_key(text: &str) -> Option<VerifyingKey> {
 }
 
 impl SignedBundle {
+    /// Signs `payload` (a [`BundleDocument`] as JSON) with `key`: what policy-sync publishes.
+    #[must_use]
+    pub fn sign(key: &ed25519_dalek::SigningKey, payload: String) -> Self {
+        use ed25519_dalek::Signer as _;
+        Self {
+            signature: URL_SAFE_NO_PAD.encode(key.sign(payload.as_bytes()).to_bytes()),
+            key_id: key_id(&key.verifying_key()),
+            payload,
+        }
+    }
+
     /// Checks the signature with `key` (strict Ed25519: no malleable or small-order forms),
     /// then parses the document. Nothing is parsed before the signature holds.
     pub fn verify(&self, key: &VerifyingKey) -> Result<BundleDocument, SignedBundleError> {
@@ -133,14 +144,10 @@ impl SignedBundle {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ed25519_dalek::{Signer, SigningKey};
+    use ed25519_dalek::SigningKey;
 
     fn signed(key: &SigningKey, payload: &str) -> SignedBundle {
-        SignedBundle {
-            payload: payload.to_owned(),
-            signature: URL_SAFE_NO_PAD.encode(key.sign(payload.as_bytes()).to_bytes()),
-            key_id: key_id(&key.verifying_key()),
-        }
+        SignedBundle::sign(key, payload.to_owned())
     }
 
     fn doc() -> BundleDocument {

@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use ed25519_dalek::{Signer as _, SigningKey};
+use ed25519_dalek::SigningKey;
 use harness::devkeys::DevIssuer;
 use harness::host::{Host, HttpCall, HttpCallResponse, Request, VmOptions};
 use portcullis_core::BundleWire;
-use portcullis_core::signed_bundle::{BundleDocument, IssuerKeys, SignedBundle, key_id};
+use portcullis_core::signed_bundle::{BundleDocument, IssuerKeys, SignedBundle};
 use serde_json::{Value, json};
 
 use crate::host_filter::plugin;
@@ -63,12 +63,10 @@ fn document(version: u64, policies: &str, issuers: Vec<IssuerKeys>) -> BundleDoc
 }
 
 fn signed(key: &SigningKey, doc: &BundleDocument) -> Result<Vec<u8>, Box<dyn Error>> {
-    let payload = serde_json::to_string(doc)?;
-    Ok(serde_json::to_vec(&SignedBundle {
-        signature: URL_SAFE_NO_PAD.encode(key.sign(payload.as_bytes()).to_bytes()),
-        key_id: key_id(&key.verifying_key()),
-        payload,
-    })?)
+    Ok(serde_json::to_vec(&SignedBundle::sign(
+        key,
+        serde_json::to_string(doc)?,
+    ))?)
 }
 
 fn answer(status: u16, body: Vec<u8>) -> HttpCallResponse {

@@ -127,9 +127,6 @@ mod tests {
     use super::*;
     use crate::bundle::BundleWire;
     use crate::signed_bundle::key_id;
-    use base64::Engine as _;
-    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    use ed25519_dalek::Signer as _;
 
     fn doc(tenant: &str, version: u64, policies: &str) -> BundleDocument {
         BundleDocument {
@@ -146,12 +143,7 @@ mod tests {
     }
 
     fn sign(secret: &ed25519_dalek::SigningKey, payload: &str) -> Vec<u8> {
-        serde_json::to_vec(&SignedBundle {
-            payload: payload.to_owned(),
-            signature: URL_SAFE_NO_PAD.encode(secret.sign(payload.as_bytes()).to_bytes()),
-            key_id: key_id(&secret.verifying_key()),
-        })
-        .unwrap()
+        serde_json::to_vec(&SignedBundle::sign(secret, payload.to_owned())).unwrap()
     }
 
     fn keys(secrets: &[&ed25519_dalek::SigningKey]) -> Vec<SigningKey> {

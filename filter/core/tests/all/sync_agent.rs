@@ -7,9 +7,9 @@ use std::rc::Rc;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use ed25519_dalek::{Signer as _, SigningKey};
+use ed25519_dalek::SigningKey;
 use portcullis_core::BundleWire;
-use portcullis_core::signed_bundle::{BundleDocument, SignedBundle, key_id};
+use portcullis_core::signed_bundle::{BundleDocument, SignedBundle};
 use portcullis_core::sync::agent::{Agent, Answer, Call, Event, SyncHost};
 use portcullis_core::sync::lease::{MemoryStore, SharedStore};
 use portcullis_core::sync::{SyncConfig, SyncFailure, SyncSettings};
@@ -88,12 +88,10 @@ fn settings(extra: serde_json::Value) -> Result<SyncSettings, Box<dyn Error>> {
 }
 
 fn signed_by(key: &SigningKey, doc: &BundleDocument) -> Result<Vec<u8>, Box<dyn Error>> {
-    let payload = serde_json::to_string(doc)?;
-    Ok(serde_json::to_vec(&SignedBundle {
-        signature: URL_SAFE_NO_PAD.encode(key.sign(payload.as_bytes()).to_bytes()),
-        key_id: key_id(&key.verifying_key()),
-        payload,
-    })?)
+    Ok(serde_json::to_vec(&SignedBundle::sign(
+        key,
+        serde_json::to_string(doc)?,
+    ))?)
 }
 
 fn doc(tenant: &str, version: u64) -> BundleDocument {
