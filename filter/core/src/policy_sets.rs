@@ -267,6 +267,15 @@ impl PolicySets {
     /// These sets with one set's bundle replaced (a live update); the other sets are shared.
     /// The new bundle is compiled first; if it is invalid, the error says why.
     pub fn with_bundle(&self, set: &str, wire: &BundleWire) -> Result<Self, SetError> {
+        let bundle = Bundle::try_from(wire).map_err(|source| SetError::Bundle {
+            set: set.to_owned(),
+            source,
+        })?;
+        self.with_compiled(set, bundle)
+    }
+
+    /// [`PolicySets::with_bundle`] with a bundle already compiled.
+    pub fn with_compiled(&self, set: &str, bundle: Bundle) -> Result<Self, SetError> {
         let mut next = self.clone();
         let target = if set == DEFAULT_SET {
             &mut next.default
@@ -276,10 +285,6 @@ impl PolicySets {
                 .find(|t| t.id == set)
                 .ok_or_else(|| SetError::Unknown(set.to_owned()))?
         };
-        let bundle = Bundle::try_from(wire).map_err(|source| SetError::Bundle {
-            set: set.to_owned(),
-            source,
-        })?;
         let engine = target.engine.with_bundle(bundle);
         // The shadow bundle (if any) stays, and so do its reads.
         let shadow = target.shadow.clone();

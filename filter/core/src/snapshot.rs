@@ -7,7 +7,7 @@ use std::rc::Rc;
 use hashbrown::HashMap;
 
 use crate::action_routes::ActionRoutes;
-use crate::bundle::BundleWire;
+use crate::bundle::{Bundle, BundleWire};
 use crate::config::{ConfigError, FilterConfig, IssuerConfig};
 use crate::extractor::TokenSource;
 use crate::headers::{self, ClaimHeader, Outputs};
@@ -377,9 +377,23 @@ impl Snapshot {
     /// ones in force. Issuers equal to the ones in force are kept as they are (and with them
     /// the tokens verified against them).
     pub fn with_document(&self, doc: &BundleDocument) -> Result<Self, DocumentError> {
-        let mut next = self
-            .with_bundle(&doc.tenant, &doc.bundle)
-            .map_err(DocumentError::Bundle)?;
+        self.with_document_compiled(doc, None)
+    }
+
+    /// [`Snapshot::with_document`] given the document's bundle already compiled (`compiled`,
+    /// when the caller has it: the worker that checked the document).
+    pub fn with_document_compiled(
+        &self,
+        doc: &BundleDocument,
+        compiled: Option<Bundle>,
+    ) -> Result<Self, DocumentError> {
+        let sets = match compiled {
+            Some(bundle) => self.sets.with_compiled(&doc.tenant, bundle),
+            None => self.sets.with_bundle(&doc.tenant, &doc.bundle),
+        }
+        .map_err(DocumentError::Bundle)?;
+        let mut next = self.clone();
+        next.sets = sets;
         if !doc.issuers.is_empty() {
             let configs = doc.issuer_configs();
             if configs != self.issuers.configs {

@@ -428,8 +428,9 @@ impl Sync {
                 doc.tenant, doc.version
             );
         };
+        let compiled = self.agent.take_compiled(&doc.tenant, doc.version);
         if let Some(engine) = engine {
-            match engine.snapshot().with_document(doc) {
+            match engine.snapshot().with_document_compiled(doc, compiled) {
                 Ok(next) => {
                     engine.swap(Rc::new(next));
                     done("in force");

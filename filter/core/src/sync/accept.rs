@@ -73,13 +73,21 @@ impl SyncFailure {
     ];
 }
 
+/// A document that passed every check, with its bundle as the check compiled it (the worker
+/// that checked it builds its snapshot from this instead of compiling the bundle again).
+#[derive(Debug)]
+pub struct Accepted {
+    pub doc: BundleDocument,
+    pub bundle: Bundle,
+}
+
 /// Checks an answer's body for `tenant`, given the version in force (if any).
 pub fn accept(
     body: &[u8],
     tenant: &str,
     in_force: Option<u64>,
     keys: &[SigningKey],
-) -> Result<BundleDocument, SyncFailure> {
+) -> Result<Accepted, SyncFailure> {
     if body.len() > MAX_DOCUMENT_BYTES {
         return Err(SyncFailure::TooLarge);
     }
@@ -118,8 +126,8 @@ pub fn accept(
         Issuers::try_from(doc.issuer_configs())
             .map_err(|e| SyncFailure::Format(format!("issuers: {e}")))?;
     }
-    Bundle::try_from(&doc.bundle).map_err(|e| SyncFailure::Policies(e.to_string()))?;
-    Ok(doc)
+    let bundle = Bundle::try_from(&doc.bundle).map_err(|e| SyncFailure::Policies(e.to_string()))?;
+    Ok(Accepted { doc, bundle })
 }
 
 #[cfg(test)]
@@ -170,6 +178,7 @@ mod tests {
             assert_eq!(
                 accept(&sign(k, &good), "default", Some(4), &trusted)
                     .unwrap()
+                    .doc
                     .version,
                 5
             );
@@ -177,6 +186,7 @@ mod tests {
         assert_eq!(
             accept(&sign(&old, &good), "default", None, &trusted)
                 .unwrap()
+                .doc
                 .version,
             5
         );

@@ -7,8 +7,9 @@
 
 use std::time::Duration;
 
+use crate::bundle::Bundle;
 use crate::signed_bundle::BundleDocument;
-use crate::sync::accept::{SyncFailure, accept};
+use crate::sync::accept::{Accepted, SyncFailure, accept};
 use crate::sync::backoff::Backoff;
 use crate::sync::config::{SyncSettings, WhenStale};
 use crate::sync::decision_log::{DecisionLog, LogEntry, LogEvent};
@@ -107,6 +108,8 @@ pub struct Agent {
     refreshes: Vec<(u32, String)>,
     log: DecisionLog,
     last_ship_ms: u64,
+    /// The bundle of the last document this VM accepted, as the check compiled it.
+    compiled: Option<(String, u64, Bundle)>,
 }
 
 /// How long past its timeout a call may stay unanswered before the agent gives up on it (the
@@ -171,6 +174,7 @@ impl Agent {
         Some(Self {
             log: DecisionLog::new(&prefix, me, settings.queue, settings.batch),
             last_ship_ms: now,
+            compiled: None,
             lease: Lease::new(format!("{prefix}.lease"), me, settings.lease),
             settings,
             prefix,
@@ -395,7 +399,10 @@ impl Agent {
         };
         let result = result.and_then(|doc| match doc {
             None => Ok(None),
-            Some(doc) => self.store(host, &doc).map(|()| Some(doc.version)),
+            Some(Accepted { doc, bundle }) => self.store(host, &doc).map(|()| {
+                self.compiled = Some((doc.tenant.clone(), doc.version, bundle));
+                Some(doc.version)
+            }),
         });
         self.finish(host, i, result, &mut events);
         events
@@ -465,6 +472,18 @@ impl Agent {
                     failure,
                     first,
                 });
+            }
+        }
+    }
+
+    /// The compiled bundle of the document `tenant`/`version` if this VM checked it (once):
+    /// compiling it again would only repeat the check's work.
+    pub fn take_compiled(&mut self, tenant: &str, version: u64) -> Option<Bundle> {
+        match self.compiled.take() {
+            Some((t, v, bundle)) if t == tenant && v == version => Some(bundle),
+            other => {
+                self.compiled = other;
+                None
             }
         }
     }

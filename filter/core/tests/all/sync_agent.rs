@@ -223,6 +223,16 @@ fn one_poller_per_envoy_and_every_worker_gets_the_document() -> TestResult {
     // Every VM (the holder too) is offered version 3 once, at its next tick.
     let events = envoy.tick(&[]);
     assert_eq!(Envoy::documents(&events), [(0, 3), (1, 3), (2, 3), (3, 3)]);
+    // The holder keeps the bundle its check compiled, for its own snapshot, once.
+    let compiled: Vec<bool> = envoy
+        .vms
+        .iter_mut()
+        .map(|(_, a)| a.take_compiled("default", 3).is_some())
+        .collect();
+    let expected: Vec<bool> = (0..4).map(|i| i == holders[0]).collect();
+    assert_eq!(compiled, expected);
+    let (_, holder) = envoy.vms.get_mut(holders[0]).ok_or("vm")?;
+    assert!(holder.take_compiled("default", 3).is_none());
     assert!(Envoy::documents(&envoy.tick(&[])).is_empty());
     // The holder polls again at once, after the version it stored.
     let next = one_call(&envoy)?;
