@@ -439,7 +439,7 @@ fn request_header_bytes() -> Option<Vec<u8>> {
 
 impl HttpContext for Http {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        if let Some(sync) = self.sync.clone()
+        if let Some(sync) = &self.sync
             && let Ok(sync) = sync.try_borrow()
             && (sync.refusing() || self.engine.is_none())
         {
@@ -517,14 +517,7 @@ impl HttpContext for Http {
             && let Ok(mut sync) = sync.try_borrow_mut()
         {
             let status = reply.as_ref().map_or(200, |r| r.status);
-            let method = request.headers.get(":method").unwrap_or_default();
-            let path = request.headers.get(":path").unwrap_or_default();
-            sync.log_decision(
-                &outcome,
-                (method, path),
-                request.headers.get("x-request-id"),
-                status,
-            );
+            sync.log_decision(&outcome, &request.headers, status);
         }
         match reply {
             None => {

@@ -12,7 +12,7 @@ use portcullis_core::sync::agent::{Agent, Answer, Call, Event, SyncHost};
 use portcullis_core::sync::decision_log::{LogEntry, LogEvent};
 use portcullis_core::sync::lease::SharedStore;
 use portcullis_core::sync::{SyncFailure, SyncSettings};
-use portcullis_core::{Engine, FilterConfig, Outcome, Snapshot, Start, Verdict};
+use portcullis_core::{Engine, FilterConfig, HeaderMap, Outcome, Snapshot, Start, Verdict};
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{MapType, MetricType, Status};
 
@@ -233,13 +233,7 @@ impl Sync {
     }
 
     /// Keeps a decision for policy-sync: every denial, and the configured share of allows.
-    pub fn log_decision(
-        &mut self,
-        outcome: &Outcome,
-        request: (&str, &str),
-        request_id: Option<&str>,
-        status: u16,
-    ) {
+    pub fn log_decision(&mut self, outcome: &Outcome, headers: &HeaderMap<'_>, status: u16) {
         let share = self.agent.settings().sample_allows;
         if outcome.verdict == Verdict::Allow {
             if share <= 0.0 {
@@ -251,7 +245,18 @@ impl Sync {
                 return;
             }
         }
-        let entry = LogEntry::new(outcome, request, request_id, self.host.now_ms(), status);
+        // Headers are read only for a request that is logged.
+        let request = (
+            headers.get(":method").unwrap_or_default(),
+            headers.get(":path").unwrap_or_default(),
+        );
+        let entry = LogEntry::new(
+            outcome,
+            request,
+            headers.get("x-request-id"),
+            self.host.now_ms(),
+            status,
+        );
         // A full buffer drops the entry and counts it (reported at the next tick).
         let _ = self.agent.record(entry);
     }
