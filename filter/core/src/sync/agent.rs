@@ -384,12 +384,11 @@ impl Agent {
         let known = self
             .shared_version(host, &tenant)
             .max(self.tenants.get(i).and_then(|t| t.applied));
+        // Envoy answers a call that ran past its timeout with a 504 of its own.
+        let timed_out =
+            now.saturating_sub(started) >= millis(self.settings.wait + self.settings.timeout);
         let result = match answer.status {
-            None if now.saturating_sub(started)
-                >= millis(self.settings.wait + self.settings.timeout) =>
-            {
-                Err(SyncFailure::Timeout)
-            }
+            None | Some(504) if timed_out => Err(SyncFailure::Timeout),
             None => Err(SyncFailure::Unreachable(
                 "the connection failed or was cut".into(),
             )),

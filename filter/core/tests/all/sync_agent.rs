@@ -386,6 +386,34 @@ fn every_refusal_keeps_the_last_good_document() -> TestResult {
     Ok(())
 }
 
+/// Envoy answers a call that ran past its timeout with a 504 of its own: that is a timeout;
+/// a 504 from policy-sync before the deadline is a status.
+#[test]
+fn a_504_past_the_deadline_is_a_timeout() -> TestResult {
+    let mut envoy = Envoy::new(
+        1,
+        &settings(json!({"retry": {"initial": "1s", "max": "1s"}}))?,
+    )?;
+    envoy.tick(&[]);
+    let call = one_call(&envoy)?;
+    envoy.advance(1_000);
+    let failure = |events: &[Event]| {
+        events.iter().find_map(|e| match e {
+            Event::Failed { failure, .. } => Some(failure.clone()),
+            _ => None,
+        })
+    };
+    let early = envoy.answer(&call, Some(504), b"");
+    assert_eq!(failure(&early), Some(SyncFailure::Status(504)), "{early:?}");
+    envoy.advance(2_000);
+    envoy.tick(&[]);
+    let call = one_call(&envoy)?;
+    envoy.advance(35_000);
+    let late = envoy.answer(&call, Some(504), b"");
+    assert_eq!(failure(&late), Some(SyncFailure::Timeout), "{late:?}");
+    Ok(())
+}
+
 #[test]
 fn timeouts_backoff_and_staleness() -> TestResult {
     let mut envoy = Envoy::new(

@@ -1,0 +1,157 @@
+//! Key rotation end to end: a test issuer on loopback serves its JWK Set; policy-sync fetches
+//! it and publishes the keys in the tenant's document; the filter, configured with no keys of
+//! its own, accepts tokens signed by it. The issuer then rotates to a new key: the first token
+//! signed by the new key gets 401 `invalid_token` and makes the filter ask policy-sync to
+//! refresh that issuer; policy-sync fetches the new set and publishes it; tokens signed by the
+//! new key are then accepted at every worker, and the retired key's are refused.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::routing::get;
+use harness::devkeys::DevIssuer;
+use harness::envoy::{self, Envoy, Ports};
+use policy_sync::source::PolicyRow;
+use policy_sync::store::{self, Role};
+use serde_json::{Value, json};
+
+use super::follow::ALLOW;
+use super::{Serve, key_file, signing_key, until_all};
+use crate::support::{self, Res, TestResult};
+
+/// Serves `/jwks` from a value the test replaces; counts the fetches.
+#[derive(Clone)]
+struct Jwks(Arc<Mutex<(Value, u64)>>);
+
+impl Jwks {
+    async fn start(first: Value) -> Res<(Self, SocketAddr)> {
+        let jwks = Self(Arc::new(Mutex::new((first, 0))));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let app = axum::Router::new()
+            .route(
+                "/jwks",
+                get(|State(j): State<Self>| async move {
+                    let mut served = j.0.lock().unwrap_or_else(PoisonError::into_inner);
+                    served.1 += 1;
+                    axum::Json(served.0.clone())
+                }),
+            )
+            .with_state(jwks.clone());
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok((jwks, addr))
+    }
+
+    fn serve(&self, keys: Value) {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).0 = keys;
+    }
+
+    fn fetches(&self) -> u64 {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).1
+    }
+}
+
+/// One request for `/api`: its status and `WWW-Authenticate`.
+async fn answer(envoy: &Envoy, token: &str) -> Res<(u16, String)> {
+    let r = reqwest::Client::new()
+        .get(envoy.url("/api"))
+        .bearer_auth(token)
+        .send()
+        .await?;
+    let challenge = r
+        .headers()
+        .get("www-authenticate")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    Ok((r.status().as_u16(), challenge))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn issuer_rotates_its_keys() -> TestResult {
+    let old = DevIssuer::generate()?;
+    let new = DevIssuer::generate()?;
+    let (jwks, jwks_addr) = Jwks::start(old.jwks()).await?;
+
+    let url = support::database().await?;
+    let pool = policy_sync::db::pool(&url, 2)?;
+    let admin = store::create_token(&pool, "keys-admin", Role::Admin).await?;
+    let filter = store::create_token(&pool, "keys-filter", Role::Filter).await?;
+    let allow = PolicyRow {
+        id: "allow".into(),
+        text: ALLOW.into(),
+        enabled: true,
+    };
+    store::put_policies(&pool, "default", &[allow]).await?;
+    let dir = tempfile::tempdir()?;
+    let key = key_file(dir.path())?;
+    let addr: SocketAddr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let _serve = Serve::start_with(&url, addr, &key, &["--refresh-interval", "1"]).await?;
+    // The issuer is registered with a refresh interval far longer than the test: only the
+    // first fetch and the filter's refresh request can bring keys.
+    let r = reqwest::Client::new()
+        .post(format!("http://{addr}/v1/admin/issuers"))
+        .bearer_auth(&admin)
+        .json(&json!({
+            "issuer": old.issuer,
+            "audiences": [old.audience],
+            "jwksUri": format!("http://{jwks_addr}/jwks"),
+            "minRefreshS": 3600,
+            "maxRefreshS": 3600,
+        }))
+        .send()
+        .await?;
+    assert!(
+        r.status().is_success(),
+        "{}: {}",
+        r.status(),
+        r.text().await?
+    );
+
+    // The filter has no keys of its own: the document's keys are the only ones it knows.
+    let plugin = json!({
+        "sync": {
+            "cluster": "policy-sync",
+            "authority": addr.to_string(),
+            "token": filter,
+            "signingKeys": [signing_key()],
+            "wait": "20s",
+            "retry": {"initial": "100ms", "max": "500ms"},
+        },
+    });
+    let ports = Ports::free()?;
+    let config = envoy::config_following(ports, &harness::paths::wasm()?, &plugin, addr.port())?;
+    let mut envoy = Envoy::start(&config, ports, 4)?;
+    envoy.wait_ready(Duration::from_secs(30))?;
+    let old_token = old.token("bob", &[]);
+    until_all(&envoy, &old_token, 200, Duration::from_secs(15)).await?;
+    assert_eq!(jwks.fetches(), 1, "policy-sync fetched the key set once");
+    // Past policy-sync's on-demand rate limit since that first fetch.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+
+    // The issuer rotates: the old key is retired, tokens are signed by the new one.
+    jwks.serve(new.jwks());
+    let new_token = new.token("bob", &[]);
+    let (status, challenge) = answer(&envoy, &new_token).await?;
+    assert_eq!(
+        status, 401,
+        "a token with an unknown kid, before any refresh"
+    );
+    assert!(challenge.contains("invalid_token"), "{challenge}");
+    let started = Instant::now();
+    let took = until_all(&envoy, &new_token, 200, Duration::from_secs(10)).await?;
+    eprintln!(
+        "the new key accepted at every connection {took:?} after the first token signed by it \
+         ({} key set fetches)",
+        jwks.fetches()
+    );
+    assert!(jwks.fetches() >= 2, "policy-sync fetched the rotated set");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    // The retired key is gone from the document in force.
+    until_all(&envoy, &old_token, 401, Duration::from_secs(5)).await?;
+    Ok(())
+}
