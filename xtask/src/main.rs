@@ -1,5 +1,6 @@
 //! `cargo xtask <task>`: everything needed to build, demo and test Portcullis on a fresh machine.
 
+mod churn;
 mod demo;
 mod fuzz;
 mod live;
@@ -91,6 +92,22 @@ enum Task {
         #[arg(long, default_value_t = 100)]
         updates: usize,
     },
+    /// Load on an Envoy following policy-sync while the policies change: every answer checked
+    /// against the version that decided it, and the cost against the same load without updates.
+    Churn {
+        /// Seconds of load with updates.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Seconds of each load without updates (one before, one after).
+        #[arg(long, default_value_t = 20)]
+        steady_seconds: u64,
+        /// Milliseconds between updates.
+        #[arg(long, default_value_t = 100)]
+        interval_ms: u64,
+        /// Keep-alive connections.
+        #[arg(long, default_value_t = 8)]
+        connections: usize,
+    },
     /// Install what is missing, build the filter, run every test in the workspace.
     Test {
         /// Extra arguments for `cargo test` (for example a test name filter).
@@ -135,6 +152,17 @@ fn main() -> ExitCode {
         Task::Propagation { sizes, updates } => {
             propagation::run(&propagation::Options { sizes, updates })
         }
+        Task::Churn {
+            seconds,
+            steady_seconds,
+            interval_ms,
+            connections,
+        } => churn::run(&churn::Options {
+            seconds,
+            steady_seconds,
+            interval_ms,
+            connections,
+        }),
         Task::Test { cargo_args } => tools::test(&cargo_args),
     };
     match result {

@@ -23,6 +23,11 @@ pub struct Options {
 
 const PROBES: usize = 16;
 
+/// The policy the updates flip: bob (staff) may DELETE under this one, ...
+pub(crate) const FLIP_PERMIT: &str = "@id(\"flip\")\npermit (principal in Group::\"staff\", action == Action::\"DELETE\", resource);";
+/// ... and not under this one (it matches nobody).
+pub(crate) const FLIP_NOOP: &str = "@id(\"flip\")\npermit (principal == User::\"nobody\", action == Action::\"DELETE\", resource);";
+
 /// Statuses of `PROBES` requests sent at once, each on its own connection.
 fn probe(url: &str, token: &str) -> Vec<u16> {
     std::thread::scope(|s| {
@@ -46,7 +51,8 @@ fn probe(url: &str, token: &str) -> Vec<u16> {
     })
 }
 
-fn put_policy(live: &Live, id: &str, text: &str) -> Result {
+/// Stores one policy through the admin API; the version that publishes it.
+pub(crate) fn put_policy(live: &Live, id: &str, text: &str) -> Result<u64> {
     let agent = harness::http::agent(Duration::from_secs(30));
     let body = serde_json::json!({ "text": text }).to_string();
     let r = agent
@@ -58,14 +64,18 @@ fn put_policy(live: &Live, id: &str, text: &str) -> Result {
         .header("content-type", "application/json")
         .send(body.as_str())
         .map_err(|e| format!("PUT {id}: {e}"))?;
-    if r.status().is_success() {
-        Ok(())
-    } else {
-        Err(format!("PUT {id}: {}", r.status()))
+    if !r.status().is_success() {
+        return Err(format!("PUT {id}: {}", r.status()));
     }
+    let answer: serde_json::Value =
+        serde_json::from_str(&harness::http::text(r)).map_err(|e| format!("PUT {id}: {e}"))?;
+    answer
+        .get("version")
+        .and_then(serde_json::Value::as_u64)
+        .ok_or_else(|| format!("PUT {id}: no version in {answer}"))
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
+pub(crate) fn percentile(sorted: &[Duration], p: f64) -> Duration {
     #[expect(
         clippy::cast_possible_truncation,
         clippy::cast_sign_loss,
@@ -118,8 +128,7 @@ fn measure_size(live: &Live, wasm: &std::path::Path, size: usize, updates: usize
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    let permit = "@id(\"flip\")\npermit (principal in Group::\"staff\", action == Action::\"DELETE\", resource);";
-    let noop = "@id(\"flip\")\npermit (principal == User::\"nobody\", action == Action::\"DELETE\", resource);";
+    let (permit, noop) = (FLIP_PERMIT, FLIP_NOOP);
     let mut took = Vec::with_capacity(updates);
     for k in 0..updates {
         let (text, want) = if k % 2 == 0 {

@@ -74,8 +74,10 @@ pub struct FilterConfig {
     /// policies again. Decisions never outlive their token or the bundle they came from.
     #[serde(default)]
     pub decision_cache: DecisionCacheConfig,
-    /// Name the determining policies in a `x-portcullis-policies` header on 403 replies.
-    /// Default false: clients learn nothing about policies.
+    /// Name the determining policies in a `x-portcullis-policies` header on 403 replies, and
+    /// the policy set and bundle version that decided (`x-portcullis-bundle: default@17`) on
+    /// the filter's replies and on allowed requests to the upstream. Default false: clients
+    /// learn nothing about policies.
     #[serde(default)]
     pub debug_headers: bool,
     /// Let the host check RSA (RS256/384/512) and ECDSA (ES256/384) signatures natively when

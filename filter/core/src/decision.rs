@@ -114,8 +114,17 @@ pub struct LocalReply {
 pub const REALM: &str = "portcullis";
 /// Response header naming the determining policies, sent only when debug headers are on.
 pub const POLICIES_HEADER: &str = "x-portcullis-policies";
+/// Header naming the policy set and bundle version that decided (`default@17`), only when
+/// debug headers are on: on the filter's own replies, and on allowed requests to the upstream.
+pub const BUNDLE_HEADER: &str = "x-portcullis-bundle";
 
 impl Outcome {
+    /// The policy set and bundle version that decided, as [`BUNDLE_HEADER`] spells them.
+    #[must_use]
+    pub fn bundle_label(&self) -> String {
+        format!("{}@{}", self.policy_set, self.bundle_version)
+    }
+
     /// The local reply for a denied request, or `None` when the request goes on.
     #[must_use]
     pub fn local_reply(&self, debug_headers: bool) -> Option<LocalReply> {
@@ -144,10 +153,13 @@ impl Outcome {
         reply
             .headers
             .push(("content-type", "text/plain".to_owned()));
-        if debug_headers && matches!(self.verdict, Verdict::Forbidden) {
-            reply
-                .headers
-                .push((POLICIES_HEADER, self.policies.join(",")));
+        if debug_headers {
+            if matches!(self.verdict, Verdict::Forbidden) {
+                reply
+                    .headers
+                    .push((POLICIES_HEADER, self.policies.join(",")));
+            }
+            reply.headers.push((BUNDLE_HEADER, self.bundle_label()));
         }
         Some(reply)
     }

@@ -16,6 +16,7 @@ use std::rc::Rc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use log::{debug, error, info, warn};
+use portcullis_core::decision::BUNDLE_HEADER;
 use portcullis_core::{
     AuthError, CacheUse, Engine, FilterConfig, HeaderMap, Outcome, RequestView, Snapshot, Start,
     Verdict,
@@ -529,6 +530,14 @@ impl HttpContext for Http {
                 }
                 for (name, value) in &outcome.set_headers {
                     self.set_http_request_header(name, Some(value));
+                }
+                // The upstream learns which version allowed the request (debug headers only;
+                // answering it would cost a response callback on every request). A client's
+                // own header of that name never reaches it.
+                if engine.debug_headers() {
+                    self.set_http_request_header(BUNDLE_HEADER, Some(&outcome.bundle_label()));
+                } else if request.headers.contains(BUNDLE_HEADER) {
+                    self.set_http_request_header(BUNDLE_HEADER, None);
                 }
                 Action::Continue
             }

@@ -11,11 +11,27 @@ use serde_json::json;
 use policy_sync::store::{self, Role};
 
 use super::{Serve, key_file, most_parked, signing_key, statuses, until_all};
-use crate::support::{self, TestResult};
+use crate::support::{self, Res, TestResult};
 
 pub(super) const ALLOW: &str = "permit (principal, action, resource);";
 pub(super) const DENY: &str =
     "forbid (principal, action, resource) when { resource == Path::\"/api\" };";
+
+/// One request's status and `x-portcullis-bundle` header.
+async fn bundle_header(envoy: &Envoy, token: &str) -> Res<(u16, String)> {
+    let r = reqwest::Client::new()
+        .get(envoy.url("/api"))
+        .bearer_auth(token)
+        .send()
+        .await?;
+    let label = r
+        .headers()
+        .get("x-portcullis-bundle")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("none")
+        .to_owned();
+    Ok((r.status().as_u16(), label))
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn envoy_follows_policy_sync() -> TestResult {
@@ -40,6 +56,7 @@ async fn envoy_follows_policy_sync() -> TestResult {
         .send()
         .await?;
     assert!(r.status().is_success(), "{}", r.status());
+    let allowing: serde_json::Value = r.json().await?;
     let issuer = DevIssuer::generate()?;
     let plugin = json!({
         "issuers": [{"issuer": issuer.issuer, "audiences": [issuer.audience], "jwks": issuer.jwks()}],
@@ -63,6 +80,11 @@ async fn envoy_follows_policy_sync() -> TestResult {
     let token = issuer.token("bob", &[]);
     // No inline bundle: 503 until the first document, then policy-sync's policies.
     until_all(&envoy, &token, 200, Duration::from_secs(15)).await?;
+    // With debug headers, the answer names the version that decided it.
+    assert_eq!(
+        bundle_header(&envoy, &token).await?,
+        (200, format!("default@{}", allowing["version"]))
+    );
     // From policy-sync's side: one long-poll parked for the whole Envoy, never more.
     assert_eq!(
         most_parked(addr).await?,
@@ -76,8 +98,13 @@ async fn envoy_follows_policy_sync() -> TestResult {
         .send()
         .await?;
     assert!(r.status().is_success(), "{}", r.status());
+    let denying: serde_json::Value = r.json().await?;
     let took = until_all(&envoy, &token, 403, Duration::from_secs(5)).await?;
     eprintln!("commit to 403 at every connection: {took:?}");
+    assert_eq!(
+        bundle_header(&envoy, &token).await?,
+        (403, format!("default@{}", denying["version"]))
+    );
     assert!(
         statuses(&envoy, &token, 64)
             .await?
