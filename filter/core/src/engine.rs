@@ -13,7 +13,7 @@ use crate::decision_cache::{DecisionKey, DecisionStats, Decisions};
 use crate::extractor::{self, Extracted};
 use crate::host_crypto::HostCrypto;
 use crate::policy::{self, HttpRequest};
-use crate::policy_sets::{PolicySets, SetError};
+use crate::policy_sets::{DEFAULT_SET, PolicySets, SetError};
 use crate::request;
 use crate::request::RequestView;
 use crate::routes::AuthMode;
@@ -132,7 +132,19 @@ impl Engine {
         Ok(version)
     }
 
-    /// Whether 403 replies name the determining policies.
+    /// The Cedar action and resource the policy set `set` gives a request, as text (for
+    /// decision logs); `None` if no such set is in force.
+    #[must_use]
+    pub fn cedar_target(&self, set: &str, method: &str, path: &str) -> Option<(String, String)> {
+        let set = if set.is_empty() { DEFAULT_SET } else { set };
+        self.snapshot
+            .borrow()
+            .policy_sets()
+            .get(set)
+            .map(|s| s.cedar_target(method, path))
+    }
+
+    /// Whether debug headers are on.
     #[must_use]
     pub fn debug_headers(&self) -> bool {
         self.snapshot.borrow().debug_headers

@@ -139,6 +139,22 @@ impl PolicyEngine {
         claims.get(&self.principal.id_claim).and_then(Value::as_str)
     }
 
+    /// The Cedar action and resource of a request (`path` without its query): from the route
+    /// table, else the method and the path.
+    #[must_use]
+    pub fn action_and_resource(&self, method: &str, path: &str) -> (EntityUid, EntityUid) {
+        let matched = self.mapping.routes.find(method, path);
+        let action_id = matched
+            .as_ref()
+            .and_then(|m| m.action.as_deref())
+            .unwrap_or(method);
+        let action = uid(&self.mapping.action_type, action_id);
+        let resource = matched
+            .and_then(|m| m.resource)
+            .unwrap_or_else(|| uid(&self.mapping.resource_type, path));
+        (action, resource)
+    }
+
     /// The Cedar request for an HTTP request: principal (`None`: the anonymous principal),
     /// action and resource from the route table or the defaults, and the context record
     /// (`claims`, `method`, `path`, `host`, `headers`, `query`, `time`, and `source` when
@@ -156,15 +172,7 @@ impl PolicyEngine {
             None => self.principal.anonymous.clone(),
         };
         let path = http.path.split(['?', '#']).next().unwrap_or_default();
-        let matched = self.mapping.routes.find(http.method, path);
-        let action_id = matched
-            .as_ref()
-            .and_then(|m| m.action.as_deref())
-            .unwrap_or(http.method);
-        let action = uid(&self.mapping.action_type, action_id);
-        let resource = matched
-            .and_then(|m| m.resource)
-            .unwrap_or_else(|| uid(&self.mapping.resource_type, path));
+        let (action, resource) = self.action_and_resource(http.method, path);
 
         // The record is assembled from values directly: the claims part was converted once
         // per token, and nothing here needs Cedar's expression evaluator.

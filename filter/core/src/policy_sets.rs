@@ -115,6 +115,15 @@ impl PolicySet {
     pub fn version(&self) -> u64 {
         self.engine.bundle().version
     }
+
+    /// The Cedar action and resource this set gives a request, as text (`Action::"GET"`,
+    /// `Path::"/api"`); `path` may carry a query.
+    #[must_use]
+    pub fn cedar_target(&self, method: &str, path: &str) -> (String, String) {
+        let path = path.split(['?', '#']).next().unwrap_or_default();
+        let (action, resource) = self.engine.action_and_resource(method, path);
+        (action.to_string(), resource.to_string())
+    }
 }
 
 fn reads_of(engine: &PolicyEngine, shadow: Option<&PolicyEngine>) -> ContextReads {

@@ -518,7 +518,7 @@ impl HttpContext for Http {
             && let Ok(mut sync) = sync.try_borrow_mut()
         {
             let status = reply.as_ref().map_or(200, |r| r.status);
-            sync.log_decision(&outcome, &request.headers, status);
+            sync.log_decision(&engine, &outcome, &request.headers, status);
         }
         match reply {
             None => {

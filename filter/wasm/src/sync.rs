@@ -233,7 +233,13 @@ impl Sync {
     }
 
     /// Keeps a decision for policy-sync: every denial, and the configured share of allows.
-    pub fn log_decision(&mut self, outcome: &Outcome, headers: &HeaderMap<'_>, status: u16) {
+    pub fn log_decision(
+        &mut self,
+        engine: &Engine,
+        outcome: &Outcome,
+        headers: &HeaderMap<'_>,
+        status: u16,
+    ) {
         let share = self.agent.settings().sample_allows;
         if outcome.verdict == Verdict::Allow {
             if share <= 0.0 {
@@ -246,13 +252,16 @@ impl Sync {
             }
         }
         // Headers are read only for a request that is logged.
-        let request = (
+        let (method, path) = (
             headers.get(":method").unwrap_or_default(),
             headers.get(":path").unwrap_or_default(),
         );
+        let (action, resource) = engine
+            .cedar_target(&outcome.policy_set, method, path)
+            .unwrap_or_else(|| (method.to_owned(), path.to_owned()));
         let entry = LogEntry::new(
             outcome,
-            request,
+            (&action, &resource),
             headers.get("x-request-id"),
             self.host.now_ms(),
             status,

@@ -428,7 +428,8 @@ fn decision_logs_ship_denials_and_the_sampled_allows() -> TestResult {
         .iter()
         .find(|e| e["decision"] == "deny")
         .ok_or("no deny")?;
-    assert_eq!(deny["resource"], "/admin/x");
+    assert_eq!(deny["resource"], "Path::\"/admin/x\"");
+    assert_eq!(deny["action"], "Action::\"GET\"");
     assert_eq!(deny["policies"], json!(["no-admin"]));
     assert_eq!(deny["details"], json!({"status": 403, "requestId": "r-7"}));
     assert_eq!(deny["version"], 1);

@@ -28,9 +28,9 @@ pub struct LogEntry {
     pub decision: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub principal: Option<String>,
-    /// The HTTP method (Cedar's action derives from it through `request.routes`).
+    /// The Cedar action (`Action::"GET"`, or the route table's).
     pub action: String,
-    /// The path without its query (Cedar's resource derives from it).
+    /// The Cedar resource (`Path::"/api"`, or the route table's).
     pub resource: String,
     pub policies: Vec<String>,
     pub version: u64,
@@ -48,11 +48,12 @@ fn clip(text: &str) -> String {
 }
 
 impl LogEntry {
-    /// The entry for one decision, its fields cut to what policy-sync accepts.
+    /// The entry for one decision, its fields cut to what policy-sync accepts; `target` is the
+    /// request's Cedar action and resource.
     #[must_use]
     pub fn new(
         outcome: &Outcome,
-        (method, path): (&str, &str),
+        (action, resource): (&str, &str),
         request_id: Option<&str>,
         now_ms: u64,
         status: u16,
@@ -74,8 +75,8 @@ impl LogEntry {
             tenant,
             decision: decision.to_owned(),
             principal: outcome.principal.as_deref().map(clip),
-            action: clip(method),
-            resource: clip(path.split(['?', '#']).next().unwrap_or_default()),
+            action: clip(action),
+            resource: clip(resource),
             policies: outcome
                 .policies
                 .iter()

@@ -532,7 +532,7 @@ fn entry(n: u64) -> portcullis_core::sync::decision_log::LogEntry {
     };
     portcullis_core::sync::decision_log::LogEntry::new(
         &outcome,
-        ("GET", &format!("/api/{n}?q=1")),
+        ("Action::\"GET\"", &format!("Path::\"/api/{n}\"")),
         Some("req-1"),
         1_000_000,
         403,
@@ -577,7 +577,7 @@ fn decision_logs_reach_one_batch_from_the_holder() -> TestResult {
     let batch = body["decisions"].as_array().ok_or("no decisions")?;
     assert_eq!(batch.len(), 3, "the batch limit");
     assert_eq!(batch[0]["decision"], "deny");
-    assert_eq!(batch[0]["resource"], "/api/0");
+    assert_eq!(batch[0]["resource"], "Path::\"/api/0\"");
     assert_eq!(
         batch[0]["details"],
         json!({"status": 403, "requestId": "req-1"})

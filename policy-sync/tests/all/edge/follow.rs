@@ -118,8 +118,9 @@ async fn envoy_follows_policy_sync() -> TestResult {
     let denied = loop {
         let n: i64 = c
             .query_one(
-                "SELECT count(*) FROM decision_logs WHERE decision = 'deny' AND resource = '/api'
-                 AND principal = 'User::\"bob\"' AND policies = ARRAY['deny']",
+                r#"SELECT count(*) FROM decision_logs WHERE decision = 'deny'
+                   AND action = 'Action::"GET"' AND resource = 'Path::"/api"'
+                   AND principal = 'User::"bob"' AND policies = ARRAY['deny']"#,
                 &[],
             )
             .await?
