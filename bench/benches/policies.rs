@@ -128,6 +128,27 @@ fn main() -> Result<(), Box<dyn Error>> {
                 assert_eq!(r.reasons, std::slice::from_ref(&reason));
             });
         });
+        // What a worker spends compiling a new version's policies (parse, name, schema,
+        // entities), against Cedar's parse alone.
+        let w = wire(n).ok_or_else(|| format!("cannot build the wire bundle of {n} policies"))?;
+        c.bench_function(&format!("bundle_compile/{n}"), |bch| {
+            bch.iter(|| {
+                let compiled = Bundle::try_from(black_box(&w));
+                assert!(
+                    compiled
+                        .as_ref()
+                        .is_ok_and(|b| b.policies.policies().count() == n)
+                );
+                compiled
+            });
+        });
+        c.bench_function(&format!("cedar_parse/{n}"), |bch| {
+            bch.iter(|| {
+                let parsed = black_box(&w.policies).parse::<PolicySet>().ok();
+                assert!(parsed.as_ref().is_some_and(|p| p.policies().count() == n));
+                parsed
+            });
+        });
         c.bench_function(&format!("index_build/{n}"), |bch| {
             bch.iter(|| {
                 let i = PolicyIndex::new(black_box(&b.policies));

@@ -454,7 +454,7 @@ fn policies_from_file(file: &Path, id: Option<&str>) -> Result<Vec<(String, Stri
         (None, many) => many
             .iter()
             .map(|p| {
-                p.annotation("id")
+                portcullis_core::bundle::id_annotation(p)
                     .map(|a| (a.to_owned(), p.to_string()))
                     .ok_or_else(|| {
                         Failure::new(2, format!("{name}: a policy has no @id annotation (or give --id for a single policy)"))
@@ -808,7 +808,7 @@ fn validate_policy_file(file: &Path, schema: Option<(&str, &str)>) -> Outcome {
     // Policies are named by their `@id` annotations, as in bundles.
     let mut named = cedar_policy::PolicySet::new();
     for p in set.policies() {
-        let p = match p.annotation("id") {
+        let p = match portcullis_core::bundle::id_annotation(p) {
             Some(id) => p.new_id(cedar_policy::PolicyId::new(id)),
             None => p.clone(),
         };

@@ -193,14 +193,16 @@ impl TenantSource {
             match parse_cached(&row.id, &row.text) {
                 Err(e) => problems.extend(Problem::from_diagnostic(&name, &text, &*e)),
                 Ok(p) => {
-                    if let Some(a) = p.annotation("id").filter(|a| *a != row.id) {
+                    if let Some(a) =
+                        portcullis_core::bundle::id_annotation(&p).filter(|a| *a != row.id)
+                    {
                         problems.push(Problem::plain(
                             &name,
                             format!("its @id annotation {a:?} differs from the policy id"),
                         ));
                         continue;
                     }
-                    if p.annotation("id").is_none() {
+                    if portcullis_core::bundle::id_annotation(&p).is_none() {
                         out.push_str(&format!("@id({:?})\n", row.id));
                     }
                     out.push_str(row.text.trim_end());

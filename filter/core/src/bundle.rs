@@ -78,7 +78,7 @@ impl TryFrom<&BundleWire> for Bundle {
         }
         let mut policies = PolicySet::new();
         for p in parsed.policies() {
-            let p = match p.annotation("id") {
+            let p = match id_annotation(p) {
                 Some(id) => p.new_id(PolicyId::new(id)),
                 None => p.clone(),
             };
@@ -108,6 +108,14 @@ impl TryFrom<&BundleWire> for Bundle {
             entities,
         })
     }
+}
+
+/// A policy's `@id("...")` annotation. Read from the annotations as they are: Cedar's
+/// `annotation(key)` parses the key with its full parser on every call, which made naming the
+/// policies of a large bundle cost as much as parsing them.
+#[must_use]
+pub fn id_annotation(p: &cedar_policy::Policy) -> Option<&str> {
+    p.annotations().find(|(k, _)| *k == "id").map(|(_, v)| v)
 }
 
 /// Renders an error with its sources and Cedar's help text, on one line.
