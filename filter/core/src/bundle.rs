@@ -4,7 +4,9 @@
 
 use std::str::FromStr;
 
-use cedar_policy::{Entities, PolicyId, PolicySet, Schema, ValidationMode, Validator};
+use cedar_policy::{Entities, Policy, PolicyId, PolicySet, Schema, ValidationMode, Validator};
+
+use crate::bundle_chunks::{self, Chunks};
 use serde::{Deserialize, Serialize};
 
 /// A bundle as it travels (JSON).
@@ -65,23 +67,34 @@ pub struct Bundle {
     pub policies: PolicySet,
     pub schema: Option<Schema>,
     pub entities: Entities,
+    /// The policies by chunk of the text, for compiling the next version (`bundle_chunks`).
+    chunks: Chunks,
 }
 
 impl TryFrom<&BundleWire> for Bundle {
     type Error = BundleError;
 
     fn try_from(wire: &BundleWire) -> Result<Self, Self::Error> {
-        let parsed =
-            PolicySet::from_str(&wire.policies).map_err(|e| BundleError::Parse(render(&e)))?;
-        if let Some(t) = parsed.templates().next() {
-            return Err(BundleError::Template(t.id().to_string()));
-        }
+        Self::compile(wire, &Chunks::default())
+    }
+}
+
+impl Bundle {
+    /// The policies of this bundle by chunk of its text.
+    #[must_use]
+    pub fn chunks(&self) -> &Chunks {
+        &self.chunks
+    }
+
+    /// Compiles `wire`, parsing only the chunks of its text that `previous` does not hold
+    /// (the chunks of the version before); the result is the one [`Bundle::try_from`] gives.
+    pub fn compile(wire: &BundleWire, previous: &Chunks) -> Result<Self, BundleError> {
+        let (named, chunks) = match bundle_chunks::parse(&wire.policies, previous) {
+            Some(parsed) => parsed,
+            None => (parse_whole(&wire.policies)?, Chunks::default()),
+        };
         let mut policies = PolicySet::new();
-        for p in parsed.policies() {
-            let p = match id_annotation(p) {
-                Some(id) => p.new_id(PolicyId::new(id)),
-                None => p.clone(),
-            };
+        for p in named {
             let id = p.id().to_string();
             policies.add(p).map_err(|_| BundleError::DuplicateId(id))?;
         }
@@ -106,8 +119,24 @@ impl TryFrom<&BundleWire> for Bundle {
             policies,
             schema,
             entities,
+            chunks,
         })
     }
+}
+
+/// The policies of the whole text, named by their `@id`s (else Cedar's positional ids).
+fn parse_whole(text: &str) -> Result<Vec<Policy>, BundleError> {
+    let parsed = PolicySet::from_str(text).map_err(|e| BundleError::Parse(render(&e)))?;
+    if let Some(t) = parsed.templates().next() {
+        return Err(BundleError::Template(t.id().to_string()));
+    }
+    Ok(parsed
+        .policies()
+        .map(|p| match id_annotation(p) {
+            Some(id) => p.new_id(PolicyId::new(id)),
+            None => p.clone(),
+        })
+        .collect())
 }
 
 /// A policy's `@id("...")` annotation. Read from the annotations as they are: Cedar's

@@ -276,7 +276,12 @@ impl PolicySets {
     /// These sets with one set's bundle replaced (a live update); the other sets are shared.
     /// The new bundle is compiled first; if it is invalid, the error says why.
     pub fn with_bundle(&self, set: &str, wire: &BundleWire) -> Result<Self, SetError> {
-        let bundle = Bundle::try_from(wire).map_err(|source| SetError::Bundle {
+        // The policies the set's bundle in force parsed are not parsed again.
+        let previous = self
+            .get(set)
+            .map(|s| s.engine.bundle().chunks().clone())
+            .unwrap_or_default();
+        let bundle = Bundle::compile(wire, &previous).map_err(|source| SetError::Bundle {
             set: set.to_owned(),
             source,
         })?;

@@ -3,6 +3,7 @@
 //! tenant, a version strictly newer than the one in force, the format, the policies.
 
 use crate::bundle::Bundle;
+use crate::bundle_chunks::Chunks;
 use crate::signed_bundle::{BundleDocument, SignedBundle, SignedBundleError};
 use crate::snapshot::Issuers;
 use crate::sync::config::SigningKey;
@@ -81,12 +82,14 @@ pub struct Accepted {
     pub bundle: Bundle,
 }
 
-/// Checks an answer's body for `tenant`, given the version in force (if any).
+/// Checks an answer's body for `tenant`, given the version in force (if any); `previous` holds
+/// the policies parsed for the last document accepted (not parsed again).
 pub fn accept(
     body: &[u8],
     tenant: &str,
     in_force: Option<u64>,
     keys: &[SigningKey],
+    previous: &Chunks,
 ) -> Result<Accepted, SyncFailure> {
     if body.len() > MAX_DOCUMENT_BYTES {
         return Err(SyncFailure::TooLarge);
@@ -126,7 +129,8 @@ pub fn accept(
         Issuers::try_from(doc.issuer_configs())
             .map_err(|e| SyncFailure::Format(format!("issuers: {e}")))?;
     }
-    let bundle = Bundle::try_from(&doc.bundle).map_err(|e| SyncFailure::Policies(e.to_string()))?;
+    let bundle =
+        Bundle::compile(&doc.bundle, previous).map_err(|e| SyncFailure::Policies(e.to_string()))?;
     Ok(Accepted { doc, bundle })
 }
 
@@ -176,22 +180,34 @@ mod tests {
         // Either of the rotating keys is accepted.
         for k in [&old, &new] {
             assert_eq!(
-                accept(&sign(k, &good), "default", Some(4), &trusted)
-                    .unwrap()
-                    .doc
-                    .version,
+                accept(
+                    &sign(k, &good),
+                    "default",
+                    Some(4),
+                    &trusted,
+                    &Chunks::default()
+                )
+                .unwrap()
+                .doc
+                .version,
                 5
             );
         }
         assert_eq!(
-            accept(&sign(&old, &good), "default", None, &trusted)
-                .unwrap()
-                .doc
-                .version,
+            accept(
+                &sign(&old, &good),
+                "default",
+                None,
+                &trusted,
+                &Chunks::default()
+            )
+            .unwrap()
+            .doc
+            .version,
             5
         );
         let cause = |body: &[u8], tenant: &str, in_force| {
-            accept(body, tenant, in_force, &trusted)
+            accept(body, tenant, in_force, &trusted, &Chunks::default())
                 .map(|_| ())
                 .unwrap_err()
                 .cause()

@@ -8,6 +8,7 @@
 use std::time::Duration;
 
 use crate::bundle::Bundle;
+use crate::bundle_chunks::Chunks;
 use crate::signed_bundle::BundleDocument;
 use crate::sync::accept::{Accepted, SyncFailure, accept};
 use crate::sync::backoff::Backoff;
@@ -110,6 +111,8 @@ pub struct Agent {
     last_ship_ms: u64,
     /// The bundle of the last document this VM accepted, as the check compiled it.
     compiled: Option<(String, u64, Bundle)>,
+    /// Per tenant, the policies parsed for the last document this VM accepted.
+    parsed: Vec<(String, Chunks)>,
 }
 
 /// How long past its timeout a call may stay unanswered before the agent gives up on it (the
@@ -175,6 +178,7 @@ impl Agent {
             log: DecisionLog::new(&prefix, me, settings.queue, settings.batch),
             last_ship_ms: now,
             compiled: None,
+            parsed: Vec::new(),
             lease: Lease::new(format!("{prefix}.lease"), me, settings.lease),
             settings,
             prefix,
@@ -393,12 +397,30 @@ impl Agent {
                 "the connection failed or was cut".into(),
             )),
             Some(304) => Ok(None),
-            Some(200) => accept(answer.body, &tenant, known, &self.settings.signing_keys).map(Some),
+            Some(200) => {
+                let previous = self
+                    .parsed
+                    .iter()
+                    .find(|(t, _)| *t == tenant)
+                    .map(|(_, c)| c.clone())
+                    .unwrap_or_default();
+                accept(
+                    answer.body,
+                    &tenant,
+                    known,
+                    &self.settings.signing_keys,
+                    &previous,
+                )
+                .map(Some)
+            }
             Some(s) => Err(SyncFailure::Status(s)),
         };
         let result = result.and_then(|doc| match doc {
             None => Ok(None),
             Some(Accepted { doc, bundle }) => self.store(host, &doc).map(|()| {
+                self.parsed.retain(|(t, _)| *t != doc.tenant);
+                self.parsed
+                    .push((doc.tenant.clone(), bundle.chunks().clone()));
                 self.compiled = Some((doc.tenant.clone(), doc.version, bundle));
                 Some(doc.version)
             }),

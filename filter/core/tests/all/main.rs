@@ -2,6 +2,7 @@
 
 mod algorithms;
 mod authorization;
+mod bundle_chunks;
 mod context_reads;
 mod decision_cache;
 mod engine;
