@@ -13,8 +13,6 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use harness::envoy::{self, Envoy, Ports};
-
 use crate::Result;
 use crate::live::{self, Live};
 use crate::propagation::{FLIP_NOOP, FLIP_PERMIT, percentile, put_policy};
@@ -202,23 +200,12 @@ fn figures(per_connection: &[Vec<Answer>], seconds: u64) -> (f64, Duration, Dura
     )
 }
 
-fn start_envoy(live: &Live, wasm: &std::path::Path) -> Result<Envoy> {
-    let ports = Ports::free().map_err(|e| e.to_string())?;
-    let config = envoy::config_following(ports, wasm, &live.plugin_config, live.port)
-        .map_err(|e| e.to_string())?;
-    let mut proxy = Envoy::start(&config, ports, 4).map_err(|e| e.to_string())?;
-    proxy
-        .wait_ready(Duration::from_secs(60))
-        .map_err(|e| e.to_string())?;
-    Ok(proxy)
-}
-
 /// Runs the three loads and prints what they showed; an error on any 5xx or wrong answer.
 pub fn run(opts: &Options) -> Result {
     crate::tools::ensure_envoy()?;
     let wasm = crate::wasm::build()?;
     let live = live::start(&harness::paths::repo_root().join("envoy/demo-policies.cedar"))?;
-    let proxy = start_envoy(&live, &wasm)?;
+    let proxy = live::start_following(&live, &wasm, 4)?;
     let url = proxy.url("/api/items/7");
     // Wait for the first version in force everywhere (403: bob may not DELETE yet).
     let started = Instant::now();

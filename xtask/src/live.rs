@@ -187,6 +187,19 @@ pub fn start(policies: &Path) -> Result<Live> {
     })
 }
 
+/// An Envoy of `workers` workers whose filter follows this policy-sync, ready.
+pub fn start_following(live: &Live, wasm: &Path, workers: u32) -> Result<harness::envoy::Envoy> {
+    use harness::envoy::{self, Envoy, Ports};
+    let ports = Ports::free().map_err(|e| e.to_string())?;
+    let config = envoy::config_following(ports, wasm, &live.plugin_config, live.port)
+        .map_err(|e| e.to_string())?;
+    let mut proxy = Envoy::start(&config, ports, workers).map_err(|e| e.to_string())?;
+    proxy
+        .wait_ready(Duration::from_secs(60))
+        .map_err(|e| e.to_string())?;
+    Ok(proxy)
+}
+
 /// The live demo's point: a request denied, one `policy-sync` command, the same request
 /// allowed, and the time from the command's commit to the first allowed answer.
 pub fn flip(live: &Live, url: &str, bob: &str) -> Result {

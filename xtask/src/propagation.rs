@@ -7,8 +7,6 @@
 
 use std::time::{Duration, Instant};
 
-use harness::envoy::{self, Envoy, Ports};
-
 use crate::Result;
 use crate::live::{self, Live};
 
@@ -109,13 +107,7 @@ fn measure_size(live: &Live, wasm: &std::path::Path, size: usize, updates: usize
         let path = file.to_string_lossy().into_owned();
         live::policy_sync(&live.binary, &live.database_url, &["policy", "put", &path])?;
     }
-    let ports = Ports::free().map_err(|e| e.to_string())?;
-    let config = envoy::config_following(ports, wasm, &live.plugin_config, live.port)
-        .map_err(|e| e.to_string())?;
-    let mut proxy = Envoy::start(&config, ports, 4).map_err(|e| e.to_string())?;
-    proxy
-        .wait_ready(Duration::from_secs(60))
-        .map_err(|e| e.to_string())?;
+    let proxy = live::start_following(live, wasm, 4)?;
     let url = proxy.url("/api/items/7");
     // bob may not DELETE under the demo policies: 403 until the flip permits it.
     let started = Instant::now();

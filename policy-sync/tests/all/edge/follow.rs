@@ -10,7 +10,7 @@ use serde_json::json;
 
 use policy_sync::store::{self, Role};
 
-use super::{Serve, key_file, most_parked, signing_key, statuses, until_all};
+use super::{Serve, get_api, key_file, most_parked, signing_key, statuses, until_all};
 use crate::support::{self, Res, TestResult};
 
 pub(super) const ALLOW: &str = "permit (principal, action, resource);";
@@ -19,18 +19,8 @@ pub(super) const DENY: &str =
 
 /// One request's status and `x-portcullis-bundle` header.
 async fn bundle_header(envoy: &Envoy, token: &str) -> Res<(u16, String)> {
-    let r = reqwest::Client::new()
-        .get(envoy.url("/api"))
-        .bearer_auth(token)
-        .send()
-        .await?;
-    let label = r
-        .headers()
-        .get("x-portcullis-bundle")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("none")
-        .to_owned();
-    Ok((r.status().as_u16(), label))
+    let (status, label) = get_api(envoy, token, "x-portcullis-bundle").await?;
+    Ok((status, label.unwrap_or_else(|| "none".to_owned())))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -18,7 +18,7 @@ use policy_sync::store::{self, Role};
 use serde_json::{Value, json};
 
 use super::follow::ALLOW;
-use super::{Serve, key_file, signing_key, until_all};
+use super::{Serve, get_api, key_file, signing_key, until_all};
 use crate::support::{self, Res, TestResult};
 
 /// Serves `/jwks` from a value the test replaces; counts the fetches.
@@ -57,18 +57,8 @@ impl Jwks {
 
 /// One request for `/api`: its status and `WWW-Authenticate`.
 async fn answer(envoy: &Envoy, token: &str) -> Res<(u16, String)> {
-    let r = reqwest::Client::new()
-        .get(envoy.url("/api"))
-        .bearer_auth(token)
-        .send()
-        .await?;
-    let challenge = r
-        .headers()
-        .get("www-authenticate")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
-    Ok((r.status().as_u16(), challenge))
+    let (status, challenge) = get_api(envoy, token, "www-authenticate").await?;
+    Ok((status, challenge.unwrap_or_default()))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -169,6 +169,21 @@ async fn until_all(envoy: &Envoy, token: &str, want: u16, within: Duration) -> R
     }
 }
 
+/// One request for `/api` on a new client: its status and the value of response header `name`.
+async fn get_api(envoy: &Envoy, token: &str, name: &str) -> Res<(u16, Option<String>)> {
+    let r = reqwest::Client::new()
+        .get(envoy.url("/api"))
+        .bearer_auth(token)
+        .send()
+        .await?;
+    let value = r
+        .headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    Ok((r.status().as_u16(), value))
+}
+
 /// A counter of the filter's in Envoy's stats (0 while it has not been flushed yet).
 async fn stat(envoy: &Envoy, name: &str) -> Res<u64> {
     let name = name.to_owned();
