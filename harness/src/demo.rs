@@ -21,3 +21,17 @@ pub fn plugin_config(issuer: &DevIssuer) -> Value {
         "debugHeaders": true,
     })
 }
+
+/// The demo policies padded to `n` policies in all with per-user grants of the shape a large
+/// deployment has (one user, one document, a condition on the host), none of which the demo's
+/// users match: a bundle of `n` policies that decides as the demo bundle does.
+#[must_use]
+pub fn padded_policies(n: usize) -> String {
+    let mut text = String::from(DEMO_POLICIES);
+    for i in 0..n.saturating_sub(3) {
+        text.push_str(&format!(
+            "@id(\"grant-{i}\")\npermit (principal == User::\"user-{i}\", action in [Action::\"GET\", Action::\"HEAD\"], resource == Path::\"/docs/{i}\")\nwhen {{ context.host == \"docs.example.com\" }};\n"
+        ));
+    }
+    text
+}

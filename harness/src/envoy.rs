@@ -213,6 +213,9 @@ impl Envoy {
             ))
             .arg("--log-path")
             .arg(&log)
+            // Envoy writes its log file in buffers flushed every 10 s by default; tests and
+            // measurements read it while Envoy runs.
+            .args(["--file-flush-interval-msec", "100"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

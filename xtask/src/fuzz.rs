@@ -21,6 +21,8 @@ pub struct Options {
     pub seconds: u32,
     /// Stop a target after this many executions (libFuzzer `-runs`), if given.
     pub runs: Option<u64>,
+    /// libFuzzer's sanitizer (`cargo fuzz run --sanitizer`).
+    pub sanitizer: String,
     /// Only these targets (all when empty).
     pub targets: Vec<String>,
 }
@@ -143,7 +145,14 @@ fn run_target(fuzz_dir: &Path, target: &str, opts: &Options) -> Result<Report> {
     let mut cmd = nightly();
     cmd.current_dir(fuzz_dir.parent().unwrap_or(fuzz_dir))
         .env("CARGO_TARGET_DIR", tools::target_dir().join("fuzz"))
-        .args(["fuzz", "run", "--release", target])
+        .args([
+            "fuzz",
+            "run",
+            "--release",
+            "--sanitizer",
+            &opts.sanitizer,
+            target,
+        ])
         .arg(&corpus);
     if seeds.is_dir() {
         cmd.arg(&seeds);
@@ -156,7 +165,10 @@ fn run_target(fuzz_dir: &Path, target: &str, opts: &Options) -> Result<Report> {
     if let Some(runs) = opts.runs {
         cmd.arg(format!("-runs={runs}"));
     }
-    eprintln!("xtask: fuzzing {target} for up to {} s", opts.seconds);
+    eprintln!(
+        "xtask: fuzzing {target} for up to {} s (sanitizer: {})",
+        opts.seconds, opts.sanitizer
+    );
     let out = cmd
         .stdout(Stdio::inherit())
         .stderr(Stdio::piped())

@@ -6,6 +6,7 @@ mod fuzz;
 mod live;
 mod measure;
 mod propagation;
+mod startup;
 mod tools;
 mod wasm;
 
@@ -69,6 +70,18 @@ enum Task {
         /// the machine's changes in speed hit all of them alike; 0 skips them.
         #[arg(long, default_value_t = 5)]
         shared_rounds: u32,
+        /// Worker counts of the start-up and memory phase (comma-separated; 0 skips it).
+        #[arg(long, value_delimiter = ',', default_value = "1,2,4,8")]
+        startup_workers: Vec<u32>,
+        /// Generated bundle sizes (policies) of that phase, beside the demo bundle.
+        #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
+        startup_sizes: Vec<usize>,
+        /// Envoy starts per cell of that phase (medians shown).
+        #[arg(long, default_value_t = 3)]
+        startup_rounds: u32,
+        /// Run only the start-up and memory phase.
+        #[arg(long)]
+        only_startup: bool,
     },
     /// Run every cargo-fuzz target in turn (nightly and cargo-fuzz installed if missing),
     /// seeded from the corpus in the repo; print executions, coverage and crashes per target.
@@ -79,6 +92,11 @@ enum Task {
         /// Stop each target after this many executions.
         #[arg(long)]
         runs: Option<u64>,
+        /// libFuzzer's sanitizer: `address` (the default) or `none`, several times faster for
+        /// targets whose code under test is safe Rust, where AddressSanitizer finds nothing a
+        /// panic would not.
+        #[arg(long, default_value = "address", value_parser = ["address", "none"])]
+        sanitizer: String,
         /// Only these targets.
         targets: Vec<String>,
     },
@@ -131,6 +149,10 @@ fn main() -> ExitCode {
             rounds,
             first_sight_tokens,
             shared_rounds,
+            startup_workers,
+            startup_sizes,
+            startup_rounds,
+            only_startup,
         } => measure::run(&measure::Options {
             requests,
             wasm,
@@ -139,14 +161,23 @@ fn main() -> ExitCode {
             rounds,
             first_sight_tokens,
             shared_rounds,
+            startup: startup::Options {
+                workers: startup_workers.into_iter().filter(|&w| w > 0).collect(),
+                sizes: startup_sizes,
+                rounds: startup_rounds,
+                requests: 200,
+            },
+            only_startup,
         }),
         Task::Fuzz {
             seconds,
             runs,
+            sanitizer,
             targets,
         } => fuzz::run_all(&fuzz::Options {
             seconds,
             runs,
+            sanitizer,
             targets,
         }),
         Task::Propagation { sizes, updates } => {

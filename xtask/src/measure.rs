@@ -29,6 +29,10 @@ pub struct Options {
     pub first_sight_tokens: u32,
     /// Rounds with every variant under load at once on one shared CPU; 0 skips them.
     pub shared_rounds: u32,
+    /// The start-up and memory phase (no worker counts: skipped).
+    pub startup: crate::startup::Options,
+    /// Only that phase.
+    pub only_startup: bool,
 }
 
 /// Warm-up before each measured wrk run (V8 tiers up, caches fill).
@@ -192,6 +196,14 @@ pub fn run(opts: &Options) -> Result {
         size / 1024,
         gz / 1024
     );
+
+    if !opts.startup.workers.is_empty() {
+        // First, while no other Envoy runs.
+        crate::startup::run(&opts.startup, &wasm, &noop)?;
+    }
+    if opts.only_startup {
+        return Ok(());
+    }
 
     let issuer = DevIssuer::generate().map_err(|e| e.to_string())?;
     let other = DevIssuer::generate().map_err(|e| e.to_string())?;

@@ -228,6 +228,7 @@ impl Drop for Root {
 impl Root {
     /// Compiles the configuration and, with `sync`, starts following policy-sync.
     fn configure(&mut self, bytes: &[u8]) -> Result<(), String> {
+        let began = self.get_current_time();
         let cfg = FilterConfig::from_json(bytes).map_err(|e| e.to_string())?;
         let start = Start::new(&cfg).map_err(|e| e.to_string())?;
         let settings = cfg.sync_settings().map_err(|e| e.to_string())?;
@@ -244,15 +245,22 @@ impl Root {
             }
         };
         if let Some(engine) = &engine {
+            // What one VM costs: `cargo xtask measure` reads the memory and the time from here.
+            let took = self
+                .get_current_time()
+                .duration_since(began)
+                .unwrap_or_default();
             info!(
-                "portcullis: configured with {} issuer(s), bundle version {}, host signature checks {}",
+                "portcullis: configured with {} issuer(s), bundle version {}, host signature checks {}, linear memory {} KiB, configured in {} ms",
                 engine.issuer_count(),
                 engine.bundle_version(),
                 if engine.host_crypto_in_use() {
                     "on"
                 } else {
                     "off"
-                }
+                },
+                linear_memory_kib(),
+                took.as_millis()
             );
         }
         self.sync = match settings {
@@ -274,6 +282,18 @@ impl Root {
         };
         self.engine = engine;
         Ok(())
+    }
+}
+
+/// The size of this VM's linear memory (it grows and never shrinks: its high-water mark).
+fn linear_memory_kib() -> usize {
+    #[cfg(target_arch = "wasm32")]
+    {
+        core::arch::wasm32::memory_size::<0>() * 64
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        0
     }
 }
 
