@@ -71,20 +71,31 @@ pub fn run(opts: &Options, wasm: &Path, noop: &Path) -> Result {
     variants.extend(opts.sizes.iter().map(|&n| Variant::Portcullis(Some(n))));
     let mut table = Vec::new();
     for &variant in &variants {
-        let config_of = |ports: Ports| -> Result<String> {
-            match variant {
-                Variant::NoFilter => envoy::baseline_config(ports),
-                Variant::NoopWasm => envoy::config(ports, noop, &"noop".into()),
-                Variant::Portcullis(size) => {
-                    let mut plugin = demo::plugin_config(&issuer);
-                    if let (Some(n), Some(o)) = (size, plugin.as_object_mut()) {
-                        o.insert(
-                            "bundle".into(),
-                            serde_json::json!({ "version": 1, "policies": demo::padded_policies(n) }),
-                        );
-                    }
-                    envoy::config(ports, wasm, &plugin)
+        // The plugin configuration (and a generated bundle's text) is built once per variant,
+        // not per start.
+        let plugin = match variant {
+            Variant::NoFilter => None,
+            Variant::NoopWasm => Some(serde_json::Value::from("noop")),
+            Variant::Portcullis(size) => {
+                let mut plugin = demo::plugin_config(&issuer);
+                if let (Some(n), Some(o)) = (size, plugin.as_object_mut()) {
+                    o.insert(
+                        "bundle".into(),
+                        serde_json::json!({ "version": 1, "policies": demo::padded_policies(n) }),
+                    );
                 }
+                Some(plugin)
+            }
+        };
+        let module = if variant == Variant::NoopWasm {
+            noop
+        } else {
+            wasm
+        };
+        let config_of = |ports: Ports| -> Result<String> {
+            match &plugin {
+                None => envoy::baseline_config(ports),
+                Some(plugin) => envoy::config(ports, module, plugin),
             }
             .map_err(|e| e.to_string())
         };
