@@ -3,10 +3,11 @@
 //! configuration.
 
 use std::str::FromStr;
+use std::sync::Arc;
 
 use cedar_policy::{Entities, Policy, PolicyId, PolicySet, Schema, ValidationMode, Validator};
 
-use crate::bundle_chunks::{self, Chunks};
+use crate::bundle_chunks::{self, ChunkIds, Chunks};
 use serde::{Deserialize, Serialize};
 
 /// A bundle as it travels (JSON).
@@ -64,7 +65,8 @@ pub enum BundleError {
 #[derive(Debug, Clone)]
 pub struct Bundle {
     pub version: u64,
-    pub policies: PolicySet,
+    /// Shared with the policy index built on it.
+    pub policies: Arc<PolicySet>,
     pub schema: Option<Schema>,
     pub entities: Entities,
     /// The policies by chunk of the text, for compiling the next version (`bundle_chunks`).
@@ -89,9 +91,9 @@ impl Bundle {
     /// Compiles `wire`, parsing only the chunks of its text that `previous` does not hold
     /// (the chunks of the version before); the result is the one [`Bundle::try_from`] gives.
     pub fn compile(wire: &BundleWire, previous: &Chunks) -> Result<Self, BundleError> {
-        let (named, chunks) = match bundle_chunks::parse(&wire.policies, previous) {
+        let (named, chunk_ids) = match bundle_chunks::parse(&wire.policies, previous) {
             Some(parsed) => parsed,
-            None => (parse_whole(&wire.policies)?, Chunks::default()),
+            None => (parse_whole(&wire.policies)?, ChunkIds::default()),
         };
         let mut policies = PolicySet::new();
         for p in named {
@@ -114,12 +116,13 @@ impl Bundle {
         };
         let entities = Entities::from_json_value(wire.entities.clone(), schema.as_ref())
             .map_err(|e| BundleError::Entities(render(&e)))?;
+        let policies = Arc::new(policies);
         Ok(Self {
             version: wire.version,
+            chunks: chunk_ids.with(&policies),
             policies,
             schema,
             entities,
-            chunks,
         })
     }
 }

@@ -13,12 +13,14 @@
 //!   `E`"; `is T` → "of type `T`"; none → wildcard. `action in [A, B]` is filed under "in `A`"
 //!   and under "in `B`";
 //! * policies are filed in buckets by (action key, principal key, resource key). In a bucket,
-//!   policies with a `when`/`unless` clause or an `is T in E` scope form a [`PolicySet`] (ids
-//!   unchanged) that Cedar evaluates; the others are only listed, with their effect;
+//!   policies with a `when`/`unless` clause or an `is T in E` scope are evaluated one by one
+//!   with Cedar's evaluator (the call Cedar's authorizer makes for each policy of a set, on
+//!   Cedar's own compiled form of the policy, shared with the set); the others are only
+//!   listed, with their effect;
 //! * a request visits, per dimension, the keys its uid matches: `== uid`, "in `E`" for `uid`
 //!   and each of its ancestors in the request's entity store (as Cedar's `in` does), "of type
 //!   `type(uid)`", and the wildcard. The listed policies of the buckets reached are satisfied;
-//!   the sets are evaluated by the caller's [`Authorizer`]; everything is combined as Cedar
+//!   the others are evaluated, with one evaluator per request; everything is combined as Cedar
 //!   combines policies: satisfied forbids deny (their ids are the reasons), else satisfied
 //!   permits allow, else deny with no reasons; errors are the union.
 //!
@@ -34,7 +36,12 @@ use cedar_policy::{
     EntityUid, Policy, PolicyId, PolicySet, PrincipalConstraint, Request, ResourceConstraint,
     Response,
 };
+use cedar_policy_core::ast;
+use cedar_policy_core::authorizer;
+use cedar_policy_core::evaluator::Evaluator;
+use cedar_policy_core::extensions::Extensions;
 use hashbrown::HashMap;
+use std::sync::Arc;
 
 /// The Cedar API this module speaks, for crates that use the index without depending on
 /// `cedar-policy` themselves (the benchmarks).
@@ -126,88 +133,105 @@ pub struct Reach {
     pub cedar_calls: usize,
 }
 
-/// A policy's key in one scope dimension.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A policy's key in one scope dimension; uids and types by their numbers in [`Names`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Key {
     Any,
-    Eq(EntityUid),
+    Eq(u32),
     /// `in E`, `is T in E` (the type is left to Cedar).
-    In(EntityUid),
-    Is(EntityTypeName),
+    In(u32),
+    Is(u32),
 }
 
-/// One scope dimension: the policies (or the next dimension) under each key.
-#[derive(Debug, Clone)]
-struct Level<T> {
-    any: Option<T>,
-    eq: HashMap<EntityUid, T>,
-    within: HashMap<EntityUid, T>,
-    of_type: HashMap<EntityTypeName, T>,
+/// The entity uids and types that policy scopes name, numbered: levels are keyed by number,
+/// so each uid is held once, however many levels name it.
+#[derive(Debug, Clone, Default)]
+struct Names {
+    uids: HashMap<EntityUid, u32>,
+    types: HashMap<EntityTypeName, u32>,
 }
 
-impl<T> Default for Level<T> {
-    fn default() -> Self {
-        Self {
-            any: None,
-            eq: HashMap::new(),
-            within: HashMap::new(),
-            of_type: HashMap::new(),
-        }
+impl Names {
+    /// The number of `uid`, numbering it if new; `None` only past `u32::MAX` uids.
+    fn uid(&mut self, uid: EntityUid) -> Option<u32> {
+        let next = u32::try_from(self.uids.len()).ok()?;
+        Some(*self.uids.entry(uid).or_insert(next))
+    }
+
+    /// The number of `ty`, numbering it if new.
+    fn ty(&mut self, ty: EntityTypeName) -> Option<u32> {
+        let next = u32::try_from(self.types.len()).ok()?;
+        Some(*self.types.entry(ty).or_insert(next))
     }
 }
 
-impl<T: Default> Level<T> {
-    fn slot(&mut self, key: &Key) -> &mut T {
-        match key {
-            Key::Any => self.any.get_or_insert_with(T::default),
-            Key::Eq(uid) => self.eq.entry(uid.clone()).or_default(),
-            Key::In(uid) => self.within.entry(uid.clone()).or_default(),
-            Key::Is(ty) => self.of_type.entry(ty.clone()).or_default(),
-        }
-    }
+/// One scope dimension: under each key, the position of a node of the next dimension (or of a
+/// bucket) in the index's node list. Positions rather than nested maps: most keys of a large
+/// bundle (one user, one document) hold a single entry, and a nested map per key cost more
+/// than the policy itself.
+#[derive(Debug, Clone, Default)]
+struct Level {
+    any: Option<u32>,
+    eq: HashMap<u32, u32>,
+    within: HashMap<u32, u32>,
+    of_type: HashMap<u32, u32>,
 }
 
-impl<T> Level<T> {
-    /// The entries a request uid reaches.
-    fn reached<'a>(&'a self, scope: &'a Scope<'a>) -> impl Iterator<Item = &'a T> + 'a {
+impl Level {
+    /// The position of the node under `key`, adding a new node to `nodes` if there is none;
+    /// `None` only past `u32::MAX` nodes.
+    fn slot<T: Default>(&mut self, key: &Key, nodes: &mut Vec<T>) -> Option<usize> {
+        let fresh = u32::try_from(nodes.len()).ok()?;
+        let at = match key {
+            Key::Any => *self.any.get_or_insert(fresh),
+            Key::Eq(uid) => *self.eq.entry(*uid).or_insert(fresh),
+            Key::In(uid) => *self.within.entry(*uid).or_insert(fresh),
+            Key::Is(ty) => *self.of_type.entry(*ty).or_insert(fresh),
+        };
+        if at == fresh {
+            nodes.push(T::default());
+        }
+        usize::try_from(at).ok()
+    }
+
+    /// The positions a request uid reaches.
+    fn reached<'a>(&'a self, scope: &'a Scope) -> impl Iterator<Item = usize> + 'a {
         let uid = scope.uid;
-        let ancestors: &[&EntityUid] = if self.within.is_empty() {
+        let ancestors: &[u32] = if self.within.is_empty() {
             &[]
         } else {
             &scope.ancestors
         };
-        self.eq
-            .get(uid)
+        uid.and_then(|u| self.eq.get(&u))
             .into_iter()
-            .chain(self.within.get(uid))
-            .chain(ancestors.iter().filter_map(|a| self.within.get(*a)))
-            .chain(self.of_type.get(uid.type_name()))
+            .chain(uid.and_then(|u| self.within.get(&u)))
+            .chain(ancestors.iter().filter_map(|a| self.within.get(a)))
+            .chain(scope.of_type.and_then(|t| self.of_type.get(&t)))
             .chain(self.any.as_ref())
-    }
-
-    fn values(&self) -> impl Iterator<Item = &T> {
-        self.eq
-            .values()
-            .chain(self.within.values())
-            .chain(self.of_type.values())
-            .chain(self.any.as_ref())
+            .filter_map(|at| usize::try_from(*at).ok())
     }
 }
 
-/// A request uid and its ancestors in the request's store (what `in` tests).
+/// A request uid, its type and its ancestors in the request's store (what `in` tests), by
+/// their numbers; what no policy names has none, and matches no key but the wildcard.
 #[derive(Debug)]
-struct Scope<'a> {
-    uid: &'a EntityUid,
-    ancestors: Vec<&'a EntityUid>,
+struct Scope {
+    uid: Option<u32>,
+    of_type: Option<u32>,
+    ancestors: Vec<u32>,
 }
 
-impl<'a> Scope<'a> {
-    fn new(uid: &'a EntityUid, entities: &'a Entities, with_ancestors: bool) -> Self {
+impl Scope {
+    fn new(names: &Names, uid: &EntityUid, entities: &Entities, with_ancestors: bool) -> Self {
         let ancestors = match with_ancestors.then(|| entities.ancestors(uid)).flatten() {
-            Some(a) => a.collect(),
+            Some(a) => a.filter_map(|a| names.uids.get(a).copied()).collect(),
             None => Vec::new(),
         };
-        Self { uid, ancestors }
+        Self {
+            uid: names.uids.get(uid).copied(),
+            of_type: names.types.get(uid.type_name()).copied(),
+            ancestors,
+        }
     }
 }
 
@@ -216,9 +240,8 @@ impl<'a> Scope<'a> {
 struct Bucket {
     /// Satisfied whenever the bucket is reached.
     by_scope: Vec<(PolicyId, Effect)>,
-    /// Evaluated by Cedar.
-    evaluated: Option<PolicySet>,
-    evaluated_len: usize,
+    /// Evaluated one by one, as Cedar's authorizer evaluates each policy of a set.
+    evaluated: Vec<(PolicyId, ast::Policy)>,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -228,70 +251,98 @@ struct AncestorsUsed {
     resource: bool,
 }
 
-/// action → principal → resource → bucket.
-type Buckets = Level<Level<Level<Bucket>>>;
-
 /// The policies of a set, bucketed by scope. See the module documentation.
 #[derive(Debug, Clone)]
 pub struct PolicyIndex {
-    buckets: Buckets,
+    names: Names,
+    /// action → position in `principals`.
+    actions: Level,
+    /// principal → position in `resources`.
+    principals: Vec<Level>,
+    /// resource → position in `buckets`.
+    resources: Vec<Level>,
+    buckets: Vec<Bucket>,
     /// Whether some policy uses `in` in that dimension (else ancestors are not looked up).
     ancestors_used: AncestorsUsed,
     /// The whole set, for the requests the buckets cannot answer.
-    full: PolicySet,
+    full: Arc<PolicySet>,
     stats: IndexStats,
 }
 
 impl PolicyIndex {
-    /// Indexes `policies`. A set with template-linked policies is kept whole (every request
-    /// evaluates all of it); bundles have none.
+    /// Indexes a copy of `policies`; see [`Self::shared`].
     #[must_use]
     pub fn new(policies: &PolicySet) -> Self {
+        Self::shared(Arc::new(policies.clone()))
+    }
+
+    /// Indexes `policies`, keeping the set shared with its other holders (the bundle). A set
+    /// with template-linked policies is kept whole (every request evaluates all of it);
+    /// bundles have none.
+    #[must_use]
+    pub fn shared(policies: Arc<PolicySet>) -> Self {
         let mut index = Self {
-            buckets: Buckets::default(),
+            names: Names::default(),
+            actions: Level::default(),
+            principals: Vec::new(),
+            resources: Vec::new(),
+            buckets: Vec::new(),
             ancestors_used: AncestorsUsed::default(),
-            full: policies.clone(),
+            full: Arc::clone(&policies),
             stats: IndexStats::default(),
         };
-        for policy in policies.policies() {
-            if !index.place(policy) {
-                index.buckets = Buckets::default();
-                index.ancestors_used = AncestorsUsed::default();
-                index.stats.unindexed = true;
-                break;
+        let indexed = policies
+            .policies()
+            .all(|policy| index.place(&policies, policy).is_some());
+        if indexed {
+            index.principals.shrink_to_fit();
+            index.resources.shrink_to_fit();
+            index.buckets.shrink_to_fit();
+            for bucket in &mut index.buckets {
+                bucket.by_scope.shrink_to_fit();
+                bucket.evaluated.shrink_to_fit();
             }
+        } else {
+            index.names = Names::default();
+            index.actions = Level::default();
+            index.principals = Vec::new();
+            index.resources = Vec::new();
+            index.buckets = Vec::new();
+            index.ancestors_used = AncestorsUsed::default();
+            index.stats.unindexed = true;
         }
         index.stats = index.compute_stats(policies.policies().count());
         index
     }
 
-    /// Files `policy` under its keys; false if it cannot be (not a static policy).
-    fn place(&mut self, policy: &Policy) -> bool {
+    /// Files `policy` (of `set`) under its keys; `None` if it cannot be (not a static policy).
+    fn place(&mut self, set: &PolicySet, policy: &Policy) -> Option<()> {
         if !policy.is_static() {
-            return false;
+            return None;
         }
+        let names = &mut self.names;
         let (principal, principal_typed_in) = match policy.principal_constraint() {
             PrincipalConstraint::Any => (Key::Any, false),
-            PrincipalConstraint::Eq(uid) => (Key::Eq(uid), false),
-            PrincipalConstraint::In(uid) => (Key::In(uid), false),
-            PrincipalConstraint::Is(ty) => (Key::Is(ty), false),
-            PrincipalConstraint::IsIn(_, uid) => (Key::In(uid), true),
+            PrincipalConstraint::Eq(uid) => (Key::Eq(names.uid(uid)?), false),
+            PrincipalConstraint::In(uid) => (Key::In(names.uid(uid)?), false),
+            PrincipalConstraint::Is(ty) => (Key::Is(names.ty(ty)?), false),
+            PrincipalConstraint::IsIn(_, uid) => (Key::In(names.uid(uid)?), true),
         };
         let (resource, resource_typed_in) = match policy.resource_constraint() {
             ResourceConstraint::Any => (Key::Any, false),
-            ResourceConstraint::Eq(uid) => (Key::Eq(uid), false),
-            ResourceConstraint::In(uid) => (Key::In(uid), false),
-            ResourceConstraint::Is(ty) => (Key::Is(ty), false),
-            ResourceConstraint::IsIn(_, uid) => (Key::In(uid), true),
+            ResourceConstraint::Eq(uid) => (Key::Eq(names.uid(uid)?), false),
+            ResourceConstraint::In(uid) => (Key::In(names.uid(uid)?), false),
+            ResourceConstraint::Is(ty) => (Key::Is(names.ty(ty)?), false),
+            ResourceConstraint::IsIn(_, uid) => (Key::In(names.uid(uid)?), true),
         };
         let mut actions: Vec<Key> = Vec::new();
         match policy.action_constraint() {
             ActionConstraint::Any => actions.push(Key::Any),
-            ActionConstraint::Eq(uid) => actions.push(Key::Eq(uid)),
+            ActionConstraint::Eq(uid) => actions.push(Key::Eq(names.uid(uid)?)),
             // `action in []` matches nothing: filed nowhere.
             ActionConstraint::In(uids) => {
                 for uid in uids {
-                    let key = Key::In(uid);
+                    let key = Key::In(names.uid(uid)?);
                     if !actions.contains(&key) {
                         actions.push(key);
                     }
@@ -304,19 +355,28 @@ impl PolicyIndex {
         // Decided by the scope when reached: no clause, and no type test left to Cedar.
         let by_scope =
             !policy.has_non_scope_constraint() && !principal_typed_in && !resource_typed_in;
+        let evaluated = if by_scope {
+            None
+        } else {
+            Some(set.as_ref().get(policy.id().as_ref())?)
+        };
         for action in &actions {
-            let bucket = self.buckets.slot(action).slot(&principal).slot(&resource);
-            if by_scope {
-                bucket.by_scope.push((policy.id().clone(), policy.effect()));
-            } else {
-                let set = bucket.evaluated.get_or_insert_with(PolicySet::new);
-                if set.add(policy.clone()).is_err() {
-                    return false;
-                }
-                bucket.evaluated_len += 1;
+            let at = self.actions.slot(action, &mut self.principals)?;
+            let at = self
+                .principals
+                .get_mut(at)?
+                .slot(&principal, &mut self.resources)?;
+            let at = self
+                .resources
+                .get_mut(at)?
+                .slot(&resource, &mut self.buckets)?;
+            let bucket = self.buckets.get_mut(at)?;
+            match evaluated {
+                None => bucket.by_scope.push((policy.id().clone(), policy.effect())),
+                Some(ast) => bucket.evaluated.push((policy.id().clone(), ast.clone())),
             }
         }
-        true
+        Some(())
     }
 
     fn compute_stats(&self, policies: usize) -> IndexStats {
@@ -336,26 +396,21 @@ impl PolicyIndex {
             ..IndexStats::default()
         };
         let mut by_scope = std::collections::HashSet::new();
-        for bucket in self
-            .buckets
-            .values()
-            .flat_map(Level::values)
-            .flat_map(Level::values)
-        {
-            let n = bucket.by_scope.len() + bucket.evaluated_len;
+        for bucket in &self.buckets {
+            let n = bucket.by_scope.len() + bucket.evaluated.len();
             stats.buckets += 1;
             stats.placements += n;
             stats.largest_bucket = stats.largest_bucket.max(n);
             by_scope.extend(bucket.by_scope.iter().map(|(id, _)| id));
         }
         stats.by_scope = by_scope.len();
-        stats.everywhere = self
-            .buckets
-            .any
-            .as_ref()
-            .and_then(|p| p.any.as_ref())
-            .and_then(|r| r.any.as_ref())
-            .map_or(0, |b| b.by_scope.len() + b.evaluated_len);
+        let any = |level: Option<&Level>| level.and_then(|l| l.any).map(|at| at as usize);
+        let principals = any(Some(&self.actions));
+        let resources = any(principals.and_then(|at| self.principals.get(at)));
+        let bucket = any(resources.and_then(|at| self.resources.get(at)));
+        stats.everywhere = bucket
+            .and_then(|at| self.buckets.get(at))
+            .map_or(0, |b| b.by_scope.len() + b.evaluated.len());
         stats
     }
 
@@ -381,20 +436,30 @@ impl PolicyIndex {
         entities: &Entities,
     ) -> IndexedResponse {
         let mut combined = Combined::default();
+        // One evaluator for every bucket reached, made when the first one needs it.
+        let mut evaluator: Option<Evaluator<'_>> = None;
+        let mut complete = true;
         let reached = self.visit(request, entities, |bucket| {
             for (id, effect) in &bucket.by_scope {
-                match effect {
-                    Effect::Permit => combined.permits.push(id.clone()),
-                    Effect::Forbid => combined.forbids.push(id.clone()),
-                }
+                combined.satisfied(id, *effect);
             }
-            if let Some(set) = &bucket.evaluated {
-                combined.add(&authorizer.is_authorized(request, set, entities));
+            if bucket.evaluated.is_empty() {
+                return;
+            }
+            let eval = evaluator.get_or_insert_with(|| {
+                Evaluator::new(
+                    request.as_ref().clone(),
+                    entities.as_ref(),
+                    Extensions::all_available(),
+                )
+            });
+            for (id, policy) in &bucket.evaluated {
+                complete &= combined.evaluate(eval, id, policy);
             }
         });
         match reached {
-            Some(()) => combined.finish(),
-            None => IndexedResponse::from_response(
+            Some(()) if complete => combined.finish(),
+            _ => IndexedResponse::from_response(
                 &authorizer.is_authorized(request, &self.full, entities),
             ),
         }
@@ -408,8 +473,8 @@ impl PolicyIndex {
         self.visit(request, entities, |bucket| {
             reach.buckets += 1;
             reach.by_scope += bucket.by_scope.len();
-            reach.evaluated += bucket.evaluated_len;
-            reach.cedar_calls += usize::from(bucket.evaluated.is_some());
+            reach.evaluated += bucket.evaluated.len();
+            reach.cedar_calls += usize::from(!bucket.evaluated.is_empty());
         })?;
         Some(reach)
     }
@@ -425,21 +490,35 @@ impl PolicyIndex {
         if self.stats.unindexed {
             return None;
         }
-        let action = Scope::new(request.action()?, entities, self.ancestors_used.action);
-        let principal = Scope::new(
-            request.principal()?,
-            entities,
-            self.ancestors_used.principal,
-        );
-        let resource = Scope::new(request.resource()?, entities, self.ancestors_used.resource);
-        for by_principal in self.buckets.reached(&action) {
-            for by_resource in by_principal.reached(&principal) {
-                for bucket in by_resource.reached(&resource) {
-                    f(bucket);
+        let names = &self.names;
+        let used = self.ancestors_used;
+        let action = Scope::new(names, request.action()?, entities, used.action);
+        let principal = Scope::new(names, request.principal()?, entities, used.principal);
+        let resource = Scope::new(names, request.resource()?, entities, used.resource);
+        for at in self.actions.reached(&action) {
+            let Some(by_principal) = self.principals.get(at) else {
+                continue;
+            };
+            for at in by_principal.reached(&principal) {
+                let Some(by_resource) = self.resources.get(at) else {
+                    continue;
+                };
+                for at in by_resource.reached(&resource) {
+                    if let Some(bucket) = self.buckets.get(at) {
+                        f(bucket);
+                    }
                 }
             }
         }
         Some(())
+    }
+}
+
+/// Cedar's effect as the public API names it.
+fn effect(e: ast::Effect) -> Effect {
+    match e {
+        ast::Effect::Permit => Effect::Permit,
+        ast::Effect::Forbid => Effect::Forbid,
     }
 }
 
@@ -452,16 +531,33 @@ struct Combined {
 }
 
 impl Combined {
-    fn add(&mut self, response: &Response) {
-        let reasons = response.diagnostics().reason().cloned();
-        match response.decision() {
-            // A set denies with reasons only when some forbid in it is satisfied, and then its
-            // reasons are exactly its satisfied forbids (its satisfied permits, if any, do not
-            // matter: the whole denies too).
-            Decision::Deny => self.forbids.extend(reasons),
-            Decision::Allow => self.permits.extend(reasons),
+    fn satisfied(&mut self, id: &PolicyId, effect: Effect) {
+        match effect {
+            Effect::Permit => self.permits.push(id.clone()),
+            Effect::Forbid => self.forbids.push(id.clone()),
         }
-        self.errors.extend(response.diagnostics().errors().cloned());
+    }
+
+    /// Evaluates one policy as Cedar's authorizer does (the same evaluator call): satisfied,
+    /// not satisfied, or in error (then skipped, and the error kept). False when the result is
+    /// a residual, which a request without unknowns cannot give; the caller then evaluates the
+    /// whole set with Cedar's authorizer.
+    fn evaluate(&mut self, eval: &Evaluator<'_>, id: &PolicyId, policy: &ast::Policy) -> bool {
+        match eval.partial_evaluate(policy) {
+            Ok(result) => match result.left() {
+                Some(true) => self.satisfied(id, effect(policy.effect())),
+                Some(false) => {}
+                None => return false,
+            },
+            Err(error) => self.errors.push(
+                authorizer::AuthorizationError::PolicyEvaluationError {
+                    id: policy.id().clone(),
+                    error,
+                }
+                .into(),
+            ),
+        }
+        true
     }
 
     fn finish(self) -> IndexedResponse {
@@ -714,14 +810,20 @@ mod tests {
         let whole = IndexedResponse::from_response(&a.is_authorized(&req, index.policies(), &e));
         let mut wrong = Vec::new();
         let mut right = Combined::default();
+        let eval = Evaluator::new(
+            req.as_ref().clone(),
+            e.as_ref(),
+            Extensions::all_available(),
+        );
         index
             .visit(&req, &e, |bucket| {
-                if let Some(s) = &bucket.evaluated {
-                    let resp = a.is_authorized(&req, s, &e);
-                    if resp.decision() == Decision::Allow {
-                        wrong.extend(resp.diagnostics().reason().cloned());
+                for (id, policy) in &bucket.evaluated {
+                    let mut alone = Combined::default();
+                    assert!(alone.evaluate(&eval, id, policy));
+                    if policy.effect() == ast::Effect::Permit && !alone.permits.is_empty() {
+                        wrong.push(id.clone());
                     }
-                    right.add(&resp);
+                    assert!(right.evaluate(&eval, id, policy));
                 }
             })
             .unwrap();

@@ -93,7 +93,7 @@ impl PolicyEngine {
     pub fn new(bundle: Bundle, principal: PrincipalMapping, mapping: RequestMapping) -> Self {
         let reads = PolicyReads::of(&bundle.policies);
         Self {
-            index: PolicyIndex::new(&bundle.policies),
+            index: PolicyIndex::shared(std::sync::Arc::clone(&bundle.policies)),
             slicer: EntitySlicer::new(bundle.entities.as_ref(), &reads.literals),
             reads: reads.context,
             bundle,

@@ -309,7 +309,7 @@ fn check_set(rng: &mut StdRng, authorizer: &Authorizer, tally: &mut Tally) -> Te
     assert!(!index.stats().unindexed);
 
     // The same index with one policy left out: the comparison must catch it somewhere.
-    let mut lossy = bundle.policies.clone();
+    let mut lossy = (*bundle.policies).clone();
     let victim = lossy
         .policies()
         .nth(rng.gen_range(0..n))
