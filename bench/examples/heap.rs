@@ -1,35 +1,111 @@
-//! Heap used by a configured filter, natively: the bytes live after the demo configuration
-//! with a bundle of N policies (`harness::demo::padded_policies`) is compiled, the high-water
-//! mark while it is, and dhat's allocation sites (`dhat-heap.json`, for dhat's viewer).
-//! `cargo run --profile server -p bench --example heap -- 10000`
+//! Heap and time of configuring the filter, natively, with the demo configuration and a bundle
+//! of N policies (`harness::demo::padded_policies`):
+//!
+//! * default: bytes live after the configuration is compiled, the high-water mark while it is,
+//!   and dhat's allocation sites (`dhat-heap.json`, for dhat's viewer);
+//! * `--no-dhat`: time only (no dhat bookkeeping; for a CPU profiler too), with the steps
+//!   apart: Cedar's parse of the whole text, the same policies from Cedar's JSON form (EST),
+//!   the bundle, the policy index, and the whole configuration.
+//!
+//! `cargo run --profile server -p bench --example heap -- 10000 [--no-dhat]`
+
+use std::error::Error;
+use std::time::Instant;
+
+use portcullis_core::bundle::{Bundle, BundleWire};
+use portcullis_core::engine::Engine;
+use portcullis_core::index::PolicyIndex;
+use portcullis_core::index::cedar::{Policy, PolicyId, PolicySet};
+use serde_json::Value;
+
 #[global_allocator]
 static ALLOC: dhat::Alloc = dhat::Alloc;
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let n: usize = match std::env::args().nth(1) {
-        Some(arg) => arg.parse().map_err(|e| format!("policies {arg:?}: {e}"))?,
-        None => 10_000,
-    };
+/// The demo configuration with `n` policies, as the bytes the filter is given.
+fn config(n: usize) -> Result<Vec<u8>, Box<dyn Error>> {
     let issuer = harness::devkeys::DevIssuer::generate()?;
     let mut cfg = harness::demo::plugin_config(&issuer);
     let bundle = serde_json::json!({"version": 1, "policies": harness::demo::padded_policies(n)});
     cfg.as_object_mut()
         .ok_or("the demo configuration is not an object")?
         .insert("bundle".to_owned(), bundle);
-    let bytes = serde_json::to_vec(&cfg)?;
-    drop(cfg);
+    Ok(serde_json::to_vec(&cfg)?)
+}
+
+/// The steps of compiling `n` policies, timed one by one.
+fn steps(n: usize) -> Result<(), Box<dyn Error>> {
+    let text = harness::demo::padded_policies(n);
+    let t = Instant::now();
+    let parsed: PolicySet = text.parse()?;
+    let count = parsed.policies().count();
+    println!(
+        "Cedar's parse of the whole text: {:?} ({count} policies)",
+        t.elapsed()
+    );
+    let est: Vec<(String, Value)> = parsed
+        .policies()
+        .map(|p| Ok::<_, Box<dyn Error>>((p.id().to_string(), p.to_json()?)))
+        .collect::<Result<_, _>>()?;
+    let est_text = serde_json::to_string(&est)?;
+    let t = Instant::now();
+    let back: Vec<(String, Value)> = serde_json::from_str(&est_text)?;
+    let mut set = PolicySet::new();
+    for (id, json) in back {
+        set.add(Policy::from_json(Some(PolicyId::new(id)), json)?)?;
+    }
+    println!(
+        "the same from Cedar's JSON form ({} KiB against {} KiB of text): {:?}",
+        est_text.len() / 1024,
+        text.len() / 1024,
+        t.elapsed()
+    );
+    let wire = BundleWire {
+        policies: text,
+        ..BundleWire::default()
+    };
+    let t = Instant::now();
+    let bundle = Bundle::try_from(&wire)?;
+    println!("bundle compile: {:?}", t.elapsed());
+    let t = Instant::now();
+    let index = PolicyIndex::new(&bundle.policies);
+    println!(
+        "policy index (with a copy of the set): {:?}, {:?}",
+        t.elapsed(),
+        index.stats()
+    );
+    Ok(())
+}
+
+fn main() -> Result<(), Box<dyn Error>> {
+    let n: usize = match std::env::args().nth(1) {
+        Some(arg) => arg.parse().map_err(|e| format!("policies {arg:?}: {e}"))?,
+        None => 10_000,
+    };
+    let bytes = config(n)?;
+    let kib = bytes.len() / 1024;
+    if std::env::args().nth(2).as_deref() == Some("--no-dhat") {
+        steps(n)?;
+        let t = Instant::now();
+        let engine = Engine::from_json(&bytes)?;
+        println!(
+            "{n} policies, configuration {kib} KiB: configured in {:?}",
+            t.elapsed()
+        );
+        drop(engine);
+        return Ok(());
+    }
     let profiler = dhat::Profiler::new_heap();
     let before = dhat::HeapStats::get();
-    let t = std::time::Instant::now();
-    let engine = portcullis_core::engine::Engine::from_json(&bytes)?;
-    let el = t.elapsed();
+    let t = Instant::now();
+    let engine = Engine::from_json(&bytes)?;
+    let took = t.elapsed();
     let after = dhat::HeapStats::get();
-    let mib = |b: usize| b as f64 / 1048576.0;
+    let mib = |b: usize| b as f64 / 1_048_576.0;
+    let live = after.curr_bytes - before.curr_bytes;
     println!(
-        "{n} policies, config {} KiB: live {:.1} MiB ({} B/policy), peak {:.1} MiB, {} allocations, {el:?}",
-        bytes.len() / 1024,
-        mib(after.curr_bytes - before.curr_bytes),
-        (after.curr_bytes - before.curr_bytes) / n.max(1),
+        "{n} policies, configuration {kib} KiB: live {:.1} MiB ({} B/policy), process peak {:.1} MiB, {} allocations, {took:?} (with dhat)",
+        mib(live),
+        live / n.max(1),
         mib(after.max_bytes),
         after.total_blocks - before.total_blocks,
     );

@@ -165,50 +165,63 @@ impl Names {
     }
 }
 
-/// One scope dimension: under each key, the position of a node of the next dimension (or of a
-/// bucket) in the index's node list. Positions rather than nested maps: most keys of a large
-/// bundle (one user, one document) hold a single entry, and a nested map per key cost more
-/// than the policy itself.
+/// One scope dimension, for every node of the dimension before it (the actions have one
+/// node, 0): under each (node, key), the number of a node of the next dimension (for the
+/// resources, a bucket). One map per kind of key for all nodes, not maps per node: most keys of
+/// a large bundle (one user, one document) hold a single entry, and maps per node cost more
+/// than the policies.
 #[derive(Debug, Clone, Default)]
-struct Level {
-    any: Option<u32>,
-    eq: HashMap<u32, u32>,
-    within: HashMap<u32, u32>,
-    of_type: HashMap<u32, u32>,
+struct Dimension {
+    any: HashMap<u32, u32>,
+    eq: HashMap<(u32, u32), u32>,
+    within: HashMap<(u32, u32), u32>,
+    of_type: HashMap<(u32, u32), u32>,
+    /// Nodes of the next dimension made so far.
+    next: u32,
 }
 
-impl Level {
-    /// The position of the node under `key`, adding a new node to `nodes` if there is none;
-    /// `None` only past `u32::MAX` nodes.
-    fn slot<T: Default>(&mut self, key: &Key, nodes: &mut Vec<T>) -> Option<usize> {
-        let fresh = u32::try_from(nodes.len()).ok()?;
+impl Dimension {
+    /// The node under (`node`, `key`), made if new; `None` only past `u32::MAX` nodes.
+    fn slot(&mut self, node: u32, key: Key) -> Option<u32> {
+        let fresh = self.next;
         let at = match key {
-            Key::Any => *self.any.get_or_insert(fresh),
-            Key::Eq(uid) => *self.eq.entry(*uid).or_insert(fresh),
-            Key::In(uid) => *self.within.entry(*uid).or_insert(fresh),
-            Key::Is(ty) => *self.of_type.entry(*ty).or_insert(fresh),
+            Key::Any => *self.any.entry(node).or_insert(fresh),
+            Key::Eq(uid) => *self.eq.entry((node, uid)).or_insert(fresh),
+            Key::In(uid) => *self.within.entry((node, uid)).or_insert(fresh),
+            Key::Is(ty) => *self.of_type.entry((node, ty)).or_insert(fresh),
         };
         if at == fresh {
-            nodes.push(T::default());
+            self.next = fresh.checked_add(1)?;
         }
-        usize::try_from(at).ok()
+        Some(at)
     }
 
-    /// The positions a request uid reaches.
-    fn reached<'a>(&'a self, scope: &'a Scope) -> impl Iterator<Item = usize> + 'a {
+    /// The nodes under `node` that a request uid reaches.
+    fn reached<'a>(&'a self, node: u32, scope: &'a Scope) -> impl Iterator<Item = u32> + 'a {
         let uid = scope.uid;
         let ancestors: &[u32] = if self.within.is_empty() {
             &[]
         } else {
             &scope.ancestors
         };
-        uid.and_then(|u| self.eq.get(&u))
+        uid.and_then(|u| self.eq.get(&(node, u)))
             .into_iter()
-            .chain(uid.and_then(|u| self.within.get(&u)))
-            .chain(ancestors.iter().filter_map(|a| self.within.get(a)))
-            .chain(scope.of_type.and_then(|t| self.of_type.get(&t)))
-            .chain(self.any.as_ref())
-            .filter_map(|at| usize::try_from(*at).ok())
+            .chain(uid.and_then(|u| self.within.get(&(node, u))))
+            .chain(
+                ancestors
+                    .iter()
+                    .filter_map(move |a| self.within.get(&(node, *a))),
+            )
+            .chain(scope.of_type.and_then(|t| self.of_type.get(&(node, t))))
+            .chain(self.any.get(&node))
+            .copied()
+    }
+
+    fn shrink_to_fit(&mut self) {
+        self.any.shrink_to_fit();
+        self.eq.shrink_to_fit();
+        self.within.shrink_to_fit();
+        self.of_type.shrink_to_fit();
     }
 }
 
@@ -255,12 +268,12 @@ struct AncestorsUsed {
 #[derive(Debug, Clone)]
 pub struct PolicyIndex {
     names: Names,
-    /// action → position in `principals`.
-    actions: Level,
-    /// principal → position in `resources`.
-    principals: Vec<Level>,
-    /// resource → position in `buckets`.
-    resources: Vec<Level>,
+    /// action → principal node.
+    actions: Dimension,
+    /// (principal node, principal) → resource node.
+    principals: Dimension,
+    /// (resource node, resource) → bucket.
+    resources: Dimension,
     buckets: Vec<Bucket>,
     /// Whether some policy uses `in` in that dimension (else ancestors are not looked up).
     ancestors_used: AncestorsUsed,
@@ -283,9 +296,9 @@ impl PolicyIndex {
     pub fn shared(policies: Arc<PolicySet>) -> Self {
         let mut index = Self {
             names: Names::default(),
-            actions: Level::default(),
-            principals: Vec::new(),
-            resources: Vec::new(),
+            actions: Dimension::default(),
+            principals: Dimension::default(),
+            resources: Dimension::default(),
             buckets: Vec::new(),
             ancestors_used: AncestorsUsed::default(),
             full: Arc::clone(&policies),
@@ -295,6 +308,7 @@ impl PolicyIndex {
             .policies()
             .all(|policy| index.place(&policies, policy).is_some());
         if indexed {
+            index.actions.shrink_to_fit();
             index.principals.shrink_to_fit();
             index.resources.shrink_to_fit();
             index.buckets.shrink_to_fit();
@@ -304,9 +318,9 @@ impl PolicyIndex {
             }
         } else {
             index.names = Names::default();
-            index.actions = Level::default();
-            index.principals = Vec::new();
-            index.resources = Vec::new();
+            index.actions = Dimension::default();
+            index.principals = Dimension::default();
+            index.resources = Dimension::default();
             index.buckets = Vec::new();
             index.ancestors_used = AncestorsUsed::default();
             index.stats.unindexed = true;
@@ -361,19 +375,28 @@ impl PolicyIndex {
             Some(set.as_ref().get(policy.id().as_ref())?)
         };
         for action in &actions {
-            let at = self.actions.slot(action, &mut self.principals)?;
-            let at = self
-                .principals
-                .get_mut(at)?
-                .slot(&principal, &mut self.resources)?;
-            let at = self
-                .resources
-                .get_mut(at)?
-                .slot(&resource, &mut self.buckets)?;
+            let at = self.actions.slot(0, *action)?;
+            let at = self.principals.slot(at, principal)?;
+            let at = usize::try_from(self.resources.slot(at, resource)?).ok()?;
+            if at == self.buckets.len() {
+                self.buckets.push(Bucket::default());
+            }
             let bucket = self.buckets.get_mut(at)?;
+            // Most buckets of a large bundle hold one policy: the first push takes room for
+            // one, not the four a `Vec` takes (the high-water mark is what a worker keeps).
             match evaluated {
-                None => bucket.by_scope.push((policy.id().clone(), policy.effect())),
-                Some(ast) => bucket.evaluated.push((policy.id().clone(), ast.clone())),
+                None => {
+                    if bucket.by_scope.capacity() == 0 {
+                        bucket.by_scope.reserve_exact(1);
+                    }
+                    bucket.by_scope.push((policy.id().clone(), policy.effect()));
+                }
+                Some(ast) => {
+                    if bucket.evaluated.capacity() == 0 {
+                        bucket.evaluated.reserve_exact(1);
+                    }
+                    bucket.evaluated.push((policy.id().clone(), ast.clone()));
+                }
             }
         }
         Some(())
@@ -404,12 +427,11 @@ impl PolicyIndex {
             by_scope.extend(bucket.by_scope.iter().map(|(id, _)| id));
         }
         stats.by_scope = by_scope.len();
-        let any = |level: Option<&Level>| level.and_then(|l| l.any).map(|at| at as usize);
-        let principals = any(Some(&self.actions));
-        let resources = any(principals.and_then(|at| self.principals.get(at)));
-        let bucket = any(resources.and_then(|at| self.resources.get(at)));
+        let principals = self.actions.any.get(&0);
+        let resources = principals.and_then(|at| self.principals.any.get(at));
+        let bucket = resources.and_then(|at| self.resources.any.get(at));
         stats.everywhere = bucket
-            .and_then(|at| self.buckets.get(at))
+            .and_then(|at| self.buckets.get(usize::try_from(*at).ok()?))
             .map_or(0, |b| b.by_scope.len() + b.evaluated.len());
         stats
     }
@@ -495,16 +517,12 @@ impl PolicyIndex {
         let action = Scope::new(names, request.action()?, entities, used.action);
         let principal = Scope::new(names, request.principal()?, entities, used.principal);
         let resource = Scope::new(names, request.resource()?, entities, used.resource);
-        for at in self.actions.reached(&action) {
-            let Some(by_principal) = self.principals.get(at) else {
-                continue;
-            };
-            for at in by_principal.reached(&principal) {
-                let Some(by_resource) = self.resources.get(at) else {
-                    continue;
-                };
-                for at in by_resource.reached(&resource) {
-                    if let Some(bucket) = self.buckets.get(at) {
+        for p in self.actions.reached(0, &action) {
+            for r in self.principals.reached(p, &principal) {
+                for at in self.resources.reached(r, &resource) {
+                    if let Some(bucket) =
+                        usize::try_from(at).ok().and_then(|at| self.buckets.get(at))
+                    {
                         f(bucket);
                     }
                 }
