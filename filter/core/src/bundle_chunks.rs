@@ -7,10 +7,10 @@
 //! live update of one policy in a bundle of thousands then parses one policy.
 //!
 //! The chunks not held are parsed together, in batches of up to 64 KiB of text, one call to
-//! Cedar's parser each (its lexer starts cold at every call: parsing chunk by chunk cost more
-//! than parsing the policies), and each policy goes to the chunk its source span lies in. The result is the one parsing the whole
-//! text gives, or nothing (and the caller parses the whole text): a cut can only fall inside a
-//! token if it falls inside a string literal, and then a policy's span crosses the cut. Every
+//! Cedar's parser each (its lexer starts cold at every call), and each policy goes to the chunk
+//! its source span lies in. The result is the one parsing the whole text gives, or nothing (and
+//! the caller parses the whole text): a cut can only fall inside a token if it falls inside a
+//! string literal, and then a policy's span crosses the cut. Every
 //! policy must lie inside one chunk and carry an `@id` (a policy without one is named by its
 //! position in the whole text), so each chunk holds whole policies and parses on its own to
 //! the same policies.

@@ -129,8 +129,8 @@ pub struct Reach {
     pub by_scope: usize,
     /// Policies given to Cedar.
     pub evaluated: usize,
-    /// Calls to `Authorizer::is_authorized`.
-    pub cedar_calls: usize,
+    /// Buckets with policies to evaluate (one Cedar evaluator per request serves them all).
+    pub evaluated_buckets: usize,
 }
 
 /// A policy's key in one scope dimension; uids and types by their numbers in [`Names`].
@@ -294,16 +294,7 @@ impl PolicyIndex {
     /// bundles have none.
     #[must_use]
     pub fn shared(policies: Arc<PolicySet>) -> Self {
-        let mut index = Self {
-            names: Names::default(),
-            actions: Dimension::default(),
-            principals: Dimension::default(),
-            resources: Dimension::default(),
-            buckets: Vec::new(),
-            ancestors_used: AncestorsUsed::default(),
-            full: Arc::clone(&policies),
-            stats: IndexStats::default(),
-        };
+        let mut index = Self::empty(Arc::clone(&policies));
         let indexed = policies
             .policies()
             .all(|policy| index.place(&policies, policy).is_some());
@@ -317,16 +308,25 @@ impl PolicyIndex {
                 bucket.evaluated.shrink_to_fit();
             }
         } else {
-            index.names = Names::default();
-            index.actions = Dimension::default();
-            index.principals = Dimension::default();
-            index.resources = Dimension::default();
-            index.buckets = Vec::new();
-            index.ancestors_used = AncestorsUsed::default();
+            index = Self::empty(Arc::clone(&policies));
             index.stats.unindexed = true;
         }
         index.stats = index.compute_stats(policies.policies().count());
         index
+    }
+
+    /// An index of nothing, over `full`.
+    fn empty(full: Arc<PolicySet>) -> Self {
+        Self {
+            names: Names::default(),
+            actions: Dimension::default(),
+            principals: Dimension::default(),
+            resources: Dimension::default(),
+            buckets: Vec::new(),
+            ancestors_used: AncestorsUsed::default(),
+            full,
+            stats: IndexStats::default(),
+        }
     }
 
     /// Files `policy` (of `set`) under its keys; `None` if it cannot be (not a static policy).
@@ -496,7 +496,7 @@ impl PolicyIndex {
             reach.buckets += 1;
             reach.by_scope += bucket.by_scope.len();
             reach.evaluated += bucket.evaluated.len();
-            reach.cedar_calls += usize::from(!bucket.evaluated.is_empty());
+            reach.evaluated_buckets += usize::from(!bucket.evaluated.is_empty());
         })?;
         Some(reach)
     }
@@ -718,7 +718,7 @@ mod tests {
             buckets: 4,
             by_scope: 3,
             evaluated: 2,
-            cedar_calls: 2,
+            evaluated_buckets: 2,
         };
         assert_eq!(index.reach(&request("a", "GET", "x", 0), e), Some(reach));
         let got = decide(&index, &request("a", "HEAD", "x", 5), e);

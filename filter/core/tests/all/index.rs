@@ -286,10 +286,11 @@ struct Tally {
     with_errors: usize,
     /// Requests answered by evaluating the whole set (none expected: no unknowns, no links).
     whole_set: usize,
-    /// Policies decided by their scope, given to Cedar, and calls to Cedar, summed.
+    /// Policies decided by their scope, policies given to Cedar's evaluator, and buckets that
+    /// held such policies, summed.
     by_scope: usize,
     evaluated: usize,
-    cedar_calls: usize,
+    evaluated_buckets: usize,
     /// Policies summed over requests (what evaluating whole sets costs).
     whole_policies: usize,
     /// Requests on which an index missing one policy disagreed with Cedar.
@@ -359,7 +360,7 @@ fn check_set(rng: &mut StdRng, authorizer: &Authorizer, tally: &mut Tally) -> Te
             Some(reach) => {
                 tally.by_scope += reach.by_scope;
                 tally.evaluated += reach.evaluated;
-                tally.cedar_calls += reach.cedar_calls;
+                tally.evaluated_buckets += reach.evaluated_buckets;
             }
             None => tally.whole_set += 1,
         }
