@@ -24,12 +24,9 @@ static ALLOC: dhat::Alloc = dhat::Alloc;
 /// The demo configuration with `n` policies, as the bytes the filter is given.
 fn config(n: usize) -> Result<Vec<u8>, Box<dyn Error>> {
     let issuer = harness::devkeys::DevIssuer::generate()?;
-    let mut cfg = harness::demo::plugin_config(&issuer);
-    let bundle = serde_json::json!({"version": 1, "policies": harness::demo::padded_policies(n)});
-    cfg.as_object_mut()
-        .ok_or("the demo configuration is not an object")?
-        .insert("bundle".to_owned(), bundle);
-    Ok(serde_json::to_vec(&cfg)?)
+    Ok(serde_json::to_vec(&harness::demo::padded_plugin_config(
+        &issuer, n,
+    ))?)
 }
 
 /// The steps of compiling `n` policies, timed one by one.

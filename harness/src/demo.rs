@@ -22,6 +22,19 @@ pub fn plugin_config(issuer: &DevIssuer) -> Value {
     })
 }
 
+/// [`plugin_config`] with the bundle of [`padded_policies`]`(n)` instead of the demo's.
+#[must_use]
+pub fn padded_plugin_config(issuer: &DevIssuer, n: usize) -> Value {
+    let mut plugin = plugin_config(issuer);
+    if let Some(o) = plugin.as_object_mut() {
+        o.insert(
+            "bundle".into(),
+            json!({ "version": 1, "policies": padded_policies(n) }),
+        );
+    }
+    plugin
+}
+
 /// The demo policies padded to `n` policies in all with per-user grants of the shape a large
 /// deployment has (one user, one document, a condition on the host), none of which the demo's
 /// users match: a bundle of `n` policies that decides as the demo bundle does.

@@ -76,16 +76,8 @@ pub fn run(opts: &Options, wasm: &Path, noop: &Path) -> Result {
         let plugin = match variant {
             Variant::NoFilter => None,
             Variant::NoopWasm => Some(serde_json::Value::from("noop")),
-            Variant::Portcullis(size) => {
-                let mut plugin = demo::plugin_config(&issuer);
-                if let (Some(n), Some(o)) = (size, plugin.as_object_mut()) {
-                    o.insert(
-                        "bundle".into(),
-                        serde_json::json!({ "version": 1, "policies": demo::padded_policies(n) }),
-                    );
-                }
-                Some(plugin)
-            }
+            Variant::Portcullis(None) => Some(demo::plugin_config(&issuer)),
+            Variant::Portcullis(Some(n)) => Some(demo::padded_plugin_config(&issuer, n)),
         };
         let module = if variant == Variant::NoopWasm {
             noop
