@@ -14,7 +14,7 @@ use std::hint::black_box;
 use std::time::Instant;
 
 use criterion::Criterion;
-use portcullis_core::bundle::{Bundle, BundleWire};
+use portcullis_core::bundle::{Bundle, BundleWire, id_annotation};
 use portcullis_core::index::PolicyIndex;
 use portcullis_core::index::cedar::{
     Authorizer, Context, Decision, Entities, EntityUid, PolicyId, PolicySet, Request,
@@ -56,7 +56,7 @@ fn wire(n: usize) -> Option<BundleWire> {
 
 fn bundle(n: usize) -> Option<Bundle> {
     let bundle = Bundle::try_from(&wire(n)?).ok()?;
-    (bundle.policies.policies().count() == n).then_some(bundle)
+    (bundle.policies.len() == n).then_some(bundle)
 }
 
 /// `User::"u3"` reads `Path::"/docs/3"` at 10:00: allowed by `u3-doc` alone.
@@ -79,6 +79,17 @@ fn request() -> Option<Request> {
 
 fn cedar_policy_set(src: &str) -> Option<PolicySet> {
     src.parse().ok()
+}
+
+/// The policies of `src` as one Cedar set, named by their `@id`s as a bundle names them.
+fn named_policy_set(src: &str) -> Option<PolicySet> {
+    let parsed = cedar_policy_set(src)?;
+    PolicySet::from_policies(
+        parsed
+            .policies()
+            .map(|p| p.new_id(PolicyId::new(id_annotation(p).unwrap_or_default()))),
+    )
+    .ok()
 }
 
 fn main() -> Result<(), Box<dyn Error>> {
@@ -107,8 +118,11 @@ fn main() -> Result<(), Box<dyn Error>> {
         let started = Instant::now();
         let b = bundle(n).ok_or_else(|| format!("cannot build the bundle of {n} policies"))?;
         eprintln!("{n} policies: bundle compiled in {:.1?}", started.elapsed());
-        let index = PolicyIndex::new(&b.policies);
+        let index = PolicyIndex::of(&b.policies);
         let entities: &Entities = &b.entities;
+        let w = wire(n).ok_or_else(|| format!("cannot build the wire bundle of {n} policies"))?;
+        let whole = named_policy_set(&w.policies)
+            .ok_or_else(|| format!("the {n} policies do not make one set"))?;
         eprintln!(
             "{n} policies: {:?}; the request reaches {:?}",
             index.stats(),
@@ -116,7 +130,7 @@ fn main() -> Result<(), Box<dyn Error>> {
         );
         c.bench_function(&format!("cedar_whole_set/{n}"), |bch| {
             bch.iter(|| {
-                let r = authorizer.is_authorized(black_box(&req), &b.policies, entities);
+                let r = authorizer.is_authorized(black_box(&req), &whole, entities);
                 assert_eq!(r.decision(), Decision::Allow);
                 assert!(r.diagnostics().reason().eq([&reason]));
             });
@@ -130,15 +144,10 @@ fn main() -> Result<(), Box<dyn Error>> {
         });
         // What a worker spends compiling a new version's policies (parse, name, schema,
         // entities), against Cedar's parse alone.
-        let w = wire(n).ok_or_else(|| format!("cannot build the wire bundle of {n} policies"))?;
         c.bench_function(&format!("bundle_compile/{n}"), |bch| {
             bch.iter(|| {
                 let compiled = Bundle::try_from(black_box(&w));
-                assert!(
-                    compiled
-                        .as_ref()
-                        .is_ok_and(|b| b.policies.policies().count() == n)
-                );
+                assert!(compiled.as_ref().is_ok_and(|b| b.policies.len() == n));
                 compiled
             });
         });
@@ -151,7 +160,7 @@ fn main() -> Result<(), Box<dyn Error>> {
         });
         c.bench_function(&format!("index_build/{n}"), |bch| {
             bch.iter(|| {
-                let i = PolicyIndex::new(black_box(&b.policies));
+                let i = PolicyIndex::of(black_box(&b.policies));
                 assert_eq!(i.stats().policies, n);
                 i
             });

@@ -5,7 +5,8 @@
 //!   and dhat's allocation sites (`dhat-heap.json`, for dhat's viewer);
 //! * `--no-dhat`: time only (no dhat bookkeeping; for a CPU profiler too), with the steps
 //!   apart: Cedar's parse of the whole text, the same policies from Cedar's JSON form (EST),
-//!   the bundle, the policy index, and the whole configuration.
+//!   the bundle, the policy index, a version with one policy more compiled from the one before
+//!   (what a worker does on a live update), and the whole configuration.
 //!
 //! `cargo run --profile server -p bench --example heap -- 10000 [--no-dhat]`
 
@@ -64,11 +65,24 @@ fn steps(n: usize) -> Result<(), Box<dyn Error>> {
     let bundle = Bundle::try_from(&wire)?;
     println!("bundle compile: {:?}", t.elapsed());
     let t = Instant::now();
-    let index = PolicyIndex::new(&bundle.policies);
+    let index = PolicyIndex::of(&bundle.policies);
+    println!("policy index: {:?}, {:?}", t.elapsed(), index.stats());
+    // A live update: one policy changed, compiled from the version before (only its chunk is
+    // parsed again), then indexed, as a worker does on a new version.
+    let last = wire.policies.rfind("@id(").ok_or("no policy to change")?;
+    let mut changed = wire.clone();
+    changed.policies.insert_str(
+        last,
+        "@id(\"changed\") forbid(principal, action, resource) when { context.x };\n",
+    );
+    let t = Instant::now();
+    let next = Bundle::compile(&changed, bundle.chunks())?;
+    let compiled = t.elapsed();
+    let index = PolicyIndex::of(&next.policies);
     println!(
-        "policy index (with a copy of the set): {:?}, {:?}",
+        "one policy added, from the version before: compiled {compiled:?}, with the index {:?} ({} policies)",
         t.elapsed(),
-        index.stats()
+        index.stats().policies
     );
     Ok(())
 }

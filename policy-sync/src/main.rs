@@ -858,7 +858,7 @@ fn validate_bundle(file: &Path) -> Outcome {
         "{}: bundle version {} is valid: {} policies, {} entities, {}",
         file.display(),
         bundle.version,
-        bundle.policies.policies().count(),
+        bundle.policies.len(),
         bundle.entities.iter().count(),
         if bundle.schema.is_some() {
             "validated against its schema"

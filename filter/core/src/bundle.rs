@@ -3,11 +3,11 @@
 //! configuration.
 
 use std::str::FromStr;
-use std::sync::Arc;
 
 use cedar_policy::{Entities, Policy, PolicyId, PolicySet, Schema, ValidationMode, Validator};
 
-use crate::bundle_chunks::{self, ChunkIds, Chunks};
+use crate::bundle_chunks::{self, Chunks};
+use crate::bundle_policies::{CompiledPolicy, Policies};
 use serde::{Deserialize, Serialize};
 
 /// A bundle as it travels (JSON).
@@ -65,8 +65,8 @@ pub enum BundleError {
 #[derive(Debug, Clone)]
 pub struct Bundle {
     pub version: u64,
-    /// Shared with the policy index built on it.
-    pub policies: Arc<PolicySet>,
+    /// The policies, as a worker keeps them (`bundle_policies`).
+    pub policies: Policies,
     pub schema: Option<Schema>,
     pub entities: Entities,
     /// The policies by chunk of the text, for compiling the next version (`bundle_chunks`).
@@ -90,13 +90,45 @@ impl Bundle {
 
     /// Compiles `wire`, parsing only the chunks of its text that `previous` does not hold
     /// (the chunks of the version before); the result is the one [`Bundle::try_from`] gives.
+    /// The chunks are parsed and validated a batch at a time, so that only one batch's Cedar
+    /// policies are held at once; when that cannot be done (or something is refused), the
+    /// whole text is parsed and checked at once, which also gives the error.
     pub fn compile(wire: &BundleWire, previous: &Chunks) -> Result<Self, BundleError> {
-        let (named, chunk_ids) = match bundle_chunks::parse(&wire.policies, previous) {
-            Some(parsed) => parsed,
-            None => (parse_whole(&wire.policies)?, ChunkIds::default()),
+        let schema = match &wire.schema {
+            None => None,
+            Some(src) => match Schema::from_cedarschema_str(src) {
+                Ok((schema, _warnings)) => Some((schema, bundle_chunks::key(src))),
+                Err(_) => return Self::compile_whole(wire),
+            },
         };
+        let validator = schema.as_ref().map(|(s, _)| Validator::new(s.clone()));
+        let mut check = |batch: &[Policy]| match &validator {
+            None => true,
+            Some(v) => PolicySet::from_policies(batch.iter().cloned())
+                .is_ok_and(|set| v.validate(&set, ValidationMode::Strict).validation_passed()),
+        };
+        let schema_key = schema.as_ref().map(|(_, k)| *k);
+        let Some((policies, chunks)) =
+            bundle_chunks::parse(&wire.policies, previous, schema_key, &mut check)
+        else {
+            return Self::compile_whole(wire);
+        };
+        let schema = schema.map(|(s, _)| s);
+        let entities = Entities::from_json_value(wire.entities.clone(), schema.as_ref())
+            .map_err(|e| BundleError::Entities(render(&e)))?;
+        Ok(Self {
+            version: wire.version,
+            policies,
+            schema,
+            entities,
+            chunks,
+        })
+    }
+
+    /// Compiles `wire` from its whole text, with no chunks for the next version.
+    fn compile_whole(wire: &BundleWire) -> Result<Self, BundleError> {
         let mut policies = PolicySet::new();
-        for p in named {
+        for p in parse_whole(&wire.policies)? {
             let id = p.id().to_string();
             policies.add(p).map_err(|_| BundleError::DuplicateId(id))?;
         }
@@ -116,13 +148,18 @@ impl Bundle {
         };
         let entities = Entities::from_json_value(wire.entities.clone(), schema.as_ref())
             .map_err(|e| BundleError::Entities(render(&e)))?;
-        let policies = Arc::new(policies);
+        let compiled: Vec<CompiledPolicy> = policies
+            .policies()
+            .map(|p| {
+                CompiledPolicy::new(p).ok_or_else(|| BundleError::Template(p.id().to_string()))
+            })
+            .collect::<Result<_, _>>()?;
         Ok(Self {
             version: wire.version,
-            chunks: chunk_ids.with(&policies),
-            policies,
+            policies: Policies::new(vec![compiled.into()]),
             schema,
             entities,
+            chunks: Chunks::default(),
         })
     }
 }
@@ -179,7 +216,7 @@ mod tests {
             r#"@id("a") permit(principal, action, resource); permit(principal, action, resource);"#,
         ))
         .unwrap();
-        let mut ids: Vec<String> = b.policies.policies().map(|p| p.id().to_string()).collect();
+        let mut ids: Vec<String> = b.policies.iter().map(|p| p.id().to_string()).collect();
         ids.sort();
         assert_eq!(ids, ["a", "policy1"]);
     }

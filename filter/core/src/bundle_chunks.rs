@@ -2,9 +2,10 @@
 //!
 //! policy-sync writes every policy of a document on lines of its own, each starting with its
 //! `@id("...")` annotation. The text is cut before every line that starts with `@id(`; the
-//! bundle keeps, for each piece (chunk), the SHA-256 of its text and the ids of its policies,
-//! and the next version reuses the policies of every chunk whose text it carries unchanged. A
-//! live update of one policy in a bundle of thousands then parses one policy.
+//! bundle keeps, by the SHA-256 of each piece's (chunk's) text, its compiled policies
+//! (`bundle_policies`), and the next version reuses those of every chunk whose text it
+//! carries unchanged, if its schema is the same. A live update of one policy in a bundle of
+//! thousands then parses and validates one policy.
 //!
 //! The chunks not held are parsed together, in batches of up to 64 KiB of text, one call to
 //! Cedar's parser each (its lexer starts cold at every call), and each policy goes to the chunk
@@ -23,21 +24,22 @@ use cedar_policy::{Policy, PolicyId, PolicySet};
 use sha2::{Digest, Sha256};
 
 use crate::bundle::id_annotation;
+use crate::bundle_policies::{CompiledPolicy, Policies};
 
-/// A chunk's text, by its SHA-256.
-type Key = [u8; 32];
+/// A chunk's text, or a schema's, by its SHA-256.
+pub(crate) type Key = [u8; 32];
 
-/// The ids of the policies of each chunk of a bundle's text, and the bundle's policies to take
-/// them from. Cheap to clone.
+/// The compiled policies of each chunk of a bundle's text, and the schema they were validated
+/// against (a version with another schema parses everything again). Cheap to clone.
 #[derive(Clone, Default)]
 pub struct Chunks {
-    policies: Arc<PolicySet>,
-    ids: Arc<HashMap<Key, Box<[PolicyId]>>>,
+    schema: Option<Key>,
+    by_key: Arc<HashMap<Key, Arc<[CompiledPolicy]>>>,
 }
 
 impl std::fmt::Debug for Chunks {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Chunks({} parsed)", self.ids.len())
+        write!(f, "Chunks({} parsed)", self.by_key.len())
     }
 }
 
@@ -45,44 +47,19 @@ impl Chunks {
     /// Number of chunks kept.
     #[must_use]
     pub fn len(&self) -> usize {
-        self.ids.len()
+        self.by_key.len()
     }
 
     /// Whether none are kept.
     #[must_use]
     pub fn is_empty(&self) -> bool {
-        self.ids.is_empty()
-    }
-
-    /// The policies of a chunk, from the bundle it was kept with.
-    fn policies(&self, key: &Key) -> Option<Vec<Policy>> {
-        self.ids
-            .get(key)?
-            .iter()
-            .map(|id| self.policies.policy(id).cloned())
-            .collect()
+        self.by_key.is_empty()
     }
 }
 
-/// The ids by chunk of one text, made into [`Chunks`] once its bundle's policies are.
-#[derive(Debug, Default)]
-pub(crate) struct ChunkIds(HashMap<Key, Box<[PolicyId]>>);
-
-impl ChunkIds {
-    /// These chunks, taking their policies from `policies`.
-    pub(crate) fn with(self, policies: &Arc<PolicySet>) -> Chunks {
-        if self.0.is_empty() {
-            return Chunks::default();
-        }
-        Chunks {
-            policies: Arc::clone(policies),
-            ids: Arc::new(self.0),
-        }
-    }
-}
-
-fn key(chunk: &str) -> Key {
-    Sha256::digest(chunk.as_bytes()).into()
+/// The SHA-256 of `text`.
+pub(crate) fn key(text: &str) -> Key {
+    Sha256::digest(text.as_bytes()).into()
 }
 
 /// The chunks of `text`, in order: cut before each line that starts with `@id(`.
@@ -165,22 +142,33 @@ fn batches<'c, 't>(chunks: &'c [&'t str]) -> impl Iterator<Item = &'c [&'t str]>
     })
 }
 
-/// The policies of `text` in order, reusing `previous` for unchanged chunks, and the ids by
-/// chunk of this text for the next version; `None` when the whole text must be parsed instead.
-pub(crate) fn parse(text: &str, previous: &Chunks) -> Option<(Vec<Policy>, ChunkIds)> {
+/// The policies of `text` in order, reusing `previous` for unchanged chunks when it was checked
+/// against the same `schema` (its SHA-256), and the chunks of this text for the next version.
+/// `check` is given every batch of policies parsed (named by their `@id`s) before they are
+/// kept, and refuses them by returning false. `None` when the whole text must be parsed and
+/// checked instead: it does not parse in chunks, a batch is refused, or two policies share an
+/// id.
+pub(crate) fn parse(
+    text: &str,
+    previous: &Chunks,
+    schema: Option<Key>,
+    check: &mut dyn FnMut(&[Policy]) -> bool,
+) -> Option<(Policies, Chunks)> {
     let chunks = cut(text);
     let keys: Vec<Key> = chunks.iter().map(|c| key(c)).collect();
+    let reusable = previous.schema == schema;
     let mut seen: HashSet<Key> = HashSet::with_capacity(keys.len());
-    let mut by_key: HashMap<Key, Vec<Policy>> = HashMap::new();
+    let mut by_key: HashMap<Key, Arc<[CompiledPolicy]>> = HashMap::with_capacity(keys.len());
     let mut missing: Vec<&str> = Vec::new();
     let mut missing_keys: Vec<Key> = Vec::new();
     for (chunk, k) in chunks.iter().zip(&keys) {
         if !seen.insert(*k) {
+            // A chunk repeated: its ids twice, unless it holds no policy.
             continue;
         }
-        match previous.policies(k) {
+        match previous.by_key.get(k).filter(|_| reusable) {
             Some(policies) => {
-                by_key.insert(*k, policies);
+                by_key.insert(*k, Arc::clone(policies));
             }
             None => {
                 missing.push(chunk);
@@ -188,27 +176,48 @@ pub(crate) fn parse(text: &str, previous: &Chunks) -> Option<(Vec<Policy>, Chunk
             }
         }
     }
-    // In batches: one call per batch warms the lexer once, and only one batch's syntax tree
-    // is held at a time (the high-water mark of a worker's memory is what it keeps).
+    // In batches: one call per batch warms the lexer once, and only one batch's syntax trees
+    // are held at a time (the high-water mark of a worker's memory is what it keeps).
     let mut batch_keys = missing_keys.into_iter();
     for batch in batches(&missing) {
         let parsed = parse_together(batch)?;
-        by_key.extend(batch_keys.by_ref().take(batch.len()).zip(parsed));
-    }
-    let mut policies = Vec::new();
-    let mut ids: HashMap<Key, Box<[PolicyId]>> = HashMap::with_capacity(by_key.len());
-    for k in &keys {
-        match by_key.remove(k) {
-            Some(in_chunk) => {
-                ids.insert(*k, in_chunk.iter().map(|p| p.id().clone()).collect());
-                policies.extend(in_chunk);
-            }
-            // A chunk repeated: its ids twice, which the whole text's parse refuses.
-            None if ids.get(k).is_none_or(|i| !i.is_empty()) => return None,
-            None => {}
+        let all: Vec<Policy> = parsed.iter().flatten().cloned().collect();
+        if !check(&all) {
+            return None;
+        }
+        drop(all);
+        for (k, in_chunk) in batch_keys.by_ref().take(batch.len()).zip(parsed) {
+            let compiled: Option<Vec<CompiledPolicy>> =
+                in_chunk.iter().map(CompiledPolicy::new).collect();
+            by_key.insert(k, compiled?.into());
         }
     }
-    Some((policies, ChunkIds(ids)))
+    let mut ordered: Vec<Arc<[CompiledPolicy]>> = Vec::with_capacity(keys.len());
+    let mut ids: HashSet<&PolicyId> = HashSet::new();
+    let mut placed: HashSet<Key> = HashSet::with_capacity(keys.len());
+    for k in &keys {
+        let in_chunk = by_key.get(k)?;
+        if !placed.insert(*k) {
+            if in_chunk.is_empty() {
+                continue;
+            }
+            return None;
+        }
+        ordered.push(Arc::clone(in_chunk));
+    }
+    for in_chunk in &ordered {
+        for p in in_chunk.iter() {
+            if !ids.insert(p.id()) {
+                return None;
+            }
+        }
+    }
+    drop(ids);
+    let kept = Chunks {
+        schema,
+        by_key: Arc::new(by_key),
+    };
+    Some((Policies::new(ordered), kept))
 }
 
 #[cfg(test)]
@@ -234,51 +243,58 @@ mod tests {
     fn a_cut_inside_a_string_refuses_the_chunks() {
         let text = "@id(\"a\") permit(principal, action, resource) when { context.x == \"\n@id(\\\"b\\\") \" };\n";
         assert!(PolicySet::from_str(text).is_ok());
-        assert!(parse(text, &Chunks::default()).is_none());
+        assert!(parse(text, &Chunks::default(), None, &mut |_| true).is_none());
     }
 
     #[test]
     fn a_policy_without_an_id_refuses_the_chunks() {
         let text = "@id(\"a\") permit(principal, action, resource);\npermit(principal, action, resource);\n";
-        assert!(parse(text, &Chunks::default()).is_none());
+        assert!(parse(text, &Chunks::default(), None, &mut |_| true).is_none());
     }
 
-    /// The second version parses only the chunk that changed: the policies of the others are
-    /// the first version's (their source is the first version's text).
+    /// The second version parses only the chunk that changed: the others are the first
+    /// version's, shared; and a version with another schema parses everything again.
     #[test]
     fn unchanged_chunks_are_reused() {
         let v1 = "@id(\"a\") permit(principal, action, resource);\n@id(\"b\") forbid(principal, action, resource) when { context.x };\n";
         let v2 = "@id(\"a\") permit(principal, action, resource);\n@id(\"b\") forbid(principal, action, resource) when { context.y };\n";
-        let compile = |text: &str, previous: &Chunks| {
-            let wire = crate::bundle::BundleWire {
-                policies: text.to_owned(),
-                ..Default::default()
-            };
-            crate::bundle::Bundle::compile(&wire, previous).unwrap()
+        let compile = |text: &str, previous: &Chunks, schema: Option<Key>| {
+            let mut parsed = 0;
+            let (policies, chunks) = parse(text, previous, schema, &mut |batch| {
+                parsed += batch.len();
+                true
+            })
+            .unwrap();
+            (policies, chunks, parsed)
         };
-        let first = compile(v1, &Chunks::default());
-        assert_eq!(first.chunks().len(), 2);
-        let second = compile(v2, first.chunks());
-        let src = |b: &crate::bundle::Bundle, id: &str| {
-            let id = PolicyId::new(id);
-            let set: &PolicySet = &b.policies;
-            let ast = AsRef::<cedar_policy_core::ast::PolicySet>::as_ref(set)
-                .get(id.as_ref())
-                .unwrap();
-            Arc::clone(&ast.loc().unwrap().src)
-        };
-        assert!(Arc::ptr_eq(&src(&first, "a"), &src(&second, "a")));
-        assert!(!Arc::ptr_eq(&src(&first, "b"), &src(&second, "b")));
-        assert!(
-            second
-                .policies
-                .policy(&PolicyId::new("b"))
-                .unwrap()
-                .to_string()
-                .contains("context.y")
-        );
-        // Unchanged text: nothing parsed again.
-        let third = compile(v2, second.chunks());
-        assert!(Arc::ptr_eq(&src(&second, "b"), &src(&third, "b")));
+        let chunk = |p: &Policies, i: usize| Arc::clone(p.chunks().get(i).unwrap());
+        let (first, kept, parsed) = compile(v1, &Chunks::default(), None);
+        assert_eq!((kept.len(), parsed), (2, 2));
+        let (second, kept, parsed) = compile(v2, &kept, None);
+        assert_eq!(parsed, 1);
+        assert!(Arc::ptr_eq(&chunk(&first, 0), &chunk(&second, 0)));
+        assert!(!Arc::ptr_eq(&chunk(&first, 1), &chunk(&second, 1)));
+        let b = second.get(&PolicyId::new("b")).unwrap();
+        assert!(b.evaluated().unwrap().to_string().contains("context.y"));
+        // Unchanged text: nothing parsed again; another schema: everything.
+        let (third, kept, parsed) = compile(v2, &kept, None);
+        assert_eq!(parsed, 0);
+        assert!(Arc::ptr_eq(&chunk(&second, 1), &chunk(&third, 1)));
+        let (_, _, parsed) = compile(v2, &kept, Some(key("entity User;")));
+        assert_eq!(parsed, 2);
+    }
+
+    /// A batch the check refuses refuses the chunks (the caller then checks the whole text).
+    #[test]
+    fn a_refused_batch_refuses_the_chunks() {
+        let text = "@id(\"a\") permit(principal, action, resource);\n";
+        assert!(parse(text, &Chunks::default(), None, &mut |_| false).is_none());
+    }
+
+    /// Two chunks naming the same id refuse the chunks.
+    #[test]
+    fn a_repeated_id_refuses_the_chunks() {
+        let text = "@id(\"a\") permit(principal, action, resource);\n@id(\"a\") forbid(principal, action, resource);\n";
+        assert!(parse(text, &Chunks::default(), None, &mut |_| true).is_none());
     }
 }

@@ -29,12 +29,13 @@
 //! of one `action in [...]` list that are both ancestors of the action; reasons and errors are
 //! deduplicated (evaluation is deterministic). The whole set is evaluated instead when the
 //! request has an unknown principal, action or resource (partial evaluation) or when the set
-//! holds template-linked policies (bundles have none).
+//! holds template-linked policies (bundles have none); an index of a bundle's policies
+//! ([`PolicyIndex::of`]) holds no whole set, and denies such a request (`undecided`).
 
+use crate::bundle_policies::{CompiledPolicy, Policies};
 use cedar_policy::{
     ActionConstraint, AuthorizationError, Authorizer, Decision, Effect, Entities, EntityTypeName,
-    EntityUid, Policy, PolicyId, PolicySet, PrincipalConstraint, Request, ResourceConstraint,
-    Response,
+    EntityUid, PolicyId, PolicySet, PrincipalConstraint, Request, ResourceConstraint, Response,
 };
 use cedar_policy_core::ast;
 use cedar_policy_core::authorizer;
@@ -56,6 +57,10 @@ pub struct IndexedResponse {
     /// The policies that failed to evaluate (and were skipped, as Cedar specifies), sorted by
     /// policy id. Each is Cedar's own error, so it renders exactly as Cedar's would.
     pub errors: Vec<AuthorizationError>,
+    /// True when the index could not decide and holds no whole set to ask Cedar (an index of
+    /// a bundle's policies, for a request with unknowns, which the filter never makes): the
+    /// decision is then Deny, with no reasons.
+    pub undecided: bool,
 }
 
 impl IndexedResponse {
@@ -71,6 +76,7 @@ impl IndexedResponse {
             decision: response.decision(),
             reasons,
             errors,
+            undecided: false,
         }
     }
 
@@ -153,15 +159,23 @@ struct Names {
 
 impl Names {
     /// The number of `uid`, numbering it if new; `None` only past `u32::MAX` uids.
-    fn uid(&mut self, uid: EntityUid) -> Option<u32> {
+    fn uid(&mut self, uid: &EntityUid) -> Option<u32> {
+        if let Some(n) = self.uids.get(uid) {
+            return Some(*n);
+        }
         let next = u32::try_from(self.uids.len()).ok()?;
-        Some(*self.uids.entry(uid).or_insert(next))
+        self.uids.insert(uid.clone(), next);
+        Some(next)
     }
 
     /// The number of `ty`, numbering it if new.
-    fn ty(&mut self, ty: EntityTypeName) -> Option<u32> {
+    fn ty(&mut self, ty: &EntityTypeName) -> Option<u32> {
+        if let Some(n) = self.types.get(ty) {
+            return Some(*n);
+        }
         let next = u32::try_from(self.types.len()).ok()?;
-        Some(*self.types.entry(ty).or_insert(next))
+        self.types.insert(ty.clone(), next);
+        Some(next)
     }
 }
 
@@ -277,8 +291,9 @@ pub struct PolicyIndex {
     buckets: Vec<Bucket>,
     /// Whether some policy uses `in` in that dimension (else ancestors are not looked up).
     ancestors_used: AncestorsUsed,
-    /// The whole set, for the requests the buckets cannot answer.
-    full: Arc<PolicySet>,
+    /// The whole set, for the requests the buckets cannot answer; none for an index of a
+    /// bundle's policies, which keeps no Cedar set (such a request is then denied).
+    full: Option<Arc<PolicySet>>,
     stats: IndexStats,
 }
 
@@ -289,15 +304,40 @@ impl PolicyIndex {
         Self::shared(Arc::new(policies.clone()))
     }
 
-    /// Indexes `policies`, keeping the set shared with its other holders (the bundle). A set
-    /// with template-linked policies is kept whole (every request evaluates all of it);
-    /// bundles have none.
+    /// Indexes `policies`, keeping the set shared with its other holders, for the requests the
+    /// index cannot answer. A set with template-linked policies is kept whole (every request
+    /// evaluates all of it).
     #[must_use]
     pub fn shared(policies: Arc<PolicySet>) -> Self {
-        let mut index = Self::empty(Arc::clone(&policies));
-        let indexed = policies
-            .policies()
-            .all(|policy| index.place(&policies, policy).is_some());
+        let compiled: Option<Vec<CompiledPolicy>> =
+            policies.policies().map(CompiledPolicy::new).collect();
+        let count = policies.policies().count();
+        match compiled {
+            Some(compiled) => Self::build(compiled.iter(), count, Some(policies)),
+            None => {
+                let mut index = Self::empty(Some(policies));
+                index.stats.unindexed = true;
+                index.stats = index.compute_stats(count);
+                index
+            }
+        }
+    }
+
+    /// Indexes a bundle's policies. The index holds no whole set: a request it cannot answer
+    /// (one with unknowns, which the filter never makes) is denied as `undecided`.
+    #[must_use]
+    pub fn of(policies: &Policies) -> Self {
+        Self::build(policies.iter(), policies.len(), None)
+    }
+
+    fn build<'p>(
+        policies: impl Iterator<Item = &'p CompiledPolicy>,
+        count: usize,
+        full: Option<Arc<PolicySet>>,
+    ) -> Self {
+        let mut index = Self::empty(full.clone());
+        let mut policies = policies;
+        let indexed = policies.all(|policy| index.place(policy).is_some());
         if indexed {
             index.actions.shrink_to_fit();
             index.principals.shrink_to_fit();
@@ -308,15 +348,16 @@ impl PolicyIndex {
                 bucket.evaluated.shrink_to_fit();
             }
         } else {
-            index = Self::empty(Arc::clone(&policies));
+            // Past `u32::MAX` names: every request goes to the whole set, or is undecided.
+            index = Self::empty(full);
             index.stats.unindexed = true;
         }
-        index.stats = index.compute_stats(policies.policies().count());
+        index.stats = index.compute_stats(count);
         index
     }
 
     /// An index of nothing, over `full`.
-    fn empty(full: Arc<PolicySet>) -> Self {
+    fn empty(full: Option<Arc<PolicySet>>) -> Self {
         Self {
             names: Names::default(),
             actions: Dimension::default(),
@@ -329,28 +370,27 @@ impl PolicyIndex {
         }
     }
 
-    /// Files `policy` (of `set`) under its keys; `None` if it cannot be (not a static policy).
-    fn place(&mut self, set: &PolicySet, policy: &Policy) -> Option<()> {
-        if !policy.is_static() {
-            return None;
-        }
+    /// Files `policy` under its keys; `None` past `u32::MAX` names.
+    fn place(&mut self, policy: &CompiledPolicy) -> Option<()> {
         let names = &mut self.names;
-        let (principal, principal_typed_in) = match policy.principal_constraint() {
-            PrincipalConstraint::Any => (Key::Any, false),
-            PrincipalConstraint::Eq(uid) => (Key::Eq(names.uid(uid)?), false),
-            PrincipalConstraint::In(uid) => (Key::In(names.uid(uid)?), false),
-            PrincipalConstraint::Is(ty) => (Key::Is(names.ty(ty)?), false),
-            PrincipalConstraint::IsIn(_, uid) => (Key::In(names.uid(uid)?), true),
+        let principal = match policy.principal() {
+            PrincipalConstraint::Any => Key::Any,
+            PrincipalConstraint::Eq(uid) => Key::Eq(names.uid(uid)?),
+            PrincipalConstraint::In(uid) | PrincipalConstraint::IsIn(_, uid) => {
+                Key::In(names.uid(uid)?)
+            }
+            PrincipalConstraint::Is(ty) => Key::Is(names.ty(ty)?),
         };
-        let (resource, resource_typed_in) = match policy.resource_constraint() {
-            ResourceConstraint::Any => (Key::Any, false),
-            ResourceConstraint::Eq(uid) => (Key::Eq(names.uid(uid)?), false),
-            ResourceConstraint::In(uid) => (Key::In(names.uid(uid)?), false),
-            ResourceConstraint::Is(ty) => (Key::Is(names.ty(ty)?), false),
-            ResourceConstraint::IsIn(_, uid) => (Key::In(names.uid(uid)?), true),
+        let resource = match policy.resource() {
+            ResourceConstraint::Any => Key::Any,
+            ResourceConstraint::Eq(uid) => Key::Eq(names.uid(uid)?),
+            ResourceConstraint::In(uid) | ResourceConstraint::IsIn(_, uid) => {
+                Key::In(names.uid(uid)?)
+            }
+            ResourceConstraint::Is(ty) => Key::Is(names.ty(ty)?),
         };
         let mut actions: Vec<Key> = Vec::new();
-        match policy.action_constraint() {
+        match policy.action() {
             ActionConstraint::Any => actions.push(Key::Any),
             ActionConstraint::Eq(uid) => actions.push(Key::Eq(names.uid(uid)?)),
             // `action in []` matches nothing: filed nowhere.
@@ -367,13 +407,7 @@ impl PolicyIndex {
         self.ancestors_used.resource |= matches!(resource, Key::In(_));
         self.ancestors_used.action |= matches!(actions.first(), Some(Key::In(_)));
         // Decided by the scope when reached: no clause, and no type test left to Cedar.
-        let by_scope =
-            !policy.has_non_scope_constraint() && !principal_typed_in && !resource_typed_in;
-        let evaluated = if by_scope {
-            None
-        } else {
-            Some(set.as_ref().get(policy.id().as_ref())?)
-        };
+        let evaluated: Option<&ast::Policy> = policy.evaluated().map(AsRef::as_ref);
         for action in &actions {
             let at = self.actions.slot(0, *action)?;
             let at = self.principals.slot(at, principal)?;
@@ -442,12 +476,6 @@ impl PolicyIndex {
         self.stats
     }
 
-    /// The set the index was built from.
-    #[must_use]
-    pub fn policies(&self) -> &PolicySet {
-        &self.full
-    }
-
     /// Authorizes `request` as `authorizer.is_authorized(request, policies, entities)` would on
     /// the whole set: same decision, reasons and errors.
     #[must_use]
@@ -479,11 +507,17 @@ impl PolicyIndex {
                 complete &= combined.evaluate(eval, id, policy);
             }
         });
-        match reached {
-            Some(()) if complete => combined.finish(),
-            _ => IndexedResponse::from_response(
-                &authorizer.is_authorized(request, &self.full, entities),
-            ),
+        match (reached, &self.full) {
+            (Some(()), _) if complete => combined.finish(),
+            (_, Some(full)) => {
+                IndexedResponse::from_response(&authorizer.is_authorized(request, full, entities))
+            }
+            (_, None) => IndexedResponse {
+                decision: Decision::Deny,
+                reasons: Vec::new(),
+                errors: Vec::new(),
+                undecided: true,
+            },
         }
     }
 
@@ -595,6 +629,7 @@ impl Combined {
             decision,
             reasons,
             errors,
+            undecided: false,
         }
     }
 }
@@ -612,6 +647,13 @@ mod tests {
     }
 
     /// A set whose policies are named by their `@id` annotations, as bundles name them.
+    impl PolicyIndex {
+        /// The whole set the index was built from.
+        fn whole(&self) -> &PolicySet {
+            self.full.as_deref().unwrap()
+        }
+    }
+
     fn set(src: &str) -> PolicySet {
         let parsed = PolicySet::from_str(src).unwrap();
         let mut out = PolicySet::new();
@@ -659,7 +701,7 @@ mod tests {
         entities: &Entities,
     ) -> (Decision, Vec<String>, Vec<String>) {
         let a = Authorizer::new();
-        let whole = a.is_authorized(req, index.policies(), entities);
+        let whole = a.is_authorized(req, index.whole(), entities);
         let got = index.is_authorized(&a, req, entities);
         assert_eq!(got, IndexedResponse::from_response(&whole), "{req}");
         let strings = |ids: &[PolicyId]| ids.iter().map(ToString::to_string).collect();
@@ -750,7 +792,7 @@ mod tests {
 
         // Errors are Cedar's own and render as Cedar's.
         let req = request("a", "GET", "x", 0);
-        let whole = Authorizer::new().is_authorized(&req, index.policies(), e);
+        let whole = Authorizer::new().is_authorized(&req, index.whole(), e);
         let mut cedar: Vec<String> = whole
             .diagnostics()
             .errors()
@@ -825,7 +867,7 @@ mod tests {
         "#));
         let (a, e) = (Authorizer::new(), Entities::empty());
         let req = request("a", "GET", "x", 0);
-        let whole = IndexedResponse::from_response(&a.is_authorized(&req, index.policies(), &e));
+        let whole = IndexedResponse::from_response(&a.is_authorized(&req, index.whole(), &e));
         let mut wrong = Vec::new();
         let mut right = Combined::default();
         let eval = Evaluator::new(
@@ -853,6 +895,7 @@ mod tests {
             },
             reasons: wrong,
             errors: Vec::new(),
+            undecided: false,
         };
         assert_ne!(wrong, whole);
         assert_eq!(right.finish(), whole);

@@ -8,6 +8,7 @@
 pub mod action_routes;
 pub mod bundle;
 pub mod bundle_chunks;
+pub mod bundle_policies;
 pub mod cache_key;
 pub mod config;
 pub mod decision;

@@ -91,9 +91,9 @@ pub struct HttpRequest<'a> {
 impl PolicyEngine {
     #[must_use]
     pub fn new(bundle: Bundle, principal: PrincipalMapping, mapping: RequestMapping) -> Self {
-        let reads = PolicyReads::of(&bundle.policies);
+        let reads = PolicyReads::of_bundle(&bundle.policies);
         Self {
-            index: PolicyIndex::shared(std::sync::Arc::clone(&bundle.policies)),
+            index: PolicyIndex::of(&bundle.policies),
             slicer: EntitySlicer::new(bundle.entities.as_ref(), &reads.literals),
             reads: reads.context,
             bundle,
@@ -262,10 +262,14 @@ impl PolicyEngine {
         let response = self
             .index
             .is_authorized(&self.authorizer, &request, entities);
+        let mut errors: Vec<String> = response.errors.iter().map(ToString::to_string).collect();
+        if response.undecided {
+            errors.push("the policy index could not decide the request; denied".to_owned());
+        }
         PolicyDecision {
-            allow: response.decision == Decision::Allow,
+            allow: response.decision == Decision::Allow && !response.undecided,
             policies: response.reasons.iter().map(ToString::to_string).collect(),
-            errors: response.errors.iter().map(ToString::to_string).collect(),
+            errors,
         }
     }
 

@@ -15,6 +15,8 @@
 use std::collections::{BTreeSet, HashSet};
 
 use cedar_policy::PolicySet;
+
+use crate::bundle_policies::{CompiledPolicy, Policies};
 use cedar_policy_core::ast::{BinaryOp, EntityUID, Expr, ExprKind, Literal, Var};
 
 /// The context attributes a set of policies can read.
@@ -108,9 +110,19 @@ impl PolicyReads {
     /// compare entity uids).
     #[must_use]
     pub fn of(policies: &PolicySet) -> Self {
+        Self::of_conditions(policies.policies())
+    }
+
+    /// What a bundle's policies read: only those not decided by their scope have conditions.
+    #[must_use]
+    pub fn of_bundle(policies: &Policies) -> Self {
+        Self::of_conditions(policies.iter().filter_map(CompiledPolicy::evaluated))
+    }
+
+    fn of_conditions<'p>(policies: impl Iterator<Item = &'p cedar_policy::Policy>) -> Self {
         let mut context = ContextReads::default();
         let mut literals: HashSet<EntityUID> = HashSet::new();
-        for p in policies.policies() {
+        for p in policies {
             let core: &cedar_policy_core::ast::Policy = p.as_ref();
             if let Some(conditions) = core.non_scope_constraints() {
                 context_reads(conditions, &mut context);

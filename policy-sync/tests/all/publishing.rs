@@ -84,7 +84,7 @@ async fn publishes_a_direct_sql_change_through_notify() -> TestResult {
     );
     // The served bundle is one the filter accepts.
     let bundle = portcullis_core::Bundle::try_from(&doc.bundle)?;
-    assert_eq!(bundle.policies.policies().count(), 1);
+    assert_eq!(bundle.policies.len(), 1);
     Ok(())
 }
 

@@ -27,7 +27,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(bundle) = Bundle::try_from(&wire) else {
         return;
     };
-    let reads = PolicyReads::of(&bundle.policies);
-    let index = PolicyIndex::new(&bundle.policies);
+    let reads = PolicyReads::of_bundle(&bundle.policies);
+    let index = PolicyIndex::of(&bundle.policies);
     let _ = (reads.context.reads("source"), index.stats());
 });

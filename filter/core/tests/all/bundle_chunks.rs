@@ -7,7 +7,10 @@
 
 use std::error::Error;
 
-use cedar_policy::PolicySet;
+use cedar_policy::{
+    ActionConstraint, Effect, EntityTypeName, EntityUid, PolicySet, PrincipalConstraint,
+    ResourceConstraint,
+};
 use portcullis_core::bundle::{Bundle, BundleWire};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -39,15 +42,66 @@ fn policy(rng: &mut StdRng, n: usize, trouble: Option<u8>) -> String {
     format!("{id}{body}\n")
 }
 
-/// The policies as sorted (id, text) pairs, or `None` when the bundle is refused.
-fn outcome(
-    b: &Result<Bundle, portcullis_core::bundle::BundleError>,
-) -> Option<Vec<(String, String)>> {
+/// A policy's effect and scope, written out.
+fn scope(
+    effect: Effect,
+    principal: &PrincipalConstraint,
+    action: &ActionConstraint,
+    resource: &ResourceConstraint,
+) -> String {
+    let entity = |c: String, uid: Option<&EntityUid>, ty: Option<&EntityTypeName>| {
+        format!(
+            "{c} {} {}",
+            ty.map(ToString::to_string).unwrap_or_default(),
+            uid.map(ToString::to_string).unwrap_or_default()
+        )
+    };
+    let p = match principal {
+        PrincipalConstraint::Any => entity("any".into(), None, None),
+        PrincipalConstraint::Eq(u) => entity("==".into(), Some(u), None),
+        PrincipalConstraint::In(u) => entity("in".into(), Some(u), None),
+        PrincipalConstraint::Is(t) => entity("is".into(), None, Some(t)),
+        PrincipalConstraint::IsIn(t, u) => entity("is in".into(), Some(u), Some(t)),
+    };
+    let r = match resource {
+        ResourceConstraint::Any => entity("any".into(), None, None),
+        ResourceConstraint::Eq(u) => entity("==".into(), Some(u), None),
+        ResourceConstraint::In(u) => entity("in".into(), Some(u), None),
+        ResourceConstraint::Is(t) => entity("is".into(), None, Some(t)),
+        ResourceConstraint::IsIn(t, u) => entity("is in".into(), Some(u), Some(t)),
+    };
+    let a = match action {
+        ActionConstraint::Any => "any".to_owned(),
+        ActionConstraint::Eq(u) => format!("== {u}"),
+        ActionConstraint::In(us) => {
+            format!(
+                "in {}",
+                us.iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            )
+        }
+    };
+    format!("{effect:?}({p}; {a}; {r})")
+}
+
+/// What a bundle holds of a policy: (id, scope, text where its scope does not decide it).
+type Kept = (String, String, Option<String>);
+
+/// The policies as sorted [`Kept`], or `None` when the bundle is refused.
+fn outcome(b: &Result<Bundle, portcullis_core::bundle::BundleError>) -> Option<Vec<Kept>> {
     let b = b.as_ref().ok()?;
-    let mut out: Vec<(String, String)> = b
+    let mut out: Vec<Kept> = b
         .policies
-        .policies()
-        .map(|p| (p.id().to_string(), p.to_string()))
+        .iter()
+        .map(|p| {
+            (
+                p.id().to_string(),
+                scope(p.effect(), p.principal(), p.action(), p.resource()),
+                p.evaluated().map(ToString::to_string),
+            )
+        })
         .collect();
     out.sort();
     Some(out)
@@ -55,19 +109,25 @@ fn outcome(
 
 /// The oracle: the whole text parsed by Cedar, each policy named by its `@id` annotation (else
 /// Cedar's positional id); `None` when it does not parse, holds a template or repeats an id.
-fn whole(text: &str) -> Option<Vec<(String, String)>> {
+fn whole(text: &str) -> Option<Vec<Kept>> {
     let parsed: PolicySet = text.parse().ok()?;
     if parsed.templates().next().is_some() {
         return None;
     }
-    let mut out: Vec<(String, String)> = parsed
+    let mut out: Vec<Kept> = parsed
         .policies()
         .map(|p| {
             let id = p
                 .annotations()
                 .find(|(k, _)| *k == "id")
                 .map_or_else(|| p.id().to_string(), |(_, v)| v.to_owned());
-            (id, p.to_string())
+            let (principal, resource) = (p.principal_constraint(), p.resource_constraint());
+            // Cedar's policy is kept where a condition or an `is T in E` scope remains.
+            let evaluated = p.has_non_scope_constraint()
+                || matches!(principal, PrincipalConstraint::IsIn(..))
+                || matches!(resource, ResourceConstraint::IsIn(..));
+            let s = scope(p.effect(), &principal, &p.action_constraint(), &resource);
+            (id, s, evaluated.then(|| p.to_string()))
         })
         .collect();
     out.sort();

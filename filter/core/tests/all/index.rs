@@ -6,9 +6,11 @@
 use std::error::Error;
 
 use cedar_policy::{
-    Authorizer, Context, Decision, Entities, Entity, EntityUid, Request, RestrictedExpression,
+    Authorizer, Context, Decision, Entities, Entity, EntityUid, PolicyId, PolicySet, Request,
+    RestrictedExpression,
 };
 use portcullis_core::bundle::{Bundle, BundleWire};
+use portcullis_core::bundle_policies::{CompiledPolicy, Policies};
 use portcullis_core::index::{IndexedResponse, PolicyIndex};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -297,34 +299,51 @@ struct Tally {
     mutant_caught: usize,
 }
 
+/// The bundle's policies as one Cedar set, named by their `@id`s (as the bundle names them),
+/// for Cedar's authorizer to answer on the whole set.
+fn cedar_set(text: &str) -> Result<PolicySet, Box<dyn Error>> {
+    let parsed: PolicySet = text.parse()?;
+    let mut out = PolicySet::new();
+    for p in parsed.policies() {
+        let id = p
+            .annotations()
+            .find(|(k, _)| *k == "id")
+            .map(|(_, v)| v)
+            .ok_or("a policy without an @id")?;
+        out.add(p.new_id(PolicyId::new(id)))?;
+    }
+    Ok(out)
+}
+
 fn check_set(rng: &mut StdRng, authorizer: &Authorizer, tally: &mut Tally) -> TestResult {
     let wire = BundleWire {
         policies: policies(rng)?,
         entities: entities(rng),
         ..BundleWire::default()
     };
+    // The filter's path: the bundle keeps its policies compiled, and no Cedar set.
     let bundle = Bundle::try_from(&wire)?;
-    let index = PolicyIndex::new(&bundle.policies);
-    let n = bundle.policies.policies().count();
+    let index = PolicyIndex::of(&bundle.policies);
+    let whole = cedar_set(&wire.policies)?;
+    let n = bundle.policies.len();
+    assert_eq!(whole.policies().count(), n);
     assert_eq!(index.stats().policies, n);
     assert!(!index.stats().unindexed);
 
     // The same index with one policy left out: the comparison must catch it somewhere.
-    let mut lossy = (*bundle.policies).clone();
-    let victim = lossy
-        .policies()
-        .nth(rng.gen_range(0..n))
-        .map(|p| p.id().clone())
-        .ok_or("no policy")?;
-    lossy.remove_static(victim)?;
-    let mutant = PolicyIndex::new(&lossy);
+    let victim = rng.gen_range(0..n);
+    let lossy: Vec<CompiledPolicy> = (bundle.policies.iter().enumerate())
+        .filter(|(i, _)| *i != victim)
+        .map(|(_, p)| p.clone())
+        .collect();
+    let mutant = PolicyIndex::of(&Policies::new(vec![lossy.into()]));
 
     tally.sets += 1;
     tally.policies += n;
     for _ in 0..REQUESTS_PER_SET {
         let req = request(rng)?;
         let ents = request_entities(rng, &bundle.entities, &req)?;
-        let cedar = authorizer.is_authorized(&req, &bundle.policies, &ents);
+        let cedar = authorizer.is_authorized(&req, &whole, &ents);
         let expected = IndexedResponse::from_response(&cedar);
         let got = index.is_authorized(authorizer, &req, &ents);
         if got != expected {
@@ -414,15 +433,13 @@ fn one_index_many_stores() -> TestResult {
             ..BundleWire::default()
         };
         let bundle = Bundle::try_from(&wire)?;
-        let index = PolicyIndex::new(&bundle.policies);
+        let index = PolicyIndex::of(&bundle.policies);
+        let whole = cedar_set(&wire.policies)?;
         for _ in 0..20 {
             let store = Entities::from_json_value(entities(&mut rng), None)?;
             let req = request(&mut rng)?;
-            let expected = IndexedResponse::from_response(&authorizer.is_authorized(
-                &req,
-                &bundle.policies,
-                &store,
-            ));
+            let expected =
+                IndexedResponse::from_response(&authorizer.is_authorized(&req, &whole, &store));
             assert_eq!(index.is_authorized(&authorizer, &req, &store), expected);
         }
     }
@@ -433,13 +450,13 @@ fn one_index_many_stores() -> TestResult {
 #[test]
 fn empty_bundle_denies() -> TestResult {
     let bundle = Bundle::try_from(&BundleWire::default())?;
-    let index = PolicyIndex::new(&bundle.policies);
+    let index = PolicyIndex::of(&bundle.policies);
     let mut rng = StdRng::seed_from_u64(1);
     let req = request(&mut rng)?;
     let got = index.is_authorized(&Authorizer::new(), &req, &bundle.entities);
     assert_eq!(got.decision, Decision::Deny);
     assert!(got.reasons.is_empty() && got.errors.is_empty());
     assert_eq!(index.stats().buckets, 0);
-    assert_eq!(index.policies().policies().count(), 0);
+    assert_eq!(index.stats().policies, 0);
     Ok(())
 }
