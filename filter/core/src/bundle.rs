@@ -102,9 +102,9 @@ impl Bundle {
             },
         };
         let validator = schema.as_ref().map(|(s, _)| Validator::new(s.clone()));
-        let mut check = |batch: &[Policy]| match &validator {
+        let mut check = |batch: &[Vec<Policy>]| match &validator {
             None => true,
-            Some(v) => PolicySet::from_policies(batch.iter().cloned())
+            Some(v) => PolicySet::from_policies(batch.iter().flatten().cloned())
                 .is_ok_and(|set| v.validate(&set, ValidationMode::Strict).validation_passed()),
         };
         let schema_key = schema.as_ref().map(|(_, k)| *k);

@@ -152,7 +152,7 @@ pub(crate) fn parse(
     text: &str,
     previous: &Chunks,
     schema: Option<Key>,
-    check: &mut dyn FnMut(&[Policy]) -> bool,
+    check: &mut dyn FnMut(&[Vec<Policy>]) -> bool,
 ) -> Option<(Policies, Chunks)> {
     let chunks = cut(text);
     let keys: Vec<Key> = chunks.iter().map(|c| key(c)).collect();
@@ -163,7 +163,6 @@ pub(crate) fn parse(
     let mut missing_keys: Vec<Key> = Vec::new();
     for (chunk, k) in chunks.iter().zip(&keys) {
         if !seen.insert(*k) {
-            // A chunk repeated: its ids twice, unless it holds no policy.
             continue;
         }
         match previous.by_key.get(k).filter(|_| reusable) {
@@ -181,30 +180,21 @@ pub(crate) fn parse(
     let mut batch_keys = missing_keys.into_iter();
     for batch in batches(&missing) {
         let parsed = parse_together(batch)?;
-        let all: Vec<Policy> = parsed.iter().flatten().cloned().collect();
-        if !check(&all) {
+        if !check(&parsed) {
             return None;
         }
-        drop(all);
         for (k, in_chunk) in batch_keys.by_ref().take(batch.len()).zip(parsed) {
             let compiled: Option<Vec<CompiledPolicy>> =
                 in_chunk.iter().map(CompiledPolicy::new).collect();
             by_key.insert(k, compiled?.into());
         }
     }
-    let mut ordered: Vec<Arc<[CompiledPolicy]>> = Vec::with_capacity(keys.len());
+    // A repeated chunk holding policies repeats their ids, refused below.
+    let ordered: Vec<Arc<[CompiledPolicy]>> = keys
+        .iter()
+        .map(|k| by_key.get(k).map(Arc::clone))
+        .collect::<Option<_>>()?;
     let mut ids: HashSet<&PolicyId> = HashSet::new();
-    let mut placed: HashSet<Key> = HashSet::with_capacity(keys.len());
-    for k in &keys {
-        let in_chunk = by_key.get(k)?;
-        if !placed.insert(*k) {
-            if in_chunk.is_empty() {
-                continue;
-            }
-            return None;
-        }
-        ordered.push(Arc::clone(in_chunk));
-    }
     for in_chunk in &ordered {
         for p in in_chunk.iter() {
             if !ids.insert(p.id()) {
