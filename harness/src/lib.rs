@@ -6,6 +6,7 @@
 //!   mints RS256 tokens, and its public JWK Set.
 //! - [`demo`]: the embedded default plugin configuration the demo and end-to-end tests use.
 //! - [`paths`]: where the built `.wasm` and the Envoy binary are.
+//! - [`oci`]: the filter as an OCI image in Istio's Wasm image formats, and a private registry.
 //! - [`postgres`]: a private Postgres cluster (initdb/pg_ctl) for tests and the live demo.
 //! - [`trim`]: the module without the callbacks the filter leaves to the SDK's defaults.
 //! - `host` (feature `wasm-host`, on by default): a wasmtime host for the proxy-wasm ABI that
@@ -18,6 +19,7 @@ pub mod fixtures;
 #[cfg(feature = "wasm-host")]
 pub mod host;
 pub mod http;
+pub mod oci;
 pub mod paths;
 pub mod postgres;
 pub mod trim;

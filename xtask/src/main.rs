@@ -3,6 +3,7 @@
 mod churn;
 mod demo;
 mod fuzz;
+mod image;
 mod live;
 mod measure;
 mod propagation;
@@ -126,6 +127,19 @@ enum Task {
         #[arg(long, default_value_t = 8)]
         connections: usize,
     },
+    /// Build the filter's OCI image (Istio's Wasm artifact and compat variants) into an OCI
+    /// image layout with umoci; print the module's sha256 and the manifest digests.
+    Image {
+        /// Tag of the artifact variant (the compat variant gets `<tag>-compat`).
+        #[arg(long, default_value = env!("CARGO_PKG_VERSION"))]
+        tag: String,
+        /// Push both variants with skopeo to REGISTRY/REPOSITORY and render the WasmPlugin.
+        #[arg(long, value_name = "REGISTRY/REPOSITORY")]
+        push: Option<String>,
+        /// The registry speaks plain HTTP (a local registry).
+        #[arg(long)]
+        insecure: bool,
+    },
     /// Install what is missing, build the filter, run every test in the workspace.
     Test {
         /// Extra arguments for `cargo test` (for example a test name filter).
@@ -193,6 +207,15 @@ fn main() -> ExitCode {
             steady_seconds,
             interval_ms,
             connections,
+        }),
+        Task::Image {
+            tag,
+            push,
+            insecure,
+        } => image::run(&image::Options {
+            tag,
+            push,
+            insecure,
         }),
         Task::Test { cargo_args } => tools::test(&cargo_args),
     };

@@ -175,6 +175,8 @@ pub fn test(extra: &[String]) -> Result {
     let started = Instant::now();
     let envoy = ensure_envoy()?;
     let postgres = ensure_postgres()?;
+    // The image, deployment and monitoring tests run these tools.
+    apt_install(&["umoci", "skopeo", "docker-registry", "prometheus"])?;
     let built = crate::wasm::build_all()?;
     eprintln!("xtask: checking formatting and lints");
     let has = |tool: &str| {

@@ -5,3 +5,4 @@ mod envoy_e2e;
 mod host_abi;
 mod host_filter;
 mod host_sync;
+mod oci_image;

@@ -1,0 +1,324 @@
+//! The filter as an OCI image in the two formats Istio's Wasm image fetcher reads, and a
+//! private OCI registry to push it to.
+//!
+//! - The *oci* (artifact) variant: a manifest whose config and first layer are the runtime
+//!   configuration (`application/vnd.module.wasm.config.v1+json`) and whose second layer is the
+//!   module's bytes as they are (`application/vnd.module.wasm.content.layer.v1+wasm`). No image
+//!   tool here writes custom media types, so this manifest is written by [`build`]; its digest
+//!   depends on the module's bytes only, so the same module always has the same digest.
+//! - The *compat* variant: a standard OCI image with one gzip tar layer holding `plugin.wasm`,
+//!   built by `umoci` (it writes OCI image layouts directly, needs no daemon and no root) from a
+//!   layer GNU `tar` writes.
+//!
+//! Both go into one OCI image layout (tags `T` and `T-compat`); `skopeo` copies them to a
+//! registry unchanged (it keeps an artifact's manifest byte for byte) and back.
+//!
+//! For an `oci://` URL, Istio compares the WasmPlugin's `sha256` with the image's manifest
+//! digest; for an `http(s)://` URL, and for Envoy's `remote` source, with the module's sha256.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use sha2::{Digest as _, Sha256};
+
+use crate::{Error, Result};
+
+/// Media type of the module's layer in the artifact variant.
+pub const WASM_LAYER: &str = "application/vnd.module.wasm.content.layer.v1+wasm";
+/// Media type of the runtime configuration (the artifact variant's config and first layer).
+pub const WASM_CONFIG: &str = "application/vnd.module.wasm.config.v1+json";
+/// Media type of an OCI image manifest.
+pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+/// Media type of a standard OCI layer (the compat variant's).
+pub const OCI_LAYER: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+/// The file Istio looks for in a compat variant's layer.
+pub const COMPAT_FILE: &str = "plugin.wasm";
+/// The root context id the filter registers (the runtime configuration lists it).
+pub const ROOT_ID: &str = "portcullis";
+
+/// `sha256:<hex>` of `bytes`.
+pub fn digest(bytes: &[u8]) -> String {
+    format!("sha256:{:x}", Sha256::digest(bytes))
+}
+
+/// A built image layout.
+#[derive(Debug, Clone)]
+pub struct Image {
+    /// The OCI image layout directory holding both variants.
+    pub layout: PathBuf,
+    /// Tag of the artifact variant; the compat variant is tagged `<tag>-compat`.
+    pub tag: String,
+    /// `sha256:<hex>` of the module.
+    pub module: String,
+    /// Manifest digest of the artifact variant.
+    pub artifact: String,
+    /// Manifest digest of the compat variant.
+    pub compat: String,
+}
+
+impl Image {
+    pub fn compat_tag(&self) -> String {
+        format!("{}-compat", self.tag)
+    }
+}
+
+/// Builds both variants of `module` into a new OCI image layout at `layout` (which must not
+/// exist yet), tagged `tag` and `<tag>-compat`.
+pub fn build(module: &Path, layout: &Path, tag: &str) -> Result<Image> {
+    let bytes = std::fs::read(module)?;
+    if !bytes.starts_with(b"\0asm") {
+        return Err(Error::Missing(format!(
+            "{} is not a WebAssembly module",
+            module.display()
+        )));
+    }
+    if tag.is_empty()
+        || tag.len() > 120
+        || !tag
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+    {
+        return Err(Error::Missing(format!("invalid image tag {tag:?}")));
+    }
+    let umoci = |args: &[&str]| {
+        let mut c = Command::new("umoci");
+        c.args(args);
+        run(&mut c, "umoci")
+    };
+    let at = |t: &str| format!("{}:{t}", layout.display());
+    let compat_tag = format!("{tag}-compat");
+    umoci(&["init", "--layout", &layout.display().to_string()])?;
+    umoci(&["new", "--image", &at(&compat_tag)])?;
+    // umoci's own `insert` writes a tar stream without padding or end-of-archive blocks, which
+    // GNU tar refuses; GNU tar writes the layer (reproducibly: fixed owner, mode and time) and
+    // umoci adds it as it is.
+    let staging = tempfile::tempdir()?;
+    std::fs::write(staging.path().join(COMPAT_FILE), &bytes)?;
+    let tarball = staging.path().join("layer.tar");
+    let mut tar = Command::new("tar");
+    tar.args([
+        "--format=ustar",
+        "--owner=0",
+        "--group=0",
+        "--numeric-owner",
+    ])
+    .args(["--mode=0644", "--mtime=@0", "-C"])
+    .arg(staging.path())
+    .arg("-cf")
+    .arg(&tarball)
+    .arg(COMPAT_FILE);
+    run(&mut tar, "tar")?;
+    umoci(&[
+        "raw",
+        "add-layer",
+        "--image",
+        &at(&compat_tag),
+        &tarball.display().to_string(),
+    ])?;
+
+    let runtime = serde_json::to_vec(&json!({
+        "type": "envoy_proxy",
+        "abiVersions": ["v0.2.1"],
+        "config": { "root_ids": [ROOT_ID] },
+    }))
+    .map_err(|e| Error::Missing(e.to_string()))?;
+    let (config, config_size) = write_blob(layout, &runtime)?;
+    let (layer, layer_size) = write_blob(layout, &bytes)?;
+    let descriptor = |media: &str, digest: &str, size: usize, annotations: Value| json!({ "mediaType": media, "digest": digest, "size": size, "annotations": annotations });
+    let title = |t: &str| json!({ "org.opencontainers.image.title": t });
+    let manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": { "mediaType": WASM_CONFIG, "digest": config, "size": config_size },
+        "layers": [
+            descriptor(WASM_CONFIG, &config, config_size, title("runtime-config.json")),
+            descriptor(WASM_LAYER, &layer, layer_size, title(COMPAT_FILE)),
+        ],
+    });
+    let manifest = serde_json::to_vec(&manifest).map_err(|e| Error::Missing(e.to_string()))?;
+    let (manifest_digest, manifest_size) = write_blob(layout, &manifest)?;
+    let entry = descriptor(
+        OCI_MANIFEST,
+        &manifest_digest,
+        manifest_size,
+        json!({ "org.opencontainers.image.ref.name": tag }),
+    );
+    let index_path = layout.join("index.json");
+    let mut index: Value = serde_json::from_slice(&std::fs::read(&index_path)?)
+        .map_err(|e| Error::Missing(format!("umoci's index.json: {e}")))?;
+    let manifests = index
+        .get_mut("manifests")
+        .and_then(Value::as_array_mut)
+        .ok_or_else(|| Error::Missing("umoci's index.json has no manifests".into()))?;
+    let compat = manifests
+        .iter()
+        .find(|m| {
+            m.pointer("/annotations/org.opencontainers.image.ref.name")
+                .and_then(Value::as_str)
+                == Some(compat_tag.as_str())
+        })
+        .and_then(|m| m.get("digest"))
+        .and_then(Value::as_str)
+        .ok_or_else(|| Error::Missing("umoci wrote no compat manifest".into()))?
+        .to_owned();
+    manifests.push(entry);
+    std::fs::write(
+        &index_path,
+        serde_json::to_vec(&index).map_err(|e| Error::Missing(e.to_string()))?,
+    )?;
+    Ok(Image {
+        layout: layout.to_owned(),
+        tag: tag.to_owned(),
+        module: digest(&bytes),
+        artifact: manifest_digest,
+        compat,
+    })
+}
+
+/// Stores `bytes` as a blob of the layout; returns its digest and size.
+fn write_blob(layout: &Path, bytes: &[u8]) -> Result<(String, usize)> {
+    let d = digest(bytes);
+    let hex = d.trim_start_matches("sha256:");
+    std::fs::write(layout.join("blobs/sha256").join(hex), bytes)?;
+    Ok((d, bytes.len()))
+}
+
+/// Copies `<layout>:<tag>` to `docker://<dest>` with skopeo; returns the digest the registry
+/// stored. `insecure`: the registry speaks plain HTTP (a loopback test registry).
+pub fn push(image: &Image, tag: &str, dest: &str, insecure: bool) -> Result<String> {
+    let digest_file = tempfile::NamedTempFile::new()?;
+    let mut c = Command::new("skopeo");
+    c.arg("copy")
+        .arg(format!("--dest-tls-verify={}", !insecure))
+        .arg("--digestfile")
+        .arg(digest_file.path())
+        .arg(format!("oci:{}:{tag}", image.layout.display()))
+        .arg(format!("docker://{dest}"));
+    run(&mut c, "skopeo copy")?;
+    Ok(std::fs::read_to_string(digest_file.path())?
+        .trim()
+        .to_owned())
+}
+
+/// Pulls `docker://<reference>` into a new `dir:` layout at `dest` (the manifest as
+/// `manifest.json`, each blob named by its hex digest).
+pub fn pull(reference: &str, dest: &Path, insecure: bool) -> Result<()> {
+    let mut c = Command::new("skopeo");
+    c.arg("copy")
+        .arg(format!("--src-tls-verify={}", !insecure))
+        .arg(format!("docker://{reference}"))
+        .arg(format!("dir:{}", dest.display()));
+    run(&mut c, "skopeo copy")
+}
+
+/// The WasmPlugin in `template` (YAML) with its `url` and `sha256` set: the object a user
+/// applies after pushing the image.
+pub fn wasmplugin(template: &str, url: &str, sha256_hex: &str) -> Result<String> {
+    let mut doc: Value =
+        serde_yaml_ng::from_str(template).map_err(|e| Error::Template(e.to_string()))?;
+    let spec = doc
+        .get_mut("spec")
+        .and_then(Value::as_object_mut)
+        .ok_or_else(|| Error::Template("the WasmPlugin has no spec".into()))?;
+    spec.insert("url".into(), json!(url));
+    spec.insert("sha256".into(), json!(sha256_hex));
+    serde_yaml_ng::to_string(&doc).map_err(|e| Error::Template(e.to_string()))
+}
+
+/// A private OCI registry (Debian's `docker-registry`) on a free loopback port, storing in a
+/// temporary directory; stopped and removed on drop.
+#[derive(Debug)]
+pub struct Registry {
+    child: Child,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Registry {
+    pub fn start() -> Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("portcullis-registry-")
+            .tempdir()?;
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let config = dir.path().join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog: {{level: warn}}\nstorage: {{filesystem: {{rootdirectory: {}}}}}\nhttp: {{addr: '127.0.0.1:{port}'}}\n",
+                dir.path().join("data").display()
+            ),
+        )?;
+        let log = std::fs::File::create(dir.path().join("registry.log"))?;
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .map_err(|e| {
+                Error::Missing(format!(
+                    "docker-registry (Debian package docker-registry) did not start: {e}"
+                ))
+            })?;
+        let mut registry = Self { child, port, dir };
+        let agent = crate::http::agent(Duration::from_secs(2));
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(30) {
+            if let Ok(Some(status)) = registry.child.try_wait() {
+                return Err(Error::Missing(format!(
+                    "docker-registry exited ({status}): {}",
+                    registry.log()
+                )));
+            }
+            if agent
+                .get(format!("http://127.0.0.1:{port}/v2/"))
+                .call()
+                .is_ok_and(|r| r.status() == 200)
+            {
+                return Ok(registry);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Err(Error::Missing(format!(
+            "docker-registry did not answer within 30 s: {}",
+            registry.log()
+        )))
+    }
+
+    /// `127.0.0.1:<port>`, the registry part of an image reference.
+    pub fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn run(cmd: &mut Command, what: &str) -> Result<()> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| Error::Missing(format!("{what} did not start (is it installed?): {e}")))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(Error::Missing(format!(
+            "{what} failed ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )))
+    }
+}
