@@ -17,6 +17,42 @@ pub const TEMPLATE: &str = include_str!("../../envoy/portcullis.yaml");
 /// filters with rules mirroring the demo policies.
 pub const JWT_AUTHN_RBAC_TEMPLATE: &str = include_str!("../../envoy/jwt-authn-rbac.yaml");
 
+/// The edge gateway sample (`envoy/edge-gateway.yaml`): two upstreams, the module fetched from
+/// a `remote` HTTP source with its sha256.
+pub const EDGE_GATEWAY_TEMPLATE: &str = include_str!("../../envoy/edge-gateway.yaml");
+
+/// Where the edge gateway's upstreams and module server listen (127.0.0.1).
+#[derive(Debug, Clone, Copy)]
+pub struct EdgePorts {
+    pub api: u16,
+    pub site: u16,
+    pub module: u16,
+}
+
+/// The edge gateway sample for `ports` (its `upstream` unused), fetching the module from
+/// `edge.module` and loading it only if its hex sha256 is `sha256_hex`.
+pub fn edge_gateway_config(
+    ports: Ports,
+    edge: EdgePorts,
+    sha256_hex: &str,
+    plugin_config: &Value,
+) -> Result<String> {
+    let quoted = serde_json::to_string(&plugin_config.to_string())
+        .map_err(|e| Error::Template(e.to_string()))?;
+    render(
+        EDGE_GATEWAY_TEMPLATE,
+        &[
+            ("ADMIN_PORT", ports.admin.to_string()),
+            ("PORT", ports.listener.to_string()),
+            ("API_PORT", edge.api.to_string()),
+            ("SITE_PORT", edge.site.to_string()),
+            ("MODULE_PORT", edge.module.to_string()),
+            ("MODULE_SHA256", sha256_hex.to_owned()),
+            ("PLUGIN_CONFIG", quoted),
+        ],
+    )
+}
+
 /// The ports one Envoy uses, all on 127.0.0.1.
 #[derive(Debug, Clone, Copy)]
 pub struct Ports {

@@ -7,6 +7,8 @@
 //! - [`demo`]: the embedded default plugin configuration the demo and end-to-end tests use.
 //! - [`paths`]: where the built `.wasm` and the Envoy binary are.
 //! - [`oci`]: the filter as an OCI image in Istio's Wasm image formats, and a private registry.
+//! - [`serve`]: a loopback HTTP server answering every request with one fixed body (a module
+//!   server for Envoy's `remote` Wasm source, and upstreams).
 //! - [`postgres`]: a private Postgres cluster (initdb/pg_ctl) for tests and the live demo.
 //! - [`trim`]: the module without the callbacks the filter leaves to the SDK's defaults.
 //! - `host` (feature `wasm-host`, on by default): a wasmtime host for the proxy-wasm ABI that
@@ -22,6 +24,7 @@ pub mod http;
 pub mod oci;
 pub mod paths;
 pub mod postgres;
+pub mod serve;
 pub mod trim;
 
 /// Errors from the harness.

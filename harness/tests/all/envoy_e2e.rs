@@ -24,17 +24,11 @@ fn rendered_config_validates() -> TestResult {
     Ok(())
 }
 
-/// The conformance set, through Envoy (the same set runs through the wasmtime host).
-#[test]
-fn decisions_through_real_envoy() -> TestResult {
-    let issuer = DevIssuer::generate()?;
-    let ports = Ports::free()?;
-    let cfg = envoy::config(ports, &paths::wasm()?, &demo::plugin_config(&issuer))?;
-    let mut proxy = Envoy::start(&cfg, ports, 1)?;
-    proxy.wait_ready(Duration::from_secs(60))?;
-
+/// Sends every demo fixture through `proxy` and checks each answer (status, challenge,
+/// determining policies, upstream body).
+pub fn decide_demo_cases(proxy: &Envoy, issuer: &DevIssuer) -> TestResult {
     let agent = http::agent(Duration::from_secs(10));
-    for case in fixtures::demo_cases(&issuer)? {
+    for case in fixtures::demo_cases(issuer)? {
         let mut req = ureq::http::Request::builder()
             .method(case.method)
             .uri(proxy.url(case.path));
@@ -60,6 +54,19 @@ fn decisions_through_real_envoy() -> TestResult {
         };
         case.check(&seen, UPSTREAM_BODY)?;
     }
+    Ok(())
+}
+
+/// The conformance set, through Envoy (the same set runs through the wasmtime host).
+#[test]
+fn decisions_through_real_envoy() -> TestResult {
+    let issuer = DevIssuer::generate()?;
+    let ports = Ports::free()?;
+    let cfg = envoy::config(ports, &paths::wasm()?, &demo::plugin_config(&issuer))?;
+    let mut proxy = Envoy::start(&cfg, ports, 1)?;
+    proxy.wait_ready(Duration::from_secs(60))?;
+
+    decide_demo_cases(&proxy, &issuer)?;
     // The filter's counters are Envoy stats: 2 allowed, 2 denied and 7 unauthenticated
     // fixtures, plus the token-less request `wait_ready` sends.
     assert_eq!(
@@ -82,6 +89,7 @@ fn decisions_through_real_envoy() -> TestResult {
     // filter's own check refuses it, the client gets 401.
     let bob = issuer.token("bob", &["staff"]);
     let alice = issuer.token("alice", &["admins"]);
+    let agent = http::agent(Duration::from_secs(10));
     let forged = format!(
         "{}.{}",
         bob.rsplit_once('.').ok_or("shape")?.0,

@@ -2,6 +2,7 @@
 
 mod deploy_configs;
 mod envoy_e2e;
+mod envoy_gateway;
 mod host_abi;
 mod host_filter;
 mod host_sync;
