@@ -106,9 +106,9 @@ impl Variant {
                 "http.ingress.jwt_authn.jwt_cache_hit",
             ],
             Self::Portcullis => &[
-                "wasmcustom.portcullis.allowed",
-                "wasmcustom.portcullis.token_cache.hits",
-                "wasmcustom.portcullis.decision_cache.hits",
+                "wasmcustom.portcullis.allowed_total",
+                "wasmcustom.portcullis.token_cache.hits_total",
+                "wasmcustom.portcullis.decision_cache.hits_total",
             ],
         }
     }
@@ -635,14 +635,14 @@ fn first_sight_phase(
             "portcullis, verify_signature",
             host,
             &[
-                "wasmcustom.portcullis.allowed",
-                "wasmcustom.portcullis.host_verify.confirmed",
+                "wasmcustom.portcullis.allowed_total",
+                "wasmcustom.portcullis.host_verify.confirmed_total",
             ],
         ));
         runs.push((
             "portcullis, RSA in wasm",
             in_wasm,
-            &["wasmcustom.portcullis.allowed"],
+            &["wasmcustom.portcullis.allowed_total"],
         ));
     }
     for (name, proxy, counters) in runs {
@@ -716,11 +716,11 @@ fn first_sight_phase(
     Ok(())
 }
 
-/// The signature checks of the first-sight run as Portcullis timed them (its `host_verify_ns`
+/// The signature checks of the first-sight run as Portcullis timed them (its `host_verify_nanoseconds`
 /// histogram: one `verify_signature` call each, key parsing included), against OpenSSL's own
 /// RSA-2048 verification on the same CPU.
 fn signature_check_times(host: &Envoy, pinning: Option<&Pinning>) -> Result {
-    const NAME: &str = "wasmcustom.portcullis.host_verify_ns";
+    const NAME: &str = "wasmcustom.portcullis.host_verify_nanoseconds";
     // Envoy merges histogram samples at its stats flush (every 5 s).
     let deadline = Instant::now() + Duration::from_secs(15);
     let (p50, p90) = loop {
@@ -1218,9 +1218,9 @@ Transfer/sec:      1.40MB
 
     #[test]
     fn reads_histogram_quantiles_and_openssl_speed() {
-        let stats = "wasmcustom.portcullis.host_verify_ns: P0(nan,21000) P25(nan,23500) \
+        let stats = "wasmcustom.portcullis.host_verify_nanoseconds: P0(nan,21000) P25(nan,23500) \
                      P50(nan,24500) P75(nan,26000) P90(nan,31000) P100(nan,90000)\n";
-        let name = "wasmcustom.portcullis.host_verify_ns";
+        let name = "wasmcustom.portcullis.host_verify_nanoseconds";
         assert_eq!(quantile(stats, name, "P50"), Some(24500.0));
         assert_eq!(quantile(stats, name, "P90"), Some(31000.0));
         assert_eq!(quantile("x: P50(nan,nan)", "x", "P50"), None);

@@ -22,6 +22,7 @@ pub mod headers;
 pub mod host_crypto;
 pub mod index;
 pub mod jwks;
+pub mod metrics;
 pub mod policy;
 pub mod policy_reads;
 pub mod policy_sets;

@@ -17,6 +17,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use log::{debug, error, info, warn};
 use portcullis_core::decision::BUNDLE_HEADER;
+use portcullis_core::metrics;
 use portcullis_core::{
     AuthError, CacheUse, Engine, FilterConfig, HeaderMap, Outcome, RequestView, Snapshot, Start,
     Verdict,
@@ -91,23 +92,26 @@ impl Metrics {
     fn define() -> Self {
         let counter = |name| hostcalls::define_metric(MetricType::Counter, name).unwrap_or(0);
         Self {
-            allowed: counter("portcullis.allowed"),
-            denied: counter("portcullis.denied"),
-            unauthenticated: counter("portcullis.unauthenticated"),
-            cache_hits: counter("portcullis.token_cache.hits"),
-            cache_misses: counter("portcullis.token_cache.misses"),
-            decision_hits: counter("portcullis.decision_cache.hits"),
-            decision_misses: counter("portcullis.decision_cache.misses"),
-            host_verified: counter("portcullis.host_verify.confirmed"),
-            host_fallback: counter("portcullis.host_verify.declined"),
-            errors: counter("portcullis.errors"),
-            dry_run_would_deny: counter("portcullis.dry_run.would_deny"),
-            shadow_disagreements: counter("portcullis.shadow.disagreements"),
-            eval_us: hostcalls::define_metric(MetricType::Histogram, "portcullis.decision_us")
-                .unwrap_or(0),
+            allowed: counter(metrics::ALLOWED),
+            denied: counter(metrics::DENIED),
+            unauthenticated: counter(metrics::UNAUTHENTICATED),
+            cache_hits: counter(metrics::TOKEN_CACHE_HITS),
+            cache_misses: counter(metrics::TOKEN_CACHE_MISSES),
+            decision_hits: counter(metrics::DECISION_CACHE_HITS),
+            decision_misses: counter(metrics::DECISION_CACHE_MISSES),
+            host_verified: counter(metrics::HOST_VERIFY_CONFIRMED),
+            host_fallback: counter(metrics::HOST_VERIFY_DECLINED),
+            errors: counter(metrics::ERRORS),
+            dry_run_would_deny: counter(metrics::DRY_RUN_WOULD_DENY),
+            shadow_disagreements: counter(metrics::SHADOW_DISAGREEMENTS),
+            eval_us: hostcalls::define_metric(
+                MetricType::Histogram,
+                metrics::DECISION_MICROSECONDS,
+            )
+            .unwrap_or(0),
             host_verify_ns: hostcalls::define_metric(
                 MetricType::Histogram,
-                "portcullis.host_verify_ns",
+                metrics::HOST_VERIFY_NANOSECONDS,
             )
             .unwrap_or(0),
         }
@@ -150,7 +154,7 @@ thread_local! {
     static PENDING: std::cell::RefCell<Vec<(u32, u64)>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// `portcullis.denied_by.<policy id>` counters, defined the first time a policy denies (at most
+/// `portcullis.denied_by_policy_total.<policy id>` counters, defined the first time a policy denies (at most
 /// one per policy of the bundles in force).
 #[derive(Debug, Default)]
 struct PolicyCounters(std::cell::RefCell<std::collections::HashMap<String, u32>>);
@@ -163,20 +167,9 @@ impl PolicyCounters {
         let id = match ids.get(policy) {
             Some(id) => *id,
             None => {
-                // Stat names keep letters, digits, '-' and '_'; anything else becomes '_'.
-                let name: String = policy
-                    .chars()
-                    .map(|c| {
-                        if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                            c
-                        } else {
-                            '_'
-                        }
-                    })
-                    .collect();
                 let id = hostcalls::define_metric(
                     MetricType::Counter,
-                    &format!("portcullis.denied_by.{name}"),
+                    &metrics::denied_by_policy(policy),
                 )
                 .unwrap_or(0);
                 ids.insert(policy.to_owned(), id);

@@ -7,6 +7,7 @@ use std::rc::Rc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use log::{debug, error, info, warn};
+use portcullis_core::metrics;
 use portcullis_core::signed_bundle::BundleDocument;
 use portcullis_core::sync::agent::{Agent, Answer, Call, Event, SyncHost};
 use portcullis_core::sync::decision_log::{LogEntry, LogEvent};
@@ -97,19 +98,6 @@ impl SyncHost for EnvoyHost {
     }
 }
 
-/// Stat names keep letters, digits, '-' and '_'; anything else becomes '_'.
-pub fn stat_name(text: &str) -> String {
-    text.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
-}
-
 /// The sync's stats (`wasmcustom.portcullis.sync.*`).
 #[derive(Debug, Default)]
 struct SyncMetrics {
@@ -129,24 +117,23 @@ impl SyncMetrics {
         let counter = |name: &str| hostcalls::define_metric(MetricType::Counter, name).unwrap_or(0);
         let gauge = |name: &str| hostcalls::define_metric(MetricType::Gauge, name).unwrap_or(0);
         Self {
-            successes: counter("portcullis.sync.success"),
+            successes: counter(metrics::SYNC_SUCCESSES),
             failures: SyncFailure::CAUSES
                 .iter()
-                .map(|c| (*c, counter(&format!("portcullis.sync.failure.{c}"))))
+                .map(|c| (*c, counter(&metrics::sync_failures(c))))
                 .collect(),
-            takeovers: counter("portcullis.sync.lease_takeovers"),
-            refused: counter("portcullis.sync.refused_requests"),
-            applied: counter("portcullis.sync.documents_applied"),
-            shipped: counter("portcullis.decision_log.shipped"),
-            dropped: counter("portcullis.decision_log.dropped"),
+            takeovers: counter(metrics::SYNC_LEASE_TAKEOVERS),
+            refused: counter(metrics::SYNC_REFUSED_REQUESTS),
+            applied: counter(metrics::SYNC_DOCUMENTS_APPLIED),
+            shipped: counter(metrics::DECISION_LOG_SHIPPED),
+            dropped: counter(metrics::DECISION_LOG_DROPPED),
             versions: tenants
                 .iter()
                 .map(|t| {
-                    let n = stat_name(t);
                     (
                         t.clone(),
-                        gauge(&format!("portcullis.sync.version.{n}")),
-                        gauge(&format!("portcullis.sync.seconds_since_success.{n}")),
+                        gauge(&metrics::sync_bundle_version(t)),
+                        gauge(&metrics::sync_seconds_since_success(t)),
                     )
                 })
                 .collect(),

@@ -70,17 +70,23 @@ fn decisions_through_real_envoy() -> TestResult {
     // The filter's counters are Envoy stats: 2 allowed, 2 denied and 7 unauthenticated
     // fixtures, plus the token-less request `wait_ready` sends.
     assert_eq!(
-        proxy.wait_stat("wasmcustom.portcullis.allowed", 2)?,
+        proxy.wait_stat("wasmcustom.portcullis.allowed_total", 2)?,
         Some(2)
     );
-    assert_eq!(proxy.wait_stat("wasmcustom.portcullis.denied", 2)?, Some(2));
+    assert_eq!(
+        proxy.wait_stat("wasmcustom.portcullis.denied_total", 2)?,
+        Some(2)
+    );
     // The determining policy of each deny is counted under its id.
     assert_eq!(
-        proxy.wait_stat("wasmcustom.portcullis.denied_by.admin-area-admins-only", 1)?,
+        proxy.wait_stat(
+            "wasmcustom.portcullis.denied_by_policy_total.admin-area-admins-only",
+            1
+        )?,
         Some(1)
     );
     assert_eq!(
-        proxy.wait_stat("wasmcustom.portcullis.unauthenticated", 8)?,
+        proxy.wait_stat("wasmcustom.portcullis.unauthenticated_total", 8)?,
         Some(8)
     );
     // Signatures were checked by Envoy's BoringSSL (`verify_signature`): one per distinct
@@ -104,8 +110,8 @@ fn decisions_through_real_envoy() -> TestResult {
     assert_eq!(resp.status().as_u16(), 401);
     assert_eq!(
         (
-            proxy.wait_stat("wasmcustom.portcullis.host_verify.confirmed", 5)?,
-            proxy.wait_stat("wasmcustom.portcullis.host_verify.declined", 1)?
+            proxy.wait_stat("wasmcustom.portcullis.host_verify.confirmed_total", 5)?,
+            proxy.wait_stat("wasmcustom.portcullis.host_verify.declined_total", 1)?
         ),
         (Some(5), Some(1))
     );
@@ -181,21 +187,24 @@ fn tenants_dry_run_and_source_address_in_envoy() -> TestResult {
     // The source address reached Cedar: loopback callers get /internal.
     assert_eq!(send("GET", "api.example.com", "/internal")?, 200);
     assert_eq!(
-        proxy.wait_stat("wasmcustom.portcullis.dry_run.would_deny", 2)?,
+        proxy.wait_stat("wasmcustom.portcullis.dry_run.would_deny_total", 2)?,
         Some(2)
     );
-    assert_eq!(proxy.wait_stat("wasmcustom.portcullis.denied", 1)?, Some(1));
+    assert_eq!(
+        proxy.wait_stat("wasmcustom.portcullis.denied_total", 1)?,
+        Some(1)
+    );
     // The histogram exists (Envoy lists histograms with their quantiles, not a count).
     let stats = http::text(
         agent
             .get(format!(
-                "http://127.0.0.1:{}/stats?filter=decision_us",
+                "http://127.0.0.1:{}/stats?filter=decision_microseconds",
                 ports.admin
             ))
             .call()?,
     );
     assert!(
-        stats.contains("wasmcustom.portcullis.decision_us"),
+        stats.contains("wasmcustom.portcullis.decision_microseconds"),
         "{stats}"
     );
     Ok(())
@@ -234,7 +243,7 @@ fn header_values_that_are_not_utf8_are_decided_and_stop_nothing() -> TestResult 
     assert_eq!(send(b"")?.0, 401);
     assert_eq!(send(bearer.as_bytes())?.0, 200);
     assert_eq!(
-        proxy.wait_stat("wasmcustom.portcullis.allowed", 3)?,
+        proxy.wait_stat("wasmcustom.portcullis.allowed_total", 3)?,
         Some(3)
     );
     assert!(!proxy.log().contains("panicked"), "{}", proxy.log());

@@ -159,11 +159,11 @@ fn one_poll_per_envoy_and_a_commit_reaches_every_worker() -> TestResult {
         let reply = ex.local_reply.as_ref().ok_or("no reply")?;
         assert_eq!(reply.header("x-portcullis-policies"), Some("deny-all"));
     }
-    assert_eq!(metric(&host, "portcullis.sync.version.default"), 2);
+    assert_eq!(metric(&host, "portcullis.sync.bundle_version.default"), 2);
     // Counters reach Envoy at each worker's next flush (once a second).
     host.advance(Duration::from_secs(1))?;
-    assert_eq!(metric(&host, "portcullis.sync.documents_applied"), 4);
-    assert_eq!(metric(&host, "portcullis.sync.success"), 1);
+    assert_eq!(metric(&host, "portcullis.sync.documents_applied_total"), 4);
+    assert_eq!(metric(&host, "portcullis.sync.successes_total"), 1);
     // The holder is back at it, after version 2.
     let next = poll(&host)?;
     assert_eq!(
@@ -243,7 +243,7 @@ fn refused_answers_keep_the_bundle_in_force_and_log_once() -> TestResult {
         host.advance(Duration::from_millis(1_050))?;
         assert_eq!(statuses(&mut host, 2, &token)?, [200, 200], "after {cause}");
         assert_eq!(
-            metric(&host, &format!("portcullis.sync.failure.{cause}")),
+            metric(&host, &format!("portcullis.sync.failures_total.{cause}")),
             1,
             "{cause}"
         );
@@ -254,7 +254,7 @@ fn refused_answers_keep_the_bundle_in_force_and_log_once() -> TestResult {
     host.advance(Duration::from_secs(36))?;
     assert!(host.http_calls().iter().all(|c| c.token != call.token));
     host.advance(Duration::from_millis(1_000))?;
-    assert_eq!(metric(&host, "portcullis.sync.failure.timeout"), 1);
+    assert_eq!(metric(&host, "portcullis.sync.failures_total.timeout"), 1);
     let failing = host
         .logs()
         .iter()
@@ -310,7 +310,7 @@ fn a_stale_bundle_fails_closed_and_a_stopped_poller_is_replaced() -> TestResult 
         assert_eq!(ex.status(), 503, "worker {vm}");
     }
     host.advance(Duration::from_millis(1_000))?;
-    assert!(metric(&host, "portcullis.sync.refused_requests") >= 2);
+    assert!(metric(&host, "portcullis.sync.refused_requests_total") >= 2);
     // An answer (nothing newer) ends it.
     let call = host
         .http_calls()
@@ -435,7 +435,7 @@ fn decision_logs_ship_denials_and_the_sampled_allows() -> TestResult {
     assert_eq!(deny["version"], 1);
     host.respond_http_call(*post, answer(200, b"{\"written\":3}".to_vec()))?;
     host.advance(Duration::from_millis(1_100))?;
-    assert_eq!(metric(&host, "portcullis.decision_log.shipped"), 3);
+    assert_eq!(metric(&host, "portcullis.decision_log.shipped_total"), 3);
     // sampleAllows 1: every allowed request too.
     let all = json!({"decisionLog": {"sampleAllows": 1}});
     let mut host = envoy(plugin()?, &config(&issuer, Some(ALLOW), &all), 1)?;

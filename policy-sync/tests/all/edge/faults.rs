@@ -21,7 +21,7 @@ use super::follow::{ALLOW, DENY};
 use super::{Serve, Watch, eventually, failures, key_file, signing_key, stat, until_all};
 use crate::support::{Res, TestResult};
 
-const REFUSED: &str = "wasmcustom.portcullis.sync.refused_requests";
+const REFUSED: &str = "wasmcustom.portcullis.sync.refused_requests_total";
 
 /// Flips the `deny` policy (present → removed, absent → stored); the status `/api` gets once
 /// the commit is in force.

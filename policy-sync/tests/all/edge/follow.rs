@@ -136,12 +136,12 @@ async fn envoy_follows_policy_sync() -> TestResult {
     let back = Serve::start(&url, addr, &key).await?;
     let took = until_all(&envoy, &token, 200, Duration::from_secs(10)).await?;
     eprintln!("policy-sync back with the deny removed: every connection allowed after {took:?}");
-    envoy.wait_stat("wasmcustom.portcullis.sync.failure.unreachable", 1)?;
+    envoy.wait_stat("wasmcustom.portcullis.sync.failures_total.unreachable", 1)?;
     let failures: u64 = ["unreachable", "timeout", "status"]
         .iter()
         .filter_map(|c| {
             envoy
-                .stat(&format!("wasmcustom.portcullis.sync.failure.{c}"))
+                .stat(&format!("wasmcustom.portcullis.sync.failures_total.{c}"))
                 .ok()
                 .flatten()
         })

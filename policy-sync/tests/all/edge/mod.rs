@@ -197,7 +197,7 @@ async fn failures(envoy: &Envoy, causes: &[&str]) -> Res<u64> {
     for cause in causes {
         sum += stat(
             envoy,
-            &format!("wasmcustom.portcullis.sync.failure.{cause}"),
+            &format!("wasmcustom.portcullis.sync.failures_total.{cause}"),
         )
         .await?;
     }
