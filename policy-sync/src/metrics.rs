@@ -36,6 +36,8 @@ pub struct Metrics {
     pub pool_available: IntGauge,
     /// Times the LISTEN connection was (re)established.
     pub listener_connects: IntCounter,
+    /// 1 when `/readyz` would answer 200 (Postgres reachable, a version published), else 0.
+    pub ready: IntGauge,
 }
 
 impl Metrics {
@@ -85,6 +87,10 @@ impl Metrics {
             listener_connects: counter(
                 "listener_connects_total",
                 "Times the LISTEN connection was established",
+            )?,
+            ready: gauge(
+                "ready",
+                "1 when Postgres is reachable and a version is published, else 0",
             )?,
             registry,
         })

@@ -12,31 +12,35 @@ pub async fn healthz() -> &'static str {
     "ok\n"
 }
 
+/// The version in force when policy-sync is ready, or why it is not.
+async fn readiness(s: &AppState) -> Result<i64, &'static str> {
+    let c = s.pool.get().await.map_err(|_| "database unavailable")?;
+    let row = c
+        .query_one("SELECT coalesce(max(version), 0) FROM versions", &[])
+        .await
+        .map_err(|_| "database unavailable")?;
+    match row.get::<_, i64>(0) {
+        v if v > 0 => Ok(v),
+        _ => Err("no version published yet"),
+    }
+}
+
 pub async fn readyz(State(s): State<AppState>) -> Response {
-    let check = async {
-        let c = s.pool.get().await.ok()?;
-        let row = c
-            .query_one("SELECT coalesce(max(version), 0) FROM versions", &[])
-            .await
-            .ok()?;
-        Some(row.get::<_, i64>(0))
-    };
-    match check.await {
-        Some(v) if v > 0 => Json(serde_json::json!({"ready": true, "version": v})).into_response(),
-        Some(_) => (
+    match readiness(&s).await {
+        Ok(v) => Json(serde_json::json!({"ready": true, "version": v})).into_response(),
+        Err(reason) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(serde_json::json!({"ready": false, "reason": "no version published yet"})),
-        )
-            .into_response(),
-        None => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(serde_json::json!({"ready": false, "reason": "database unavailable"})),
+            Json(serde_json::json!({"ready": false, "reason": reason})),
         )
             .into_response(),
     }
 }
 
+/// The metrics page; `policy_sync_ready` is checked as `/readyz` checks, at each scrape.
 pub async fn metrics(State(s): State<AppState>) -> Response {
+    s.metrics
+        .ready
+        .set(i64::from(readiness(&s).await.is_ok()));
     let status = s.pool.status();
     s.metrics
         .pool_size

@@ -307,6 +307,7 @@ async fn health_readiness_and_metrics() -> TestResult {
         "policy_sync_pool_connections ",
         "policy_sync_publish_seconds_count",
         "policy_sync_decision_log_rows_total 0",
+        "policy_sync_ready 1",
     ] {
         assert!(text.contains(line), "{line} missing in\n{text}");
     }
