@@ -58,7 +58,7 @@ pub fn run(opts: &Options) -> Result {
             image.artifact
         ));
     }
-    let template = repo_root().join("istio/wasmplugin-sync.yaml");
+    let template = repo_root().join("istio/overlays/sidecars/wasmplugin.yaml");
     let template =
         std::fs::read_to_string(&template).map_err(|e| format!("{}: {e}", template.display()))?;
     let url = format!("oci://{repo}:{}", image.tag);

@@ -170,6 +170,40 @@ pub fn ensure_wrk() -> Result<PathBuf> {
     on_path().ok_or_else(|| "Debian package wrk installed, but no wrk on PATH".to_owned())
 }
 
+/// Whether `program` is on `PATH`.
+fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
+}
+
+/// `kubectl` (kustomize) and the npm packages of `harness/k8s-validate` the manifest tests
+/// validate with; `npm ci` only when the installed tree is older than the lock file.
+pub fn ensure_manifest_validator() -> Result {
+    if !on_path("kubectl") {
+        apt_install(&["kubectl"])?;
+    }
+    if !on_path("npm") || !on_path("node") {
+        apt_install(&["nodejs", "npm"])?;
+    }
+    let dir = repo_root().join("harness/k8s-validate");
+    let modified = |p: PathBuf| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let installed = modified(dir.join("node_modules/.package-lock.json"));
+    let locked = modified(dir.join("package-lock.json"));
+    if installed.is_some() && installed >= locked {
+        return Ok(());
+    }
+    eprintln!(
+        "xtask: installing the manifest validator (npm ci in {})",
+        dir.display()
+    );
+    run(
+        Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
+            .current_dir(&dir),
+        "npm ci (harness/k8s-validate)",
+    )
+}
+
 /// `cargo xtask test`: tools, wasm, formatting and lints, then every test.
 pub fn test(extra: &[String]) -> Result {
     let started = Instant::now();
@@ -177,6 +211,7 @@ pub fn test(extra: &[String]) -> Result {
     let postgres = ensure_postgres()?;
     // The image, deployment and monitoring tests run these tools.
     apt_install(&["umoci", "skopeo", "docker-registry", "prometheus"])?;
+    ensure_manifest_validator()?;
     let built = crate::wasm::build_all()?;
     eprintln!("xtask: checking formatting and lints");
     let has = |tool: &str| {

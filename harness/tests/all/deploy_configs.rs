@@ -42,7 +42,7 @@ fn istio_wasmplugin_is_accepted_by_the_filter() -> TestResult {
 fn istio_wasmplugin_following_policy_sync_is_accepted() -> TestResult {
     let text = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../istio/wasmplugin-sync.yaml"
+        "/../istio/overlays/sidecars/wasmplugin.yaml"
     ))?;
     let doc: serde_json::Value = serde_yaml_ng::from_str(&text)?;
     assert_eq!(doc["kind"], "WasmPlugin");

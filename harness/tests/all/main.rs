@@ -6,4 +6,6 @@ mod envoy_gateway;
 mod host_abi;
 mod host_filter;
 mod host_sync;
+mod k8s_manifests;
+mod monitoring;
 mod oci_image;

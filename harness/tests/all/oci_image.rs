@@ -105,7 +105,7 @@ fn image_pulled_back_by_digest_holds_the_module_as_istio_reads_it() -> TestResul
     // and its plugin configuration still compiles.
     let template = fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../istio/wasmplugin-sync.yaml"
+        "/../istio/overlays/sidecars/wasmplugin.yaml"
     ))?;
     let url = format!("oci://{repo}:{}", image.tag);
     let hex = image.artifact.trim_start_matches("sha256:");

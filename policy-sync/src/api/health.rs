@@ -38,9 +38,7 @@ pub async fn readyz(State(s): State<AppState>) -> Response {
 
 /// The metrics page; `policy_sync_ready` is checked as `/readyz` checks, at each scrape.
 pub async fn metrics(State(s): State<AppState>) -> Response {
-    s.metrics
-        .ready
-        .set(i64::from(readiness(&s).await.is_ok()));
+    s.metrics.ready.set(i64::from(readiness(&s).await.is_ok()));
     let status = s.pool.status();
     s.metrics
         .pool_size
