@@ -5,37 +5,10 @@ use std::error::Error;
 use std::path::Path;
 use std::process::Command;
 
+use harness::prometheus::{rule_groups, rules};
 use serde_json::Value;
 
 type TestResult = Result<(), Box<dyn Error>>;
-
-/// The PrometheusRule's `spec`: a Prometheus rule file.
-pub fn rule_groups() -> Result<Value, Box<dyn Error>> {
-    let text = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../istio/base/prometheusrule.yaml"
-    ))?;
-    let doc: Value = serde_yaml_ng::from_str(&text)?;
-    assert_eq!(doc.get("kind"), Some(&Value::from("PrometheusRule")));
-    Ok(doc.get("spec").cloned().ok_or("no spec")?)
-}
-
-/// Every rule as (group, name, expression): `record` or `alert` names.
-pub fn rules(groups: &Value) -> Vec<(String, String, String)> {
-    let mut out = Vec::new();
-    let text = |v: &Value, key: &str| v.get(key).and_then(Value::as_str).map(str::to_owned);
-    let list = |v: &Value, key: &str| v.get(key).and_then(Value::as_array).cloned();
-    for g in list(groups, "groups").into_iter().flatten() {
-        for r in list(&g, "rules").into_iter().flatten() {
-            let name = text(&r, "record").or_else(|| text(&r, "alert"));
-            if let (Some(name), Some(expr)) = (name, text(&r, "expr")) {
-                let group = text(&g, "name").unwrap_or_default();
-                out.push((group, name, expr));
-            }
-        }
-    }
-    out
-}
 
 /// Runs `promtool args` in `dir`; `Ok(Err(output))` when promtool says no.
 fn promtool(dir: &Path, args: &[&str]) -> Result<Result<(), String>, Box<dyn Error>> {
@@ -73,13 +46,16 @@ fn rules_pass_promtool_check_and_unit_tests() -> TestResult {
     promtool(dir.path(), &["check", "rules", "rules.yaml"])?.map_err(|e| e.to_string())?;
     promtool(dir.path(), &["test", "rules", "rules_test.yaml"])?.map_err(|e| e.to_string())?;
     // Names follow Prometheus' conventions: level:metric:operations for recording rules.
-    for (_, name, _) in rules(&groups) {
-        assert!(
-            name.starts_with("Portcullis")
-                || name.starts_with("PolicySync")
-                || name.split(':').count() == 3,
-            "{name}"
-        );
+    for rule in rules(&groups) {
+        let name = &rule.name;
+        if rule.alert {
+            assert!(
+                name.starts_with("Portcullis") || name.starts_with("PolicySync"),
+                "{name}"
+            );
+        } else {
+            assert_eq!(name.split(':').count(), 3, "{name}");
+        }
     }
     // A broken expression is refused.
     let mut broken = groups.clone();
@@ -96,8 +72,8 @@ fn every_alert_is_unit_tested() -> TestResult {
     let groups = rule_groups()?;
     let alerts: Vec<String> = rules(&groups)
         .into_iter()
-        .filter(|(g, _, _)| g.ends_with(".alerts"))
-        .map(|(_, name, _)| name)
+        .filter(|r| r.alert)
+        .map(|r| r.name)
         .collect();
     assert!(alerts.len() >= 6, "{alerts:?}");
     for alert in &alerts {

@@ -8,11 +8,14 @@
 //!   ever allowed.
 //! - `keys`: an issuer rotates its keys; the filter asks policy-sync to refresh, policy-sync
 //!   fetches the new key set, and tokens signed by the new key are accepted.
+//! - `monitoring`: a real Prometheus scrapes both and evaluates the shipped rules; every
+//!   dashboard query and every metric a rule reads has series.
 
 mod fault_proxy;
 mod faults;
 mod follow;
 mod keys;
+mod monitoring;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
