@@ -10,8 +10,8 @@ use serde_json::Value;
 
 use crate::{Error, Result, paths};
 
-/// The Envoy configuration template (`envoy/portcullis.yaml`).
-pub const TEMPLATE: &str = include_str!("../../envoy/portcullis.yaml");
+/// The Envoy configuration template (`envoy/test-template.yaml`).
+pub const TEMPLATE: &str = include_str!("../../envoy/test-template.yaml");
 
 /// The native comparison template (`envoy/jwt-authn-rbac.yaml`): Envoy's `jwt_authn` and `rbac`
 /// filters with rules mirroring the demo policies.
@@ -20,6 +20,9 @@ pub const JWT_AUTHN_RBAC_TEMPLATE: &str = include_str!("../../envoy/jwt-authn-rb
 /// The edge gateway sample (`envoy/edge-gateway.yaml`): two upstreams, the module fetched from
 /// a `remote` HTTP source with its sha256.
 pub const EDGE_GATEWAY_TEMPLATE: &str = include_str!("../../envoy/edge-gateway.yaml");
+
+/// The edge gateway following policy-sync (`envoy/gateway-sync.yaml`).
+pub const GATEWAY_SYNC_TEMPLATE: &str = include_str!("../../envoy/gateway-sync.yaml");
 
 /// Where the edge gateway's upstreams and module server listen (127.0.0.1).
 #[derive(Debug, Clone, Copy)]
@@ -37,20 +40,44 @@ pub fn edge_gateway_config(
     sha256_hex: &str,
     plugin_config: &Value,
 ) -> Result<String> {
-    let quoted = serde_json::to_string(&plugin_config.to_string())
-        .map_err(|e| Error::Template(e.to_string()))?;
     render(
         EDGE_GATEWAY_TEMPLATE,
-        &[
-            ("ADMIN_PORT", ports.admin.to_string()),
-            ("PORT", ports.listener.to_string()),
-            ("API_PORT", edge.api.to_string()),
-            ("SITE_PORT", edge.site.to_string()),
-            ("MODULE_PORT", edge.module.to_string()),
-            ("MODULE_SHA256", sha256_hex.to_owned()),
-            ("PLUGIN_CONFIG", quoted),
-        ],
+        &edge_vars(ports, edge, sha256_hex, plugin_config)?,
     )
+}
+
+/// The gateway following policy-sync on 127.0.0.1:`policy_sync` (`sync.cluster` is
+/// `policy-sync`).
+pub fn gateway_sync_config(
+    ports: Ports,
+    edge: EdgePorts,
+    sha256_hex: &str,
+    plugin_config: &Value,
+    policy_sync: u16,
+) -> Result<String> {
+    let mut vars = edge_vars(ports, edge, sha256_hex, plugin_config)?;
+    vars.push(("POLICY_SYNC_HOST", "127.0.0.1".to_owned()));
+    vars.push(("POLICY_SYNC_PORT", policy_sync.to_string()));
+    render(GATEWAY_SYNC_TEMPLATE, &vars)
+}
+
+fn edge_vars(
+    ports: Ports,
+    edge: EdgePorts,
+    sha256_hex: &str,
+    plugin_config: &Value,
+) -> Result<Vec<(&'static str, String)>> {
+    let quoted = serde_json::to_string(&plugin_config.to_string())
+        .map_err(|e| Error::Template(e.to_string()))?;
+    Ok(vec![
+        ("ADMIN_PORT", ports.admin.to_string()),
+        ("PORT", ports.listener.to_string()),
+        ("API_PORT", edge.api.to_string()),
+        ("SITE_PORT", edge.site.to_string()),
+        ("MODULE_PORT", edge.module.to_string()),
+        ("MODULE_SHA256", sha256_hex.to_owned()),
+        ("PLUGIN_CONFIG", quoted),
+    ])
 }
 
 /// The ports one Envoy uses, all on 127.0.0.1.

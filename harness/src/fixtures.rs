@@ -21,7 +21,7 @@ pub struct Case {
     pub error: Option<&'static str>,
 }
 
-/// The body the upstream answers in the Envoy configuration (`envoy/portcullis.yaml`).
+/// The body the upstream answers in the Envoy configuration (`envoy/test-template.yaml`).
 pub const UPSTREAM_BODY: &str = "hello from the upstream\n";
 
 /// The demo fixtures for tokens of `issuer` (trusted by the configuration under test).

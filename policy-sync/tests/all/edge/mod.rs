@@ -8,12 +8,14 @@
 //!   ever allowed.
 //! - `keys`: an issuer rotates its keys; the filter asks policy-sync to refresh, policy-sync
 //!   fetches the new key set, and tokens signed by the new key are accepted.
+//! - `gateway_sample`: `envoy/gateway-sync.yaml` as a user runs it.
 //! - `monitoring`: a real Prometheus scrapes both and evaluates the shipped rules; every
 //!   dashboard query and every metric a rule reads has series.
 
 mod fault_proxy;
 mod faults;
 mod follow;
+mod gateway_sample;
 mod keys;
 mod monitoring;
 
