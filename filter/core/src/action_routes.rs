@@ -13,6 +13,7 @@ use serde::Deserialize;
 
 /// One route as configured.
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ActionRouteConfig {
     /// Methods this route applies to (upper case). Default: any method.

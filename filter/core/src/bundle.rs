@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 /// A bundle as it travels (JSON).
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct BundleWire {
     /// Monotonically increasing version; 0 for an inline bundle that has none.

@@ -19,6 +19,7 @@ use crate::sync::config::{SyncConfig, SyncConfigError, SyncSettings};
 
 /// Top-level filter configuration.
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct FilterConfig {
     /// Trusted token issuers (at least one, unless `sync` brings them: the issuers of a
@@ -106,6 +107,7 @@ fn default_max_token_bytes() -> usize {
 
 /// One trusted issuer.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct IssuerConfig {
     /// Exact `iss` value.
@@ -213,6 +215,7 @@ impl IssuerConfig {
 
 /// One claim → header mapping.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ClaimToHeader {
     pub claim: String,
@@ -225,6 +228,7 @@ fn default_true() -> bool {
 
 /// The verified-token cache.
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TokenCacheConfig {
     /// Entries kept per worker; 0 turns the cache off. Default 1024.
@@ -246,6 +250,7 @@ fn default_cache_capacity() -> usize {
 
 /// The decision cache.
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DecisionCacheConfig {
     /// Decisions kept per cached token (they live in the token's cache entry); 0 turns caching
@@ -277,6 +282,7 @@ fn default_anonymous_decisions() -> usize {
 
 /// Claims → Cedar principal.
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PrincipalConfig {
     /// Entity type of the principal. Default `"User"`.
@@ -332,6 +338,7 @@ fn default_group_type() -> String {
 
 /// HTTP request → Cedar action and resource.
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RequestConfig {
     /// Entity type of actions; the id is the HTTP method. Default `"Action"`.

@@ -55,6 +55,22 @@ impl Serialize for ConfigDuration {
     }
 }
 
+/// In the configuration's JSON Schema: a string such as `"60s"`.
+#[cfg(feature = "schema")]
+impl schemars::JsonSchema for ConfigDuration {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Duration".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "pattern": "^[0-9]+(ms|s|m|h)$",
+            "description": "A whole number followed by ms, s, m or h, such as \"60s\".",
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,6 +9,7 @@ use crate::request::RequestView;
 
 /// A token source as configured: exactly one of `header`, `cookie`, `query`.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TokenSourceConfig {
     /// Header name; with `prefix`, only values starting with it (case-insensitively) count.

@@ -22,12 +22,14 @@ pub const MIN_SECRET_BYTES: usize = 32;
 /// A JWK Set as it appears on the wire. Unknown members (x5c, key_ops, ...) are ignored, as
 /// RFC 7517 requires; keys are never taken from tokens.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct JwkSetWire {
     pub keys: Vec<JwkWire>,
 }
 
 /// One JWK on the wire.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct JwkWire {
     pub kty: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -17,6 +17,7 @@ pub const DEFAULT_SET: &str = "default";
 
 /// One tenant's policy set as configured.
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TenantConfig {
     /// Tenant id: the value of the tenant claim that selects this set, and its name in logs

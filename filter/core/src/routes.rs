@@ -4,6 +4,7 @@ use serde::Deserialize;
 
 /// How a route treats authentication.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub enum AuthMode {
     /// A valid token is required (401 otherwise).
@@ -19,6 +20,7 @@ pub enum AuthMode {
 /// A route as configured: exactly one of `path` (exact) or `prefix`, optionally limited to
 /// some hosts.
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RouteConfig {
     /// Hosts (`:authority` without port, case-insensitive) the route applies to: exact names

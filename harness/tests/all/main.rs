@@ -1,5 +1,6 @@
 //! Harness integration tests: the built filter in a real Envoy and in the wasmtime host.
 
+mod config_schema;
 mod deploy_configs;
 mod envoy_e2e;
 mod envoy_gateway;

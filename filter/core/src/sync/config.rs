@@ -13,6 +13,7 @@ use crate::signed_bundle::{key_id, parse_public_key};
 
 /// `sync` as written in the plugin configuration.
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SyncConfig {
     /// The Envoy cluster that reaches policy-sync (in Istio `outbound|PORT||HOST`).
@@ -57,6 +58,7 @@ pub struct SyncConfig {
 
 /// Retry backoff.
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RetryConfig {
     /// First delay. Default `"200ms"`.
@@ -78,6 +80,7 @@ impl Default for RetryConfig {
 
 /// What the filter does once the bundle in force is older than `maxStaleness`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub enum WhenStale {
     /// Answer 503 with `Retry-After` until policy-sync answers again.
@@ -89,6 +92,7 @@ pub enum WhenStale {
 
 /// Decision-log shipping.
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DecisionLogConfig {
     /// Share of allowed requests logged, 0 to 1. Default 0: denials only.
