@@ -15,6 +15,7 @@ use policy_sync::publish::{self, PublishError, Published};
 use policy_sync::service::{self, ServeConfig};
 use policy_sync::signing::Signer;
 use policy_sync::store::{self, IssuerSpec, Role, StoreError};
+use policy_sync::telemetry::Telemetry;
 use policy_sync::{db, dev_token};
 use portcullis_core::{Bundle, BundleWire};
 
@@ -149,6 +150,11 @@ struct ServeArgs {
     /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or `policy_sync=debug`.
     #[arg(long, env = "PORTCULLIS_LOG", default_value = "info")]
     log: String,
+    /// Export traces over OTLP/HTTP to this collector (base URL, e.g.
+    /// `http://otel-collector:4318`). Off by default; `OTEL_EXPORTER_OTLP_ENDPOINT` and the
+    /// other standard `OTEL_*` variables also turn it on and tune it.
+    #[arg(long)]
+    otlp_endpoint: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -869,13 +875,6 @@ fn validate_bundle(file: &Path) -> Outcome {
 }
 
 async fn serve(url: Option<&String>, args: ServeArgs) -> Outcome {
-    let filter = tracing_subscriber::EnvFilter::try_new(&args.log)
-        .map_err(|e| Failure::new(2, format!("--log: {e}")))?;
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     let database_url = url.cloned().ok_or_else(|| {
         Failure::new(
             2,
@@ -918,6 +917,17 @@ async fn serve(url: Option<&String>, args: ServeArgs) -> Outcome {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Outside the runtime: the trace exporter's HTTP client runs its own.
+    let telemetry = match &cli.command {
+        Command::Serve(args) => match Telemetry::init(&args.log, args.otlp_endpoint.as_deref()) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                eprintln!("policy-sync: error: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        _ => None,
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -928,7 +938,12 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    let result = runtime.block_on(run(cli));
+    drop(runtime);
+    if let Some(t) = telemetry {
+        t.shutdown();
+    }
+    match result {
         Ok(msg) => {
             if !msg.is_empty() {
                 println!("{msg}");

@@ -250,6 +250,7 @@ impl Sync {
             outcome,
             (&action, &resource),
             headers.get("x-request-id"),
+            headers.get("traceparent"),
             self.host.now_ms(),
             status,
         );

@@ -410,7 +410,11 @@ fn decision_logs_ship_denials_and_the_sampled_allows() -> TestResult {
         );
         let denied = Request::get("/admin/x?y=1")
             .bearer(&token)
-            .header("x-request-id", "r-7");
+            .header("x-request-id", "r-7")
+            .header(
+                "traceparent",
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            );
         assert_eq!(host.send(vm, denied)?.status(), 403);
     }
     assert_eq!(host.send(0, Request::get("/api"))?.status(), 401);
@@ -431,7 +435,10 @@ fn decision_logs_ship_denials_and_the_sampled_allows() -> TestResult {
     assert_eq!(deny["resource"], "Path::\"/admin/x\"");
     assert_eq!(deny["action"], "Action::\"GET\"");
     assert_eq!(deny["policies"], json!(["no-admin"]));
-    assert_eq!(deny["details"], json!({"status": 403, "requestId": "r-7"}));
+    assert_eq!(
+        deny["details"],
+        json!({"status": 403, "requestId": "r-7", "traceId": "4bf92f3577b34da6a3ce929d0e0e4736"})
+    );
     assert_eq!(deny["version"], 1);
     host.respond_http_call(*post, answer(200, b"{\"written\":3}".to_vec()))?;
     host.advance(Duration::from_millis(1_100))?;

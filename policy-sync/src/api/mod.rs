@@ -22,6 +22,7 @@ use deadpool_postgres::Pool;
 use serde::Serialize;
 use tokio::sync::Notify;
 use tower_http::compression::CompressionLayer;
+use tower_http::trace::TraceLayer;
 
 use crate::db::DbError;
 use crate::diagnostics::Problem;
@@ -194,6 +195,17 @@ pub fn app(state: AppState) -> Router {
         .route("/metrics", get(health::metrics))
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         .layer(CompressionLayer::new().gzip(true))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(|r: &axum::http::Request<axum::body::Body>| {
+                    crate::telemetry::request_span(r)
+                })
+                .on_response(|r: &Response, _: Duration, span: &tracing::Span| {
+                    span.record("http.response.status_code", r.status().as_u16());
+                })
+                // Errors are logged where they happen (ApiError), with their cause.
+                .on_failure(()),
+        )
         .with_state(state)
 }
 

@@ -35,8 +35,36 @@ pub struct LogEntry {
     pub policies: Vec<String>,
     pub version: u64,
     pub dry_run: bool,
-    /// The answer's status and the request's `x-request-id`.
+    /// The answer's status, the request's `x-request-id` and the trace id of its W3C
+    /// `traceparent`, when it has them.
     pub details: serde_json::Value,
+}
+
+/// The trace id of a W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`; a later version may
+/// append fields), or `None` when the header is not one: all-zero ids and version `ff` are
+/// invalid, and upper-case hex is refused as the recommendation requires.
+#[must_use]
+pub fn trace_id(traceparent: &str) -> Option<&str> {
+    let mut parts = traceparent.trim().split('-');
+    let lower_hex = |s: &str, n: usize| {
+        s.len() == n
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    let nonzero = |s: &str| s.bytes().any(|b| b != b'0');
+    let version = parts.next()?;
+    let trace = parts.next()?;
+    let parent = parts.next()?;
+    let flags = parts.next()?;
+    let ok = lower_hex(version, 2)
+        && version != "ff"
+        && lower_hex(trace, 32)
+        && nonzero(trace)
+        && lower_hex(parent, 16)
+        && nonzero(parent)
+        && lower_hex(flags, 2)
+        && (version != "00" || parts.next().is_none());
+    ok.then_some(trace)
 }
 
 fn clip(text: &str) -> String {
@@ -55,6 +83,7 @@ impl LogEntry {
         outcome: &Outcome,
         (action, resource): (&str, &str),
         request_id: Option<&str>,
+        traceparent: Option<&str>,
         now_ms: u64,
         status: u16,
     ) -> Self {
@@ -88,6 +117,7 @@ impl LogEntry {
             details: serde_json::json!({
                 "status": status,
                 "requestId": request_id.map(clip),
+                "traceId": traceparent.and_then(trace_id),
             }),
         }
     }
@@ -264,5 +294,33 @@ impl DecisionLog {
     pub fn take_dropped(&mut self) -> Option<LogEvent> {
         let n = std::mem::take(&mut self.dropped);
         (n > 0).then_some(LogEvent::Dropped(n))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::trace_id;
+
+    #[test]
+    fn trace_ids_come_only_from_valid_traceparents() {
+        let id = "4bf92f3577b34da6a3ce929d0e0e4736";
+        assert_eq!(trace_id(&format!("00-{id}-00f067aa0ba902b7-01")), Some(id));
+        // A later version may append fields; version 00 may not.
+        assert_eq!(
+            trace_id(&format!("01-{id}-00f067aa0ba902b7-01-x")),
+            Some(id)
+        );
+        for bad in [
+            format!("00-{id}-00f067aa0ba902b7-01-x"),
+            format!("ff-{id}-00f067aa0ba902b7-01"),
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01".to_owned(),
+            format!("00-{id}-0000000000000000-01"),
+            format!("00-{}-00f067aa0ba902b7-01", id.to_uppercase()),
+            format!("00-{id}-00f067aa0ba902b7"),
+            "00-abc-def-01".to_owned(),
+            String::new(),
+        ] {
+            assert_eq!(trace_id(&bad), None, "{bad}");
+        }
     }
 }

@@ -534,6 +534,7 @@ fn entry(n: u64) -> portcullis_core::sync::decision_log::LogEntry {
         &outcome,
         ("Action::\"GET\"", &format!("Path::\"/api/{n}\"")),
         Some("req-1"),
+        Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
         1_000_000,
         403,
     )
@@ -580,7 +581,7 @@ fn decision_logs_reach_one_batch_from_the_holder() -> TestResult {
     assert_eq!(batch[0]["resource"], "Path::\"/api/0\"");
     assert_eq!(
         batch[0]["details"],
-        json!({"status": 403, "requestId": "req-1"})
+        json!({"status": 403, "requestId": "req-1", "traceId": "4bf92f3577b34da6a3ce929d0e0e4736"})
     );
     let post = (*posts[0]).clone();
     // policy-sync is down for this batch: it is sent again, whole, the next second.

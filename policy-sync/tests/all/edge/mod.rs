@@ -31,7 +31,7 @@ use harness::envoy::Envoy;
 use crate::support::{self, Res};
 
 /// Writes the tests' service signing key (the seed `support::signer` uses) to a file in `dir`.
-fn key_file(dir: &std::path::Path) -> Res<std::path::PathBuf> {
+pub(crate) fn key_file(dir: &std::path::Path) -> Res<std::path::PathBuf> {
     let key = dir.join("service.key");
     std::fs::write(&key, format!("{}\n", URL_SAFE_NO_PAD.encode([42u8; 32])))?;
     Ok(key)
