@@ -75,3 +75,60 @@ fn jwt_authn_rbac_comparison_config_validates() -> TestResult {
     harness::envoy::validate(&cfg)?;
     Ok(())
 }
+
+/// The `stats_tags` rules that turn the filter's per-policy, per-cause and per-tenant stats into
+/// labels are the same in every Envoy sample, the tests' template and each Istio overlay's
+/// bootstrap fragment as the filter's own list (`portcullis_core::metrics::TAGS`).
+#[test]
+fn stats_tags_everywhere_are_the_filters() -> TestResult {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let want: Vec<(String, String)> = portcullis_core::metrics::TAGS
+        .iter()
+        .map(|t| (t.tag_name.to_owned(), t.regex.to_owned()))
+        .collect();
+    let rules = |bootstrap: &serde_json::Value| -> Vec<(String, String)> {
+        bootstrap["stats_config"]["stats_tags"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|t| {
+                (
+                    t["tag_name"].as_str().unwrap_or_default().to_owned(),
+                    t["regex"].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect()
+    };
+    for file in [
+        "envoy/test-template.yaml",
+        "envoy/edge-gateway.yaml",
+        "envoy/gateway-sync.yaml",
+    ] {
+        // The templates' `${NAME}` placeholders are not YAML inside flow mappings.
+        let mut text = std::fs::read_to_string(root.join(file))?;
+        while let Some(start) = text.find("${") {
+            let end = text[start..].find('}').ok_or("unclosed placeholder")? + start;
+            text.replace_range(start..=end, "0");
+        }
+        let doc: serde_json::Value = serde_yaml_ng::from_str(&text)?;
+        assert_eq!(rules(&doc), want, "{file}");
+    }
+    let overlays = std::fs::read_dir(root.join("istio/overlays"))?;
+    let mut seen = 0;
+    for dir in overlays {
+        let file = dir?.path().join("stats-tags.yaml");
+        let doc: serde_json::Value = serde_yaml_ng::from_str(&std::fs::read_to_string(&file)?)?;
+        let fragment = doc["data"]["custom_bootstrap.json"]
+            .as_str()
+            .ok_or("no custom_bootstrap.json")?;
+        assert_eq!(
+            rules(&serde_json::from_str(fragment)?),
+            want,
+            "{}",
+            file.display()
+        );
+        seen += 1;
+    }
+    assert_eq!(seen, 3);
+    Ok(())
+}
