@@ -64,12 +64,14 @@ try {
       { encoding: "utf8", stdio: ["ignore", "pipe", "pipe"] },
     );
   } catch (e) {
-    for (const line of `${e.stdout}`.split("\n").filter((l) => l.includes("error"))) {
+    const lines = `${e.stdout}`.split("\n").filter((l) => l.includes("error"));
+    for (const line of lines) {
       const m = line.match(/check\.ts\((\d+),/);
       const t = m ? typed[Math.floor((Number(m[1]) - 1) / 2)] : undefined;
       problems.push(`${t ? t.name : "?"}: ${line.replace(/^.*error /, "")}`);
     }
-    if (problems.length === 0) problems.push(`tsc failed: ${e.stdout}${e.stderr}`);
+    // tsc failed without saying why (it did not run): that is a problem too.
+    if (lines.length === 0) problems.push(`tsc failed: ${e.stdout}${e.stderr}`);
   }
 } finally {
   rmSync(dir, { recursive: true, force: true });

@@ -75,14 +75,7 @@ pub fn build(module: &Path, layout: &Path, tag: &str) -> Result<Image> {
             module.display()
         )));
     }
-    if tag.is_empty()
-        || tag.len() > 120
-        || !tag
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-    {
-        return Err(Error::Missing(format!("invalid image tag {tag:?}")));
-    }
+    check_tag(tag)?;
     let umoci = |args: &[&str]| {
         let mut c = Command::new("umoci");
         c.args(args);
@@ -176,6 +169,22 @@ pub fn build(module: &Path, layout: &Path, tag: &str) -> Result<Image> {
         artifact: manifest_digest,
         compat,
     })
+}
+
+/// An OCI tag (`[A-Za-z0-9_][A-Za-z0-9._-]*`) short enough that `<tag>-compat` is one too.
+pub fn check_tag(tag: &str) -> Result<()> {
+    let mut bytes = tag.bytes();
+    let first_ok = bytes
+        .next()
+        .is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_');
+    if first_ok
+        && tag.len() <= 120
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+    {
+        Ok(())
+    } else {
+        Err(Error::Missing(format!("invalid image tag {tag:?}")))
+    }
 }
 
 /// Stores `bytes` as a blob of the layout; returns its digest and size.

@@ -101,9 +101,11 @@ pub fn metric_names(expr: &str) -> Vec<String> {
     let mut names: Vec<String> = expr
         .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
         .filter(|w| {
-            w.starts_with("portcullis_") || w.starts_with("policy_sync_") || w.contains(':')
+            w.starts_with("portcullis_")
+                || w.starts_with("policy_sync_")
+                // Recording rules (`level:metric:operation`), not subquery ranges (`30m:1m`).
+                || (w.split(':').count() == 3 && w.starts_with(|c: char| c.is_ascii_alphabetic()))
         })
-        .filter(|w| !w.ends_with(':'))
         .map(str::to_owned)
         .collect();
     names.sort();
@@ -288,6 +290,7 @@ mod tests {
                 "portcullis_denied_by_policy_total"
             ]
         );
+        assert!(metric_names("max_over_time(up[30m:1m])").is_empty());
         assert_eq!(encode("a b{c=\"d\"}"), "a%20b%7Bc%3D%22d%22%7D");
     }
 }

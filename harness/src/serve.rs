@@ -41,9 +41,7 @@ impl Static {
                 let Ok(conn) = conn else { continue };
                 let (response, count) = (Arc::clone(&response), Arc::clone(&count));
                 std::thread::spawn(move || {
-                    if answer(conn, &response).is_ok() {
-                        count.fetch_add(1, Ordering::AcqRel);
-                    }
+                    let _ = answer(conn, &response, &count);
                 });
             }
         });
@@ -60,15 +58,15 @@ impl Static {
         self.port
     }
 
-    /// Responses written so far.
+    /// Requests received so far (counted once their head is read).
     #[must_use]
     pub fn served(&self) -> u64 {
         self.served.load(Ordering::Acquire)
     }
 }
 
-/// Reads one request head (a body, if any, is not read) and writes the response.
-fn answer(mut conn: TcpStream, response: &[u8]) -> std::io::Result<()> {
+/// Reads one request head (a body, if any, is not read), counts it, and writes the response.
+fn answer(mut conn: TcpStream, response: &[u8], count: &AtomicU64) -> std::io::Result<()> {
     conn.set_read_timeout(Some(Duration::from_secs(10)))?;
     let mut head = Vec::new();
     let mut buf = [0_u8; 4096];
@@ -79,6 +77,7 @@ fn answer(mut conn: TcpStream, response: &[u8]) -> std::io::Result<()> {
         }
         head.extend_from_slice(buf.get(..n).unwrap_or_default());
     }
+    count.fetch_add(1, Ordering::AcqRel);
     conn.write_all(response)?;
     conn.flush()
 }

@@ -150,9 +150,10 @@ struct ServeArgs {
     /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or `policy_sync=debug`.
     #[arg(long, env = "PORTCULLIS_LOG", default_value = "info")]
     log: String,
-    /// Export traces over OTLP/HTTP to this collector (base URL, e.g.
-    /// `http://otel-collector:4318`). Off by default; `OTEL_EXPORTER_OTLP_ENDPOINT` and the
-    /// other standard `OTEL_*` variables also turn it on and tune it.
+    /// Export traces over OTLP/HTTP (protobuf, plain HTTP) to this collector (base URL, e.g.
+    /// `http://otel-collector:4318`). Off by default; `OTEL_EXPORTER_OTLP_ENDPOINT` or
+    /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` also turn it on, and the SDK's `OTEL_BSP_*`
+    /// variables tune the batching.
     #[arg(long)]
     otlp_endpoint: Option<String>,
 }

@@ -48,10 +48,7 @@ impl Telemetry {
         let fmt = tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-        let from_env = ENDPOINT_VARS
-            .iter()
-            .any(|v| std::env::var_os(v).is_some_and(|s| !s.is_empty()));
-        let provider = if otlp_endpoint.is_some() || from_env {
+        let provider = if export_configured(otlp_endpoint, |v| std::env::var_os(v)) {
             let mut exporter = opentelemetry_otlp::SpanExporter::builder().with_http();
             if let Some(base) = otlp_endpoint {
                 exporter =
@@ -107,21 +104,38 @@ pub fn request_span<B>(request: &Request<B>) -> tracing::Span {
     span
 }
 
-/// A low-cardinality name for a path: the API's routes with their variable parts replaced.
-fn route(path: &str) -> String {
-    let parts: Vec<&str> = path.split('/').collect();
+/// A low-cardinality name for a path: the API's route with its variable parts named, or
+/// `unmatched` for a path the API does not serve (so that scanners do not make span names).
+fn route(path: &str) -> &'static str {
+    let parts: Vec<&str> = path.split('/').skip(1).collect();
     match parts.as_slice() {
-        ["", "v1", "bundles", _] => "/v1/bundles/{tenant}".to_owned(),
-        ["", "v1", "admin", "tenants", _, rest @ ..] => {
-            let mut out = "/v1/admin/tenants/{tenant}".to_owned();
-            for (i, p) in rest.iter().enumerate() {
-                out.push('/');
-                out.push_str(if i % 2 == 0 { p } else { "{id}" });
-            }
-            out
-        }
-        _ => path.to_owned(),
+        ["healthz"] => "/healthz",
+        ["readyz"] => "/readyz",
+        ["metrics"] => "/metrics",
+        ["v1", "decisions"] => "/v1/decisions",
+        ["v1", "keys", "refresh"] => "/v1/keys/refresh",
+        ["v1", "bundles", _] => "/v1/bundles/{tenant}",
+        ["v1", "admin", "tenants"] => "/v1/admin/tenants",
+        ["v1", "admin", "tenants", _] => "/v1/admin/tenants/{tenant}",
+        ["v1", "admin", "tenants", _, "policies"] => "/v1/admin/tenants/{tenant}/policies",
+        ["v1", "admin", "tenants", _, "policies", _] => "/v1/admin/tenants/{tenant}/policies/{id}",
+        ["v1", "admin", "tenants", _, "schema"] => "/v1/admin/tenants/{tenant}/schema",
+        ["v1", "admin", "tenants", _, "entities"] => "/v1/admin/tenants/{tenant}/entities",
+        ["v1", "admin", "issuers"] => "/v1/admin/issuers",
+        ["v1", "admin", "keys"] => "/v1/admin/keys",
+        ["v1", "admin", "versions"] => "/v1/admin/versions",
+        ["v1", "admin", "rollback"] => "/v1/admin/rollback",
+        ["v1", "admin", "validate"] => "/v1/admin/validate",
+        _ => "unmatched",
     }
+}
+
+/// Whether trace export is configured: the flag, or a non-empty standard endpoint variable.
+fn export_configured(flag: Option<&str>, env: impl Fn(&str) -> Option<std::ffi::OsString>) -> bool {
+    flag.is_some()
+        || ENDPOINT_VARS
+            .iter()
+            .any(|v| env(v).is_some_and(|s| !s.is_empty()))
 }
 
 #[cfg(test)]
@@ -129,12 +143,28 @@ mod tests {
     use super::*;
 
     #[test]
-    fn routes_hide_ids() {
+    fn routes_hide_ids_and_unknown_paths() {
         assert_eq!(route("/v1/bundles/shop"), "/v1/bundles/{tenant}");
         assert_eq!(
             route("/v1/admin/tenants/shop/policies/p1"),
             "/v1/admin/tenants/{tenant}/policies/{id}"
         );
         assert_eq!(route("/healthz"), "/healthz");
+        assert_eq!(route("/wp-login.php"), "unmatched");
+        assert_eq!(route("/v1/bundles/a/b"), "unmatched");
+    }
+
+    #[test]
+    fn export_is_off_unless_configured() {
+        let none = |_: &str| None;
+        assert!(!export_configured(None, none));
+        assert!(!export_configured(None, |_| Some("".into())));
+        assert!(export_configured(Some("http://c:4318"), none));
+        assert!(export_configured(None, |v| {
+            (v == "OTEL_EXPORTER_OTLP_ENDPOINT").then(|| "http://c:4318".into())
+        }));
+        assert!(export_configured(None, |v| {
+            (v == "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").then(|| "http://c:4318/v1/traces".into())
+        }));
     }
 }

@@ -17,6 +17,8 @@ pub struct Options {
 }
 
 pub fn run(opts: &Options) -> Result {
+    // Before anything is removed: the tag names a directory.
+    oci::check_tag(&opts.tag).map_err(|e| e.to_string())?;
     tools::apt_install(&["umoci", "skopeo"])?;
     let module = crate::wasm::build()?;
     let out = target_dir().join("image");

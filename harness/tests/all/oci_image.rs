@@ -134,6 +134,10 @@ fn image_build_refuses_what_is_not_a_module_and_bad_tags() -> TestResult {
         .err()
         .ok_or("a tag with a space was accepted")?;
     assert!(err.to_string().contains("invalid image tag"), "{err}");
+    for bad in ["..", ".hidden", "-x", ""] {
+        assert!(oci::check_tag(bad).is_err(), "{bad:?}");
+    }
+    assert!(oci::check_tag("0.1.0_rc-1").is_ok());
     assert!(!work.path().join("a").exists() && !work.path().join("b").exists());
     Ok(())
 }

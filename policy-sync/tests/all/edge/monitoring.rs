@@ -2,7 +2,8 @@
 //! real policy-sync) and that policy-sync, and evaluates the shipped rules. After a few
 //! requests, every query of every dashboard panel and every metric each rule reads returns
 //! series, the per-policy, per-cause and per-tenant values arrive as labels, every rule
-//! evaluates without error, and both metric pages pass `promtool check metrics`.
+//! evaluates without error, and both metric pages pass `promtool check metrics` (less, on
+//! Envoy's page, the findings that are the host's; see below).
 
 use std::io::Write as _;
 use std::net::SocketAddr;
