@@ -67,8 +67,6 @@ fn edge_vars(
     sha256_hex: &str,
     plugin_config: &Value,
 ) -> Result<Vec<(&'static str, String)>> {
-    let quoted = serde_json::to_string(&plugin_config.to_string())
-        .map_err(|e| Error::Template(e.to_string()))?;
     Ok(vec![
         ("ADMIN_PORT", ports.admin.to_string()),
         ("PORT", ports.listener.to_string()),
@@ -76,7 +74,7 @@ fn edge_vars(
         ("SITE_PORT", edge.site.to_string()),
         ("MODULE_PORT", edge.module.to_string()),
         ("MODULE_SHA256", sha256_hex.to_owned()),
-        ("PLUGIN_CONFIG", quoted),
+        ("PLUGIN_CONFIG", quoted(plugin_config)?),
     ])
 }
 
@@ -145,16 +143,19 @@ fn filter_vars(
     wasm: &Path,
     plugin_config: &Value,
 ) -> Result<Vec<(&'static str, String)>> {
-    // A JSON string literal is a valid YAML double-quoted scalar.
-    let quoted = serde_json::to_string(&plugin_config.to_string())
-        .map_err(|e| Error::Template(e.to_string()))?;
     Ok(vec![
         ("ADMIN_PORT", ports.admin.to_string()),
         ("PORT", ports.listener.to_string()),
         ("UPSTREAM_PORT", ports.upstream.to_string()),
         ("WASM", wasm.display().to_string()),
-        ("PLUGIN_CONFIG", quoted),
+        ("PLUGIN_CONFIG", quoted(plugin_config)?),
     ])
+}
+
+/// The plugin configuration as a YAML scalar: a JSON string literal is a valid YAML
+/// double-quoted scalar.
+fn quoted(plugin_config: &Value) -> Result<String> {
+    serde_json::to_string(&plugin_config.to_string()).map_err(|e| Error::Template(e.to_string()))
 }
 
 /// `template` without the lines between `# BEGIN name` and `# END name`.

@@ -9,6 +9,8 @@
 //! - [`oci`]: the filter as an OCI image in Istio's Wasm image formats, and a private registry.
 //! - [`serve`]: a loopback HTTP server answering every request with one fixed body (a module
 //!   server for Envoy's `remote` Wasm source, and upstreams).
+//! - [`process`]: running tools to completion or fed on stdin, and daemons waited for over
+//!   HTTP and stopped on drop.
 //! - [`prometheus`]: the shipped rules and dashboard as data, and a real Prometheus scraping
 //!   and evaluating them.
 //! - [`postgres`]: a private Postgres cluster (initdb/pg_ctl) for tests and the live demo.
@@ -26,6 +28,7 @@ pub mod http;
 pub mod oci;
 pub mod paths;
 pub mod postgres;
+pub mod process;
 pub mod prometheus;
 pub mod serve;
 pub mod trim;

@@ -18,12 +18,12 @@
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
 
+use crate::process::{Daemon, run};
 use crate::{Error, Result};
 
 /// Media type of the module's layer in the artifact variant.
@@ -61,7 +61,7 @@ pub struct Image {
 
 impl Image {
     pub fn compat_tag(&self) -> String {
-        format!("{}-compat", self.tag)
+        compat_tag(&self.tag)
     }
 }
 
@@ -82,7 +82,7 @@ pub fn build(module: &Path, layout: &Path, tag: &str) -> Result<Image> {
         run(&mut c, "umoci")
     };
     let at = |t: &str| format!("{}:{t}", layout.display());
-    let compat_tag = format!("{tag}-compat");
+    let compat_tag = compat_tag(tag);
     umoci(&["init", "--layout", &layout.display().to_string()])?;
     umoci(&["new", "--image", &at(&compat_tag)])?;
     // umoci's own `insert` writes a tar stream without padding or end-of-archive blocks, which
@@ -171,6 +171,11 @@ pub fn build(module: &Path, layout: &Path, tag: &str) -> Result<Image> {
     })
 }
 
+/// The compat variant's tag beside the artifact variant's `tag`.
+fn compat_tag(tag: &str) -> String {
+    format!("{tag}-compat")
+}
+
 /// An OCI tag (`[A-Za-z0-9_][A-Za-z0-9._-]*`) short enough that `<tag>-compat` is one too.
 pub fn check_tag(tag: &str) -> Result<()> {
     let mut bytes = tag.bytes();
@@ -241,9 +246,8 @@ pub fn wasmplugin(template: &str, url: &str, sha256_hex: &str) -> Result<String>
 /// temporary directory; stopped and removed on drop.
 #[derive(Debug)]
 pub struct Registry {
-    child: Child,
+    daemon: Daemon,
     port: u16,
-    dir: tempfile::TempDir,
 }
 
 impl Registry {
@@ -260,42 +264,14 @@ impl Registry {
                 dir.path().join("data").display()
             ),
         )?;
-        let log = std::fs::File::create(dir.path().join("registry.log"))?;
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .map_err(|e| {
-                Error::Missing(format!(
-                    "docker-registry (Debian package docker-registry) did not start: {e}"
-                ))
-            })?;
-        let mut registry = Self { child, port, dir };
-        let agent = crate::http::agent(Duration::from_secs(2));
-        let started = Instant::now();
-        while started.elapsed() < Duration::from_secs(30) {
-            if let Ok(Some(status)) = registry.child.try_wait() {
-                return Err(Error::Missing(format!(
-                    "docker-registry exited ({status}): {}",
-                    registry.log()
-                )));
-            }
-            if agent
-                .get(format!("http://127.0.0.1:{port}/v2/"))
-                .call()
-                .is_ok_and(|r| r.status() == 200)
-            {
-                return Ok(registry);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Err(Error::Missing(format!(
-            "docker-registry did not answer within 30 s: {}",
-            registry.log()
-        )))
+        let mut daemon = Daemon::spawn(
+            Command::new("docker-registry").arg("serve").arg(&config),
+            dir,
+            "docker-registry",
+            "Debian package docker-registry",
+        )?;
+        daemon.wait_http_ok(&format!("http://127.0.0.1:{port}/v2/"))?;
+        Ok(Self { daemon, port })
     }
 
     /// `127.0.0.1:<port>`, the registry part of an image reference.
@@ -304,30 +280,6 @@ impl Registry {
     }
 
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn run(cmd: &mut Command, what: &str) -> Result<()> {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| Error::Missing(format!("{what} did not start (is it installed?): {e}")))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(Error::Missing(format!(
-            "{what} failed ({}): {}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )))
+        self.daemon.log()
     }
 }

@@ -9,6 +9,7 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use crate::process::run;
 use crate::{Error, Result};
 
 /// Environment variable naming the directory of `initdb` and `pg_ctl`.
@@ -236,19 +237,5 @@ fn pg_command(as_postgres: bool, program: &Path) -> Command {
         c
     } else {
         Command::new(program)
-    }
-}
-
-fn run(cmd: &mut Command, what: &str) -> Result<()> {
-    let out = cmd.stdin(Stdio::null()).output()?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(Error::Missing(format!(
-            "{what} failed ({}): {}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )))
     }
 }

@@ -4,11 +4,12 @@
 //! those rules.
 
 use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use crate::process::Daemon;
 use crate::{Error, Result};
 
 /// The PrometheusRule (`istio/base/prometheusrule.yaml`).
@@ -125,9 +126,8 @@ pub struct Job {
 /// A running Prometheus; stopped and its data removed on drop.
 #[derive(Debug)]
 pub struct Prometheus {
-    child: Child,
+    daemon: Daemon,
     port: u16,
-    dir: tempfile::TempDir,
 }
 
 impl Prometheus {
@@ -176,44 +176,18 @@ impl Prometheus {
             serde_yaml_ng::to_string(&config).map_err(|e| Error::Template(e.to_string()))?,
         )?;
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let log = std::fs::File::create(dir.path().join("prometheus.log"))?;
-        let child = Command::new("prometheus")
-            .current_dir(dir.path())
-            .arg("--config.file=prometheus.yml")
-            .arg("--storage.tsdb.path=data")
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .map_err(|e| {
-                Error::Missing(format!(
-                    "prometheus (Debian package prometheus) did not start: {e}"
-                ))
-            })?;
-        let mut prometheus = Self { child, port, dir };
-        let agent = crate::http::agent(Duration::from_secs(2));
-        let started = Instant::now();
-        while started.elapsed() < Duration::from_secs(30) {
-            if let Ok(Some(status)) = prometheus.child.try_wait() {
-                return Err(Error::Missing(format!(
-                    "prometheus exited ({status}): {}",
-                    prometheus.log()
-                )));
-            }
-            if agent
-                .get(prometheus.url("/-/ready"))
-                .call()
-                .is_ok_and(|r| r.status() == 200)
-            {
-                return Ok(prometheus);
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Err(Error::Missing(format!(
-            "prometheus not ready within 30 s: {}",
-            prometheus.log()
-        )))
+        let mut daemon = Daemon::spawn(
+            Command::new("prometheus")
+                .current_dir(dir.path())
+                .arg("--config.file=prometheus.yml")
+                .arg("--storage.tsdb.path=data")
+                .arg(format!("--web.listen-address=127.0.0.1:{port}")),
+            dir,
+            "prometheus",
+            "Debian package prometheus",
+        )?;
+        daemon.wait_http_ok(&format!("http://127.0.0.1:{port}/-/ready"))?;
+        Ok(Self { daemon, port })
     }
 
     #[must_use]
@@ -251,14 +225,7 @@ impl Prometheus {
     }
 
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("prometheus.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.daemon.log()
     }
 }
 

@@ -156,33 +156,29 @@ pub fn ensure_envoy() -> Result<PathBuf> {
 
 /// The HTTP load generator `wrk`: the one on `PATH`, else Debian's package `wrk` installed.
 pub fn ensure_wrk() -> Result<PathBuf> {
-    let on_path = || {
-        std::env::var_os("PATH").and_then(|path| {
-            std::env::split_paths(&path)
-                .map(|dir| dir.join("wrk"))
-                .find(|p| p.is_file())
-        })
-    };
-    if let Some(wrk) = on_path() {
+    if let Some(wrk) = find_on_path("wrk") {
         return Ok(wrk);
     }
     apt_install(&["wrk"])?;
-    on_path().ok_or_else(|| "Debian package wrk installed, but no wrk on PATH".to_owned())
+    find_on_path("wrk").ok_or_else(|| "Debian package wrk installed, but no wrk on PATH".to_owned())
 }
 
-/// Whether `program` is on `PATH`.
-fn on_path(program: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
+/// Where `program` is on `PATH`, if it is.
+fn find_on_path(program: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|dir| dir.join(program))
+            .find(|p| p.is_file())
+    })
 }
 
 /// `kubectl` (kustomize) and the npm packages of `harness/k8s-validate` the manifest tests
 /// validate with; `npm ci` only when the installed tree is older than the lock file.
 pub fn ensure_manifest_validator() -> Result {
-    if !on_path("kubectl") {
+    if find_on_path("kubectl").is_none() {
         apt_install(&["kubectl"])?;
     }
-    if !on_path("npm") || !on_path("node") {
+    if find_on_path("npm").is_none() || find_on_path("node").is_none() {
         apt_install(&["nodejs", "npm"])?;
     }
     let dir = repo_root().join("harness/k8s-validate");

@@ -4,9 +4,8 @@
 //! filter's own configuration code, and what an operator relies on checked.
 
 use std::error::Error;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use portcullis_core::{FilterConfig, Start};
 use serde_json::{Value, json};
@@ -53,19 +52,11 @@ fn validate(docs: &[Value]) -> Result<Result<(), String>, Box<dyn Error>> {
         )
         .into());
     }
-    let mut child = Command::new("node")
-        .arg(dir.join("validate.mjs"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("node did not start: {e}"))?;
-    child
-        .stdin
-        .take()
-        .ok_or("no stdin")?
-        .write_all(&serde_json::to_vec(docs)?)?;
-    let out = child.wait_with_output()?;
+    let out = harness::process::run_with_input(
+        Command::new("node").arg(dir.join("validate.mjs")),
+        &serde_json::to_vec(docs)?,
+        "node",
+    )?;
     let problems = String::from_utf8_lossy(&out.stdout).into_owned();
     match out.status.code() {
         Some(0) => Ok(Ok(())),
@@ -92,8 +83,9 @@ fn of_kind<'a>(docs: &'a [Value], kind: &str) -> Vec<&'a Value> {
 
 #[test]
 fn every_overlay_renders_valid_objects_and_a_filter_config_that_compiles() -> TestResult {
-    let service = render(&istio().join("base"))?;
-    let service = of_kind(&service, "Service");
+    let base_dir = istio().join("base");
+    let base = render(&base_dir)?;
+    let service = of_kind(&base, "Service");
     let [service] = service.as_slice() else {
         return Err("the base has one Service".into());
     };
@@ -107,8 +99,12 @@ fn every_overlay_renders_valid_objects_and_a_filter_config_that_compiles() -> Te
     );
     let dirs = overlays()?;
     assert_eq!(dirs.len(), 3, "ingress-gateway, gateway-api and sidecars");
-    for dir in std::iter::once(istio().join("base")).chain(dirs.iter().cloned()) {
+    let mut rendered = vec![(base_dir, base.clone())];
+    for dir in dirs {
         let docs = render(&dir)?;
+        rendered.push((dir, docs));
+    }
+    for (dir, docs) in rendered {
         validate(&docs)?.map_err(|p| format!("{}:\n{p}", dir.display()))?;
         assert!(
             of_kind(&docs, "Secret").is_empty(),

@@ -293,13 +293,7 @@ async fn health_readiness_and_metrics() -> TestResult {
     assert_eq!(r["ready"], true);
     assert_eq!(r["version"], 1);
     svc.put_policy("default", "p", PERMIT_GET).await?;
-    let text = svc
-        .http
-        .get(format!("{}/metrics", svc.base))
-        .send()
-        .await?
-        .text()
-        .await?;
+    let text = svc.metrics().await?;
     for line in [
         "policy_sync_published_total 2",
         "policy_sync_latest_version 2",

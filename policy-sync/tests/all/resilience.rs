@@ -31,13 +31,7 @@ async fn postgres_down_and_back() -> TestResult {
     let body: serde_json::Value = r.json().await?;
     assert_eq!(body["reason"], "database unavailable");
     // The metrics page still answers, and says so.
-    let metrics = svc
-        .http
-        .get(format!("{}/metrics", svc.base))
-        .send()
-        .await?
-        .text()
-        .await?;
+    let metrics = svc.metrics().await?;
     assert!(metrics.contains("policy_sync_ready 0"), "{metrics}");
     let r = svc
         .as_filter(Method::GET, "/v1/bundles/default?wait=0")

@@ -108,6 +108,16 @@ pub async fn service_configured(
 }
 
 impl Service {
+    /// The `/metrics` page.
+    pub async fn metrics(&self) -> Res<String> {
+        let r = self
+            .http
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await?;
+        Ok(r.text().await?)
+    }
+
     pub fn admin(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
         self.http
             .request(method, format!("{}{path}", self.base))

@@ -4,7 +4,6 @@
 //! endpoint is unit-tested in `policy_sync::telemetry`.)
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -15,7 +14,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message as _;
 
-use crate::edge::key_file;
+use crate::edge::{Serve, key_file};
 use crate::support::{self, Res, TestResult};
 
 /// An OTLP/HTTP trace receiver: keeps every span posted to `/v1/traces`.
@@ -62,49 +61,16 @@ impl Receiver {
     }
 }
 
-struct Serve(Child);
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-async fn serve(
-    url: &str,
-    key: &std::path::Path,
-    otlp: Option<SocketAddr>,
-) -> Res<(Serve, SocketAddr)> {
+/// `policy-sync serve` exporting its traces to `otlp`, quickly (the batch delay shortened).
+async fn serve(url: &str, key: &std::path::Path, otlp: SocketAddr) -> Res<(Serve, SocketAddr)> {
     let addr: SocketAddr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_policy-sync"));
-    cmd.args(["--database-url", url, "serve", "--listen"])
-        .arg(addr.to_string())
-        .arg("--signing-key")
-        .arg(key)
-        .env("PORTCULLIS_LOG", "warn")
+    let mut cmd = Serve::command(url, addr, key);
+    cmd.arg("--otlp-endpoint")
+        .arg(format!("http://{otlp}"))
         .env("OTEL_BSP_SCHEDULE_DELAY", "100")
         .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-        .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null());
-    if let Some(otlp) = otlp {
-        cmd.arg("--otlp-endpoint").arg(format!("http://{otlp}"));
-    }
-    let child = Serve(cmd.spawn()?);
-    let started = Instant::now();
-    while reqwest::get(format!("http://{addr}/readyz"))
-        .await
-        .map(|r| r.status().as_u16())
-        .ok()
-        != Some(200)
-    {
-        if started.elapsed() > Duration::from_secs(20) {
-            return Err("policy-sync did not become ready".into());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Ok((child, addr))
+        .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT");
+    Ok((Serve::spawn(&mut cmd, addr).await?, addr))
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -117,7 +83,7 @@ async fn request_spans_are_exported_as_children_of_traceparent() -> TestResult {
     let dir = tempfile::tempdir()?;
     let key = key_file(dir.path())?;
     let (receiver, otlp) = Receiver::start().await?;
-    let (_serve, addr) = serve(&url, &key, Some(otlp)).await?;
+    let (_serve, addr) = serve(&url, &key, otlp).await?;
 
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
     let parent = "00f067aa0ba902b7";

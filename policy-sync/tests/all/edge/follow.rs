@@ -10,7 +10,7 @@ use serde_json::json;
 
 use policy_sync::store::{self, Role};
 
-use super::{Serve, get_api, key_file, most_parked, signing_key, statuses, until_all};
+use super::{Serve, get_api, key_file, most_parked, statuses, sync_section, until_all};
 use crate::support::{self, Res, TestResult};
 
 pub(super) const ALLOW: &str = "permit (principal, action, resource);";
@@ -48,19 +48,12 @@ async fn envoy_follows_policy_sync() -> TestResult {
     assert!(r.status().is_success(), "{}", r.status());
     let allowing: serde_json::Value = r.json().await?;
     let issuer = DevIssuer::generate()?;
-    let plugin = json!({
+    let mut plugin = json!({
         "issuers": [{"issuer": issuer.issuer, "audiences": [issuer.audience], "jwks": issuer.jwks()}],
         "debugHeaders": true,
-        "sync": {
-            "cluster": "policy-sync",
-            "authority": addr.to_string(),
-            "token": filter,
-            "signingKeys": [signing_key()],
-            "wait": "20s",
-            "maxStaleness": "120s",
-            "retry": {"initial": "100ms", "max": "500ms"},
-        },
+        "sync": sync_section(addr, &filter),
     });
+    plugin["sync"]["maxStaleness"] = json!("120s");
     let ports = Ports::free()?;
     let wasm = harness::paths::wasm()?;
     let config = envoy::config_following(ports, &wasm, &plugin, addr.port())?;

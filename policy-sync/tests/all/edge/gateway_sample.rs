@@ -10,31 +10,18 @@ use std::time::Duration;
 use harness::devkeys::DevIssuer;
 use harness::envoy::{self, EdgePorts, Envoy, Ports};
 use harness::serve::Static;
-use policy_sync::source::PolicyRow;
-use policy_sync::store::{self, Role};
 use serde_json::json;
 
 use super::follow::ALLOW;
-use super::{Serve, key_file, signing_key};
-use crate::support::{self, TestResult};
+use super::{Seeded, Serve, sync_section};
+use crate::support::TestResult;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn gateway_sample_follows_policy_sync() -> TestResult {
     let issuer = DevIssuer::generate()?;
-    let url = support::database().await?;
-    let pool = policy_sync::db::pool(&url, 2)?;
-    let admin = store::create_token(&pool, "gw-admin", Role::Admin).await?;
-    let filter = store::create_token(&pool, "gw-filter", Role::Filter).await?;
-    let allow = PolicyRow {
-        id: "allow".into(),
-        text: ALLOW.into(),
-        enabled: true,
-    };
-    store::put_policies(&pool, "default", &[allow]).await?;
-    let dir = tempfile::tempdir()?;
-    let key = key_file(dir.path())?;
+    let setup = Seeded::new("gw", &[("allow", ALLOW)]).await?;
     let addr: SocketAddr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
-    let _serve = Serve::start(&url, addr, &key).await?;
+    let _serve = Serve::start(&setup.url, addr, &setup.key).await?;
 
     let wasm = std::fs::read(harness::paths::wasm()?)?;
     let sha = harness::oci::digest(&wasm);
@@ -48,13 +35,7 @@ async fn gateway_sample_follows_policy_sync() -> TestResult {
     };
     let plugin = json!({
         "issuers": [{"issuer": issuer.issuer, "audiences": [issuer.audience], "jwks": issuer.jwks()}],
-        "sync": {
-            "cluster": "policy-sync",
-            "authority": addr.to_string(),
-            "token": filter,
-            "signingKeys": [signing_key()],
-            "wait": "20s",
-        },
+        "sync": sync_section(addr, &setup.filter),
     });
     let ports = Ports::free()?;
     let yaml = envoy::gateway_sync_config(
@@ -103,7 +84,7 @@ async fn gateway_sample_follows_policy_sync() -> TestResult {
         .put(format!(
             "http://{addr}/v1/admin/tenants/default/policies/no-admin"
         ))
-        .bearer_auth(&admin)
+        .bearer_auth(&setup.admin)
         .json(&json!({"text": "forbid (principal, action, resource) when { context.path like \"/admin*\" };"}))
         .send()
         .await?;

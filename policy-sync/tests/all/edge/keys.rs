@@ -13,13 +13,11 @@ use axum::extract::State;
 use axum::routing::get;
 use harness::devkeys::DevIssuer;
 use harness::envoy::{self, Envoy, Ports};
-use policy_sync::source::PolicyRow;
-use policy_sync::store::{self, Role};
 use serde_json::{Value, json};
 
 use super::follow::ALLOW;
-use super::{Serve, get_api, key_file, signing_key, until_all};
-use crate::support::{self, Res, TestResult};
+use super::{Seeded, Serve, add_issuer, get_api, sync_section, until_all};
+use crate::support::{Res, TestResult};
 
 /// Serves `/jwks` from a value the test replaces; counts the fetches.
 #[derive(Clone)]
@@ -67,52 +65,25 @@ async fn issuer_rotates_its_keys() -> TestResult {
     let new = DevIssuer::generate()?;
     let (jwks, jwks_addr) = Jwks::start(old.jwks()).await?;
 
-    let url = support::database().await?;
-    let pool = policy_sync::db::pool(&url, 2)?;
-    let admin = store::create_token(&pool, "keys-admin", Role::Admin).await?;
-    let filter = store::create_token(&pool, "keys-filter", Role::Filter).await?;
-    let allow = PolicyRow {
-        id: "allow".into(),
-        text: ALLOW.into(),
-        enabled: true,
-    };
-    store::put_policies(&pool, "default", &[allow]).await?;
-    let dir = tempfile::tempdir()?;
-    let key = key_file(dir.path())?;
+    let setup = Seeded::new("keys", &[("allow", ALLOW)]).await?;
     let addr: SocketAddr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
-    let _serve = Serve::start_with(&url, addr, &key, &["--refresh-interval", "1"]).await?;
+    let _serve =
+        Serve::start_with(&setup.url, addr, &setup.key, &["--refresh-interval", "1"]).await?;
     // The issuer is registered with a refresh interval far longer than the test: only the
     // first fetch and the filter's refresh request can bring keys.
-    let r = reqwest::Client::new()
-        .post(format!("http://{addr}/v1/admin/issuers"))
-        .bearer_auth(&admin)
-        .json(&json!({
-            "issuer": old.issuer,
-            "audiences": [old.audience],
-            "jwksUri": format!("http://{jwks_addr}/jwks"),
-            "minRefreshS": 3600,
-            "maxRefreshS": 3600,
-        }))
-        .send()
-        .await?;
-    assert!(
-        r.status().is_success(),
-        "{}: {}",
-        r.status(),
-        r.text().await?
-    );
+    let jwks_uri = format!("http://{jwks_addr}/jwks");
+    add_issuer(
+        addr,
+        &setup.admin,
+        &old.issuer,
+        &old.audience,
+        &jwks_uri,
+        (3600, 3600),
+    )
+    .await?;
 
     // The filter has no keys of its own: the document's keys are the only ones it knows.
-    let plugin = json!({
-        "sync": {
-            "cluster": "policy-sync",
-            "authority": addr.to_string(),
-            "token": filter,
-            "signingKeys": [signing_key()],
-            "wait": "20s",
-            "retry": {"initial": "100ms", "max": "500ms"},
-        },
-    });
+    let plugin = json!({ "sync": sync_section(addr, &setup.filter) });
     let ports = Ports::free()?;
     let config = envoy::config_following(ports, &harness::paths::wasm()?, &plugin, addr.port())?;
     let mut envoy = Envoy::start(&config, ports, 4)?;

@@ -27,6 +27,8 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use harness::envoy::Envoy;
+use policy_sync::source::PolicyRow;
+use policy_sync::store::{self, Role};
 
 use crate::support::{self, Res};
 
@@ -42,8 +44,87 @@ fn signing_key() -> String {
     URL_SAFE_NO_PAD.encode(support::signer().public_key().as_bytes())
 }
 
+/// A fresh database with an admin and a filter token and `policies` (id, text) in the
+/// `default` tenant, and the service's signing key file.
+struct Seeded {
+    url: String,
+    admin: String,
+    filter: String,
+    key: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Seeded {
+    async fn new(name: &str, policies: &[(&str, &str)]) -> Res<Self> {
+        let url = support::database().await?;
+        let pool = policy_sync::db::pool(&url, 2)?;
+        let admin = store::create_token(&pool, &format!("{name}-admin"), Role::Admin).await?;
+        let filter = store::create_token(&pool, &format!("{name}-filter"), Role::Filter).await?;
+        let rows: Vec<PolicyRow> = policies
+            .iter()
+            .map(|(id, text)| PolicyRow {
+                id: (*id).into(),
+                text: (*text).into(),
+                enabled: true,
+            })
+            .collect();
+        store::put_policies(&pool, "default", &rows).await?;
+        let dir = tempfile::tempdir()?;
+        let key = key_file(dir.path())?;
+        Ok(Self {
+            url,
+            admin,
+            filter,
+            key,
+            _dir: dir,
+        })
+    }
+}
+
+/// The `sync` section of a filter following policy-sync at `addr` with `token` (the `sync`
+/// cluster of `envoy::config_following`), retrying quickly; tests add to it.
+fn sync_section(addr: SocketAddr, token: &str) -> serde_json::Value {
+    serde_json::json!({
+        "cluster": "policy-sync",
+        "authority": addr.to_string(),
+        "token": token,
+        "signingKeys": [signing_key()],
+        "wait": "20s",
+        "retry": {"initial": "100ms", "max": "500ms"},
+    })
+}
+
+/// Registers `issuer` (tokens for `audience`) through the admin API; policy-sync fetches its
+/// keys from `jwks_uri`, refreshing every `refresh` (min, max) seconds.
+async fn add_issuer(
+    addr: SocketAddr,
+    admin: &str,
+    issuer: &str,
+    audience: &str,
+    jwks_uri: &str,
+    (min, max): (u64, u64),
+) -> Res<()> {
+    let r = reqwest::Client::new()
+        .post(format!("http://{addr}/v1/admin/issuers"))
+        .bearer_auth(admin)
+        .json(&serde_json::json!({
+            "issuer": issuer,
+            "audiences": [audience],
+            "jwksUri": jwks_uri,
+            "minRefreshS": min,
+            "maxRefreshS": max,
+        }))
+        .send()
+        .await?;
+    if r.status().is_success() {
+        Ok(())
+    } else {
+        Err(format!("issuer {issuer}: {} {}", r.status(), r.text().await?).into())
+    }
+}
+
 /// `policy-sync serve` on `addr`, killed when dropped.
-struct Serve(std::process::Child);
+pub(crate) struct Serve(std::process::Child);
 
 impl Drop for Serve {
     fn drop(&mut self) {
@@ -64,24 +145,31 @@ impl Serve {
         key: &std::path::Path,
         extra: &[&str],
     ) -> Res<Self> {
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_policy-sync"))
-            .args([
-                "--database-url",
-                url,
-                "serve",
-                "--max-wait",
-                "20",
-                "--listen",
-            ])
+        let mut cmd = Self::command(url, addr, key);
+        cmd.args(["--max-wait", "20"]).args(extra);
+        Self::spawn(&mut cmd, addr).await
+    }
+
+    /// `policy-sync --database-url url serve --listen addr --signing-key key`, logging warnings.
+    pub(crate) fn command(
+        url: &str,
+        addr: SocketAddr,
+        key: &std::path::Path,
+    ) -> std::process::Command {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_policy-sync"));
+        cmd.args(["--database-url", url, "serve", "--listen"])
             .arg(addr.to_string())
             .arg("--signing-key")
             .arg(key)
-            .args(extra)
             .env("PORTCULLIS_LOG", "warn")
             .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .spawn()?;
-        let serve = Self(child);
+            .stdout(std::process::Stdio::null());
+        cmd
+    }
+
+    /// Starts `cmd` and waits until the service on `addr` is ready.
+    pub(crate) async fn spawn(cmd: &mut std::process::Command, addr: SocketAddr) -> Res<Self> {
+        let serve = Self(cmd.spawn()?);
         let started = Instant::now();
         while reqwest::get(format!("http://{addr}/readyz"))
             .await

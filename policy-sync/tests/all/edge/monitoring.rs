@@ -5,62 +5,30 @@
 //! evaluates without error, and both metric pages pass `promtool check metrics` (less, on
 //! Envoy's page, the findings that are the host's; see below).
 
-use std::io::Write as _;
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use harness::devkeys::DevIssuer;
 use harness::envoy::{self, Envoy, Ports};
 use harness::prometheus::{self, Job, Prometheus};
 use harness::serve::Static;
-use policy_sync::source::PolicyRow;
-use policy_sync::store::{self, Role};
 use serde_json::{Value, json};
 
 use super::follow::ALLOW;
-use super::{Serve, get_api, key_file, signing_key, until_all};
-use crate::support::{self, Res, TestResult};
+use super::{Seeded, Serve, add_issuer, get_api, sync_section, until_all};
+use crate::support::{Res, TestResult};
 
 const NO_ADMIN: &str =
     "forbid (principal, action, resource) when { resource == Path::\"/admin\" };";
 
-/// Registers an issuer whose keys policy-sync fetches from `jwks_uri`.
-async fn add_issuer(addr: SocketAddr, admin: &str, issuer: &str, jwks_uri: &str) -> Res<()> {
-    let r = reqwest::Client::new()
-        .post(format!("http://{addr}/v1/admin/issuers"))
-        .bearer_auth(admin)
-        .json(&json!({
-            "issuer": issuer,
-            "audiences": ["portcullis-demo"],
-            "jwksUri": jwks_uri,
-            "minRefreshS": 1,
-            "maxRefreshS": 2,
-        }))
-        .send()
-        .await?;
-    if r.status().is_success() {
-        Ok(())
-    } else {
-        Err(format!("issuer {issuer}: {} {}", r.status(), r.text().await?).into())
-    }
-}
-
 /// Problems `promtool check metrics` finds in `page` (the exposition format).
 fn promtool_lint(page: &str) -> Res<Vec<String>> {
-    let mut child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("promtool (Debian package prometheus) did not start: {e}"))?;
-    child
-        .stdin
-        .take()
-        .ok_or("no stdin")?
-        .write_all(page.as_bytes())?;
-    let out = child.wait_with_output()?;
+    let out = harness::process::run_with_input(
+        Command::new("promtool").args(["check", "metrics"]),
+        page.as_bytes(),
+        "promtool (Debian package prometheus)",
+    )?;
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -104,45 +72,33 @@ async fn prometheus_sees_every_panel_and_rule() -> TestResult {
     // An issuer whose key server is down: its fetches fail.
     let down = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
 
-    let url = support::database().await?;
-    let pool = policy_sync::db::pool(&url, 2)?;
-    let admin = store::create_token(&pool, "mon-admin", Role::Admin).await?;
-    let filter = store::create_token(&pool, "mon-filter", Role::Filter).await?;
-    let rows = [("allow", ALLOW), ("no-admin", NO_ADMIN)].map(|(id, text)| PolicyRow {
-        id: id.into(),
-        text: text.into(),
-        enabled: true,
-    });
-    store::put_policies(&pool, "default", &rows).await?;
-    let dir = tempfile::tempdir()?;
-    let key = key_file(dir.path())?;
+    let setup = Seeded::new("mon", &[("allow", ALLOW), ("no-admin", NO_ADMIN)]).await?;
     let addr: SocketAddr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
-    let _serve = Serve::start_with(&url, addr, &key, &["--refresh-interval", "1"]).await?;
+    let _serve =
+        Serve::start_with(&setup.url, addr, &setup.key, &["--refresh-interval", "1"]).await?;
+    let jwks_uri = format!("http://127.0.0.1:{}/jwks", jwks.port());
+    let audience = &issuer.audience;
     add_issuer(
         addr,
-        &admin,
+        &setup.admin,
         &issuer.issuer,
-        &format!("http://127.0.0.1:{}/jwks", jwks.port()),
+        audience,
+        &jwks_uri,
+        (1, 2),
     )
     .await?;
+    let down_uri = format!("http://{down}/jwks");
     add_issuer(
         addr,
-        &admin,
+        &setup.admin,
         "https://down.example.com",
-        &format!("http://{down}/jwks"),
+        audience,
+        &down_uri,
+        (1, 2),
     )
     .await?;
 
-    let plugin = json!({
-        "sync": {
-            "cluster": "policy-sync",
-            "authority": addr.to_string(),
-            "token": filter,
-            "signingKeys": [signing_key()],
-            "wait": "20s",
-            "retry": {"initial": "100ms", "max": "500ms"},
-        },
-    });
+    let plugin = json!({ "sync": sync_section(addr, &setup.filter) });
     let ports = Ports::free()?;
     let config = envoy::config_following(ports, &harness::paths::wasm()?, &plugin, addr.port())?;
     let mut envoy = Envoy::start(&config, ports, 2)?;
@@ -217,7 +173,8 @@ async fn prometheus_sees_every_panel_and_rule() -> TestResult {
                 .map_err(|e| format!("panel {:?}: {e}\n{}", q.panel, prom.log()))?;
         }
         // Every metric every rule reads, and every recording rule's own series.
-        for rule in prometheus::rules(&groups) {
+        let rules = prometheus::rules(&groups);
+        for rule in &rules {
             for name in prometheus::metric_names(&rule.expr) {
                 until_series(&prom, &format!("{{__name__=\"{name}\"}}"), within)
                     .map_err(|e| format!("rule {}: {e}", rule.name))?;
@@ -235,7 +192,7 @@ async fn prometheus_sees_every_panel_and_rule() -> TestResult {
             .iter()
             .flat_map(|g| g["rules"].as_array().into_iter().flatten())
             .collect();
-        assert_eq!(evaluated.len(), prometheus::rules(&groups).len());
+        assert_eq!(evaluated.len(), rules.len());
         for r in evaluated {
             assert_eq!(r["health"], "ok", "{r}");
         }
