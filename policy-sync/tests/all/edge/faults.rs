@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use deadpool_postgres::Pool;
 use harness::devkeys::DevIssuer;
-use harness::envoy::{self, Envoy, Ports};
+use harness::envoy::Envoy;
 use harness::postgres::Cluster;
 use policy_sync::source::PolicyRow;
 use policy_sync::store::{self, Role};
@@ -18,7 +18,9 @@ use serde_json::json;
 
 use super::fault_proxy::{Fault, FaultProxy};
 use super::follow::{ALLOW, DENY};
-use super::{Serve, Watch, eventually, failures, key_file, signing_key, stat, until_all};
+use super::{
+    Serve, Watch, envoy_following, eventually, failures, key_file, signing_key, stat, until_all,
+};
 use crate::support::{Res, TestResult};
 
 const REFUSED: &str = "wasmcustom.portcullis.sync.refused_requests_total";
@@ -105,11 +107,7 @@ async fn no_fault_lets_a_denied_request_through() -> TestResult {
             "retry": {"initial": "100ms", "max": "500ms"},
         },
     });
-    let ports = Ports::free()?;
-    let config =
-        envoy::config_following(ports, &harness::paths::wasm()?, &plugin, proxy.addr.port())?;
-    let mut envoy = Envoy::start(&config, ports, 4)?;
-    envoy.wait_ready(Duration::from_secs(30))?;
+    let (envoy, _) = envoy_following(&plugin, proxy.addr.port(), 4)?;
     let token = issuer.token("bob", &[]);
     until_all(&envoy, &token, 403, Duration::from_secs(15)).await?;
     // Before the first document, requests were refused (503): counted from here on, once

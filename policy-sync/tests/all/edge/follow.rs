@@ -5,12 +5,14 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use harness::devkeys::DevIssuer;
-use harness::envoy::{self, Envoy, Ports};
+use harness::envoy::Envoy;
 use serde_json::json;
 
 use policy_sync::store::{self, Role};
 
-use super::{Serve, get_api, key_file, most_parked, statuses, sync_section, until_all};
+use super::{
+    Serve, envoy_following, get_api, key_file, most_parked, statuses, sync_section, until_all,
+};
 use crate::support::{self, Res, TestResult};
 
 pub(super) const ALLOW: &str = "permit (principal, action, resource);";
@@ -54,12 +56,7 @@ async fn envoy_follows_policy_sync() -> TestResult {
         "sync": sync_section(addr, &filter),
     });
     plugin["sync"]["maxStaleness"] = json!("120s");
-    let ports = Ports::free()?;
-    let wasm = harness::paths::wasm()?;
-    let config = envoy::config_following(ports, &wasm, &plugin, addr.port())?;
-    envoy::validate(&config)?;
-    let mut envoy = Envoy::start(&config, ports, 4)?;
-    envoy.wait_ready(Duration::from_secs(30))?;
+    let (envoy, _) = envoy_following(&plugin, addr.port(), 4)?;
     let token = issuer.token("bob", &[]);
     // No inline bundle: 503 until the first document, then policy-sync's policies.
     until_all(&envoy, &token, 200, Duration::from_secs(15)).await?;

@@ -12,11 +12,11 @@ use std::time::{Duration, Instant};
 use axum::extract::State;
 use axum::routing::get;
 use harness::devkeys::DevIssuer;
-use harness::envoy::{self, Envoy, Ports};
+use harness::envoy::Envoy;
 use serde_json::{Value, json};
 
 use super::follow::ALLOW;
-use super::{Seeded, Serve, add_issuer, get_api, sync_section, until_all};
+use super::{Seeded, Serve, add_issuer, envoy_following, get_api, sync_section, until_all};
 use crate::support::{Res, TestResult};
 
 /// Serves `/jwks` from a value the test replaces; counts the fetches.
@@ -84,10 +84,7 @@ async fn issuer_rotates_its_keys() -> TestResult {
 
     // The filter has no keys of its own: the document's keys are the only ones it knows.
     let plugin = json!({ "sync": sync_section(addr, &setup.filter) });
-    let ports = Ports::free()?;
-    let config = envoy::config_following(ports, &harness::paths::wasm()?, &plugin, addr.port())?;
-    let mut envoy = Envoy::start(&config, ports, 4)?;
-    envoy.wait_ready(Duration::from_secs(30))?;
+    let (envoy, _) = envoy_following(&plugin, addr.port(), 4)?;
     let old_token = old.token("bob", &[]);
     until_all(&envoy, &old_token, 200, Duration::from_secs(15)).await?;
     assert_eq!(jwks.fetches(), 1, "policy-sync fetched the key set once");

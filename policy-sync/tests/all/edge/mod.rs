@@ -94,6 +94,21 @@ fn sync_section(addr: SocketAddr, token: &str) -> serde_json::Value {
     })
 }
 
+/// A real Envoy of `workers` workers running the built filter with `plugin`, its `policy-sync`
+/// cluster reaching 127.0.0.1:`port`; serving, and its ports.
+fn envoy_following(
+    plugin: &serde_json::Value,
+    port: u16,
+    workers: u32,
+) -> Res<(Envoy, harness::envoy::Ports)> {
+    let ports = harness::envoy::Ports::free()?;
+    let config = harness::envoy::config_following(ports, &harness::paths::wasm()?, plugin, port)?;
+    harness::envoy::validate(&config)?;
+    let mut envoy = Envoy::start(&config, ports, workers)?;
+    envoy.wait_ready(Duration::from_secs(30))?;
+    Ok((envoy, ports))
+}
+
 /// Registers `issuer` (tokens for `audience`) through the admin API; policy-sync fetches its
 /// keys from `jwks_uri`, refreshing every `refresh` (min, max) seconds.
 async fn add_issuer(

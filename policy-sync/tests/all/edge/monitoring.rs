@@ -10,13 +10,12 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use harness::devkeys::DevIssuer;
-use harness::envoy::{self, Envoy, Ports};
 use harness::prometheus::{self, Job, Prometheus};
 use harness::serve::Static;
 use serde_json::{Value, json};
 
 use super::follow::ALLOW;
-use super::{Seeded, Serve, add_issuer, get_api, sync_section, until_all};
+use super::{Seeded, Serve, add_issuer, envoy_following, get_api, sync_section, until_all};
 use crate::support::{Res, TestResult};
 
 const NO_ADMIN: &str =
@@ -99,10 +98,7 @@ async fn prometheus_sees_every_panel_and_rule() -> TestResult {
     .await?;
 
     let plugin = json!({ "sync": sync_section(addr, &setup.filter) });
-    let ports = Ports::free()?;
-    let config = envoy::config_following(ports, &harness::paths::wasm()?, &plugin, addr.port())?;
-    let mut envoy = Envoy::start(&config, ports, 2)?;
-    envoy.wait_ready(Duration::from_secs(30))?;
+    let (envoy, ports) = envoy_following(&plugin, addr.port(), 2)?;
     let token = issuer.token("bob", &[]);
     until_all(&envoy, &token, 200, Duration::from_secs(15)).await?;
     let client = reqwest::Client::new();
