@@ -91,6 +91,7 @@ struct Metrics {
 impl Metrics {
     fn define() -> Self {
         let counter = |name| hostcalls::define_metric(MetricType::Counter, name).unwrap_or(0);
+        let histogram = |name| hostcalls::define_metric(MetricType::Histogram, name).unwrap_or(0);
         Self {
             allowed: counter(metrics::ALLOWED),
             denied: counter(metrics::DENIED),
@@ -104,16 +105,8 @@ impl Metrics {
             errors: counter(metrics::ERRORS),
             dry_run_would_deny: counter(metrics::DRY_RUN_WOULD_DENY),
             shadow_disagreements: counter(metrics::SHADOW_DISAGREEMENTS),
-            eval_us: hostcalls::define_metric(
-                MetricType::Histogram,
-                metrics::DECISION_MICROSECONDS,
-            )
-            .unwrap_or(0),
-            host_verify_ns: hostcalls::define_metric(
-                MetricType::Histogram,
-                metrics::HOST_VERIFY_NANOSECONDS,
-            )
-            .unwrap_or(0),
+            eval_us: histogram(metrics::DECISION_MICROSECONDS),
+            host_verify_ns: histogram(metrics::HOST_VERIFY_NANOSECONDS),
         }
     }
 
@@ -154,8 +147,8 @@ thread_local! {
     static PENDING: std::cell::RefCell<Vec<(u32, u64)>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// `portcullis.denied_by_policy_total.<policy id>` counters, defined the first time a policy denies (at most
-/// one per policy of the bundles in force).
+/// `portcullis.denied_by_policy_total.<policy id>` counters, defined the first time a policy
+/// denies (at most one per policy of the bundles in force).
 #[derive(Debug, Default)]
 struct PolicyCounters(std::cell::RefCell<std::collections::HashMap<String, u32>>);
 
