@@ -256,6 +256,18 @@ pub struct Envoy {
 impl Envoy {
     /// Starts Envoy on `config_yaml` with `concurrency` worker threads.
     pub fn start(config_yaml: &str, ports: Ports, concurrency: u32) -> Result<Self> {
+        Self::start_patched(config_yaml, None, ports, concurrency)
+    }
+
+    /// [`Envoy::start`] with `patch` (a bootstrap fragment, YAML or JSON) merged into the
+    /// configuration by Envoy itself (`--config-yaml`: fields replaced, lists appended), as
+    /// Istio merges an EnvoyFilter's bootstrap patch.
+    pub fn start_patched(
+        config_yaml: &str,
+        patch: Option<&str>,
+        ports: Ports,
+        concurrency: u32,
+    ) -> Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("portcullis-envoy")
             .tempdir()?;
@@ -263,7 +275,11 @@ impl Envoy {
         let log = dir.path().join("envoy.log");
         fs::write(&cfg, config_yaml)?;
         let started = Instant::now();
-        let child = Command::new(paths::envoy()?)
+        let mut cmd = Command::new(paths::envoy()?);
+        if let Some(patch) = patch {
+            cmd.arg("--config-yaml").arg(patch);
+        }
+        let child = cmd
             .arg("-c")
             .arg(&cfg)
             .args(["--disable-hot-restart", "--concurrency"])

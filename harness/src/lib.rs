@@ -7,6 +7,7 @@
 //! - [`demo`]: the embedded default plugin configuration the demo and end-to-end tests use.
 //! - [`paths`]: where the built `.wasm` and the Envoy binary are.
 //! - [`oci`]: the filter as an OCI image in Istio's Wasm image formats, and a private registry.
+//! - [`server_image`]: policy-sync as a container image (its static binary and an account).
 //! - [`serve`]: a loopback HTTP server answering every request with one fixed body (a module
 //!   server for Envoy's `remote` Wasm source, and upstreams).
 //! - [`process`]: running tools to completion or fed on stdin, and daemons waited for over
@@ -31,6 +32,7 @@ pub mod postgres;
 pub mod process;
 pub mod prometheus;
 pub mod serve;
+pub mod server_image;
 pub mod trim;
 
 /// Errors from the harness.

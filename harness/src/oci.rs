@@ -76,11 +76,6 @@ pub fn build(module: &Path, layout: &Path, tag: &str) -> Result<Image> {
         )));
     }
     check_tag(tag)?;
-    let umoci = |args: &[&str]| {
-        let mut c = Command::new("umoci");
-        c.args(args);
-        run(&mut c, "umoci")
-    };
     let at = |t: &str| format!("{}:{t}", layout.display());
     let compat_tag = compat_tag(tag);
     umoci(&["init", "--layout", &layout.display().to_string()])?;
@@ -139,25 +134,14 @@ pub fn build(module: &Path, layout: &Path, tag: &str) -> Result<Image> {
         manifest_size,
         json!({ "org.opencontainers.image.ref.name": tag }),
     );
+    let compat = manifest_digest_of(layout, &compat_tag)?;
     let index_path = layout.join("index.json");
-    let mut index: Value = serde_json::from_slice(&std::fs::read(&index_path)?)
-        .map_err(|e| Error::Missing(format!("umoci's index.json: {e}")))?;
-    let manifests = index
+    let mut index = read_index(layout)?;
+    index
         .get_mut("manifests")
         .and_then(Value::as_array_mut)
-        .ok_or_else(|| Error::Missing("umoci's index.json has no manifests".into()))?;
-    let compat = manifests
-        .iter()
-        .find(|m| {
-            m.pointer("/annotations/org.opencontainers.image.ref.name")
-                .and_then(Value::as_str)
-                == Some(compat_tag.as_str())
-        })
-        .and_then(|m| m.get("digest"))
-        .and_then(Value::as_str)
-        .ok_or_else(|| Error::Missing("umoci wrote no compat manifest".into()))?
-        .to_owned();
-    manifests.push(entry);
+        .ok_or_else(|| Error::Missing("umoci's index.json has no manifests".into()))?
+        .push(entry);
     std::fs::write(
         &index_path,
         serde_json::to_vec(&index).map_err(|e| Error::Missing(e.to_string()))?,
@@ -169,6 +153,36 @@ pub fn build(module: &Path, layout: &Path, tag: &str) -> Result<Image> {
         artifact: manifest_digest,
         compat,
     })
+}
+
+/// Runs `umoci` with `args`.
+pub(crate) fn umoci(args: &[&str]) -> Result<()> {
+    let mut c = Command::new("umoci");
+    c.args(args);
+    run(&mut c, "umoci")
+}
+
+fn read_index(layout: &Path) -> Result<Value> {
+    serde_json::from_slice(&std::fs::read(layout.join("index.json"))?)
+        .map_err(|e| Error::Missing(format!("{}/index.json: {e}", layout.display())))
+}
+
+/// The digest of the manifest tagged `tag` in the OCI image layout `layout`.
+pub fn manifest_digest_of(layout: &Path, tag: &str) -> Result<String> {
+    read_index(layout)?
+        .get("manifests")
+        .and_then(Value::as_array)
+        .and_then(|all| {
+            all.iter().find(|m| {
+                m.pointer("/annotations/org.opencontainers.image.ref.name")
+                    .and_then(Value::as_str)
+                    == Some(tag)
+            })
+        })
+        .and_then(|m| m.get("digest"))
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .ok_or_else(|| Error::Missing(format!("{} has no manifest tagged {tag}", layout.display())))
 }
 
 /// The compat variant's tag beside the artifact variant's `tag`.
@@ -203,13 +217,19 @@ fn write_blob(layout: &Path, bytes: &[u8]) -> Result<(String, usize)> {
 /// Copies `<layout>:<tag>` to `docker://<dest>` with skopeo; returns the digest the registry
 /// stored. `insecure`: the registry speaks plain HTTP (a loopback test registry).
 pub fn push(image: &Image, tag: &str, dest: &str, insecure: bool) -> Result<String> {
+    push_layout(&image.layout, tag, dest, insecure)
+}
+
+/// Copies `<layout>:<tag>` of any OCI image layout to `docker://<dest>`; returns the digest
+/// the registry stored.
+pub fn push_layout(layout: &Path, tag: &str, dest: &str, insecure: bool) -> Result<String> {
     let digest_file = tempfile::NamedTempFile::new()?;
     let mut c = Command::new("skopeo");
     c.arg("copy")
         .arg(format!("--dest-tls-verify={}", !insecure))
         .arg("--digestfile")
         .arg(digest_file.path())
-        .arg(format!("oci:{}:{tag}", image.layout.display()))
+        .arg(format!("oci:{}:{tag}", layout.display()))
         .arg(format!("docker://{dest}"));
     run(&mut c, "skopeo copy")?;
     Ok(std::fs::read_to_string(digest_file.path())?
@@ -226,6 +246,30 @@ pub fn pull(reference: &str, dest: &Path, insecure: bool) -> Result<()> {
         .arg(format!("docker://{reference}"))
         .arg(format!("dir:{}", dest.display()));
     run(&mut c, "skopeo copy")
+}
+
+/// Pulls `docker://<reference>` into the OCI image layout `layout` (created if missing) as
+/// `tag`, the form `umoci unpack` reads.
+pub fn pull_layout(reference: &str, layout: &Path, tag: &str, insecure: bool) -> Result<()> {
+    let mut c = Command::new("skopeo");
+    c.arg("copy")
+        .arg(format!("--src-tls-verify={}", !insecure))
+        .arg(format!("docker://{reference}"))
+        .arg(format!("oci:{}:{tag}", layout.display()));
+    run(&mut c, "skopeo copy")
+}
+
+/// Unpacks `<layout>:<tag>` into a runtime bundle at `bundle` (which must not exist):
+/// `config.json` (the OCI runtime configuration the image's config becomes) and `rootfs/`.
+/// Rootless: the files belong to the caller.
+pub fn unpack(layout: &Path, tag: &str, bundle: &Path) -> Result<()> {
+    umoci(&[
+        "unpack",
+        "--rootless",
+        "--image",
+        &format!("{}:{tag}", layout.display()),
+        &bundle.display().to_string(),
+    ])
 }
 
 /// The WasmPlugin in `template` (YAML) with its `url` and `sha256` set: the object a user

@@ -8,6 +8,9 @@ use crate::{Error, Result};
 pub const WASM_ENV: &str = "PORTCULLIS_WASM";
 /// Environment variable naming the built ABI probe plugin (`cargo xtask` sets it).
 pub const PROBE_ENV: &str = "PORTCULLIS_PROBE_WASM";
+/// Environment variable naming the statically linked policy-sync that goes into its container
+/// image (`cargo xtask test` sets it).
+pub const STATIC_POLICY_SYNC_ENV: &str = "PORTCULLIS_STATIC_POLICY_SYNC";
 /// Environment variable naming the Envoy binary (`cargo xtask` sets it).
 pub const ENVOY_ENV: &str = "PORTCULLIS_ENVOY";
 
@@ -26,25 +29,31 @@ pub fn local_envoy() -> PathBuf {
 
 /// The built filter, from `PORTCULLIS_WASM`.
 pub fn wasm() -> Result<PathBuf> {
-    built(WASM_ENV)
+    built(WASM_ENV, "cargo xtask wasm")
 }
 
 /// The built ABI probe, from `PORTCULLIS_PROBE_WASM`.
 pub fn probe() -> Result<PathBuf> {
-    built(PROBE_ENV)
+    built(PROBE_ENV, "cargo xtask wasm")
 }
 
-fn built(var: &str) -> Result<PathBuf> {
+/// The statically linked policy-sync, from `PORTCULLIS_STATIC_POLICY_SYNC`.
+pub fn static_policy_sync() -> Result<PathBuf> {
+    built(STATIC_POLICY_SYNC_ENV, "cargo xtask image policy-sync")
+}
+
+/// The file `var` names; `builder` is the command that builds it.
+fn built(var: &str, builder: &str) -> Result<PathBuf> {
     let p = std::env::var_os(var).map(PathBuf::from).ok_or_else(|| {
         Error::Missing(format!(
-            "{var} is not set: build with `cargo xtask wasm` (or run everything with `cargo xtask test`)"
+            "{var} is not set: build with `{builder}` (or run everything with `cargo xtask test`)"
         ))
     })?;
     if p.is_file() {
         Ok(p)
     } else {
         Err(Error::Missing(format!(
-            "{} does not exist: run `cargo xtask wasm`",
+            "{} does not exist: run `{builder}`",
             p.display()
         )))
     }

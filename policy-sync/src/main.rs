@@ -118,6 +118,10 @@ struct KeyArgs {
 struct ServeArgs {
     #[arg(long, default_value = "127.0.0.1:8181")]
     listen: std::net::SocketAddr,
+    /// Also serve `/healthz`, `/readyz` and `/metrics` (only those) on this address: a port
+    /// for Prometheus and probes apart from the API's.
+    #[arg(long, env = "PORTCULLIS_METRICS_LISTEN")]
+    metrics_listen: Option<std::net::SocketAddr>,
     /// A read replica for bundle reads.
     #[arg(long, env = "PORTCULLIS_REPLICA_URL", hide_env_values = true)]
     replica_url: Option<String>,
@@ -884,6 +888,7 @@ async fn serve(url: Option<&String>, args: ServeArgs) -> Outcome {
     })?;
     let config = ServeConfig {
         listen: args.listen,
+        metrics_listen: args.metrics_listen,
         database_url,
         replica_url: args.replica_url,
         pool: db::PoolSettings {
@@ -909,6 +914,9 @@ async fn serve(url: Option<&String>, args: ServeArgs) -> Outcome {
         .await
         .map_err(|e| Failure::new(1, e.to_string()))?;
     println!("policy-sync listening on http://{}", running.addr);
+    if let Some(at) = running.metrics_addr {
+        println!("health and metrics on http://{at}");
+    }
     tokio::signal::ctrl_c()
         .await
         .map_err(|e| Failure::new(1, e.to_string()))?;

@@ -20,6 +20,8 @@ use crate::signing::Signer;
 #[derive(Debug)]
 pub struct ServeConfig {
     pub listen: SocketAddr,
+    /// A second listener serving only `/healthz`, `/readyz` and `/metrics`.
+    pub metrics_listen: Option<SocketAddr>,
     pub database_url: String,
     pub replica_url: Option<String>,
     pub pool: db::PoolSettings,
@@ -33,6 +35,8 @@ pub struct ServeConfig {
 pub struct Running {
     pub state: AppState,
     pub addr: SocketAddr,
+    /// Where the operations listener is, if there is one.
+    pub metrics_addr: Option<SocketAddr>,
     pub server: tokio::task::JoinHandle<()>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -117,16 +121,22 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
         )),
     ];
     tasks.push(tokio::spawn(async move { fetcher.run().await }));
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(|e| ServeError::Listen {
-            addr: config.listen,
-            reason: e.to_string(),
-        })?;
-    let addr = listener.local_addr().map_err(|e| ServeError::Listen {
-        addr: config.listen,
-        reason: e.to_string(),
-    })?;
+    // Both ports are bound before either serves: a port taken fails the start as a whole.
+    let (listener, addr) = bind(config.listen).await?;
+    let operations = match config.metrics_listen {
+        Some(at) => Some(bind(at).await?),
+        None => None,
+    };
+    let metrics_addr = operations.as_ref().map(|(_, a)| *a);
+    if let Some((listener, at)) = operations {
+        let router = api::operations(state.clone());
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, router).await {
+                tracing::error!(error = %e, "the operations server stopped");
+            }
+        }));
+        tracing::info!(addr = %at, "health and metrics listening");
+    }
     let router = api::app(state.clone());
     let server = tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, router).await {
@@ -137,9 +147,21 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
     Ok(Running {
         state,
         addr,
+        metrics_addr,
         server,
         tasks,
     })
+}
+
+/// A bound listener and the address it took (port 0: a free one).
+async fn bind(at: SocketAddr) -> Result<(tokio::net::TcpListener, SocketAddr), ServeError> {
+    let failed = |e: std::io::Error| ServeError::Listen {
+        addr: at,
+        reason: e.to_string(),
+    };
+    let listener = tokio::net::TcpListener::bind(at).await.map_err(failed)?;
+    let addr = listener.local_addr().map_err(failed)?;
+    Ok((listener, addr))
 }
 
 /// Publishes whenever woken (NOTIFY, an API write), and every 30 s in any case; retries

@@ -7,6 +7,7 @@ mod image;
 mod live;
 mod measure;
 mod propagation;
+mod server;
 mod startup;
 mod tools;
 mod wasm;
@@ -127,13 +128,17 @@ enum Task {
         #[arg(long, default_value_t = 8)]
         connections: usize,
     },
-    /// Build the filter's OCI image (Istio's Wasm artifact and compat variants) into an OCI
-    /// image layout with umoci; print the module's sha256 and the manifest digests.
+    /// Build the filter's OCI image (Istio's Wasm artifact and compat variants), or
+    /// policy-sync's container image, into an OCI image layout with umoci; print the digests.
     Image {
-        /// Tag of the artifact variant (the compat variant gets `<tag>-compat`).
+        /// Which image.
+        #[arg(value_enum, default_value = "filter")]
+        kind: image::Kind,
+        /// Tag of the image (the filter's compat variant gets `<tag>-compat`).
         #[arg(long, default_value = env!("CARGO_PKG_VERSION"))]
         tag: String,
-        /// Push both variants with skopeo to REGISTRY/REPOSITORY and render the WasmPlugin.
+        /// Push with skopeo to REGISTRY/REPOSITORY (the filter: both variants, and render the
+        /// WasmPlugin).
         #[arg(long, value_name = "REGISTRY/REPOSITORY")]
         push: Option<String>,
         /// The registry speaks plain HTTP (a local registry).
@@ -209,10 +214,12 @@ fn main() -> ExitCode {
             connections,
         }),
         Task::Image {
+            kind,
             tag,
             push,
             insecure,
         } => image::run(&image::Options {
+            kind,
             tag,
             push,
             insecure,

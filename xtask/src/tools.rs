@@ -209,6 +209,8 @@ pub fn test(extra: &[String]) -> Result {
     apt_install(&["umoci", "skopeo", "docker-registry", "prometheus"])?;
     ensure_manifest_validator()?;
     let built = crate::wasm::build_all()?;
+    // The container image test runs it.
+    let server = crate::server::build(crate::server::Profile::ImageTest)?;
     eprintln!("xtask: checking formatting and lints");
     let has = |tool: &str| {
         cargo()
@@ -264,6 +266,7 @@ pub fn test(extra: &[String]) -> Result {
             .args(extra)
             .env(paths::WASM_ENV, &built.filter)
             .env(paths::PROBE_ENV, &built.probe)
+            .env(paths::STATIC_POLICY_SYNC_ENV, &server)
             .env(paths::ENVOY_ENV, &envoy)
             .env(harness::postgres::PG_BIN_ENV, &postgres),
         "cargo test",

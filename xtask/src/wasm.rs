@@ -35,7 +35,7 @@ enum Toolchain {
     Debian,
 }
 
-fn sysroot() -> Option<PathBuf> {
+pub(crate) fn sysroot() -> Option<PathBuf> {
     let out = Command::new("rustc")
         .args(["--print", "sysroot"])
         .output()
@@ -45,7 +45,7 @@ fn sysroot() -> Option<PathBuf> {
         .then(|| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
 }
 
-fn has_target(sysroot: &Path, target: &str) -> bool {
+pub(crate) fn has_target(sysroot: &Path, target: &str) -> bool {
     sysroot
         .join("lib/rustlib")
         .join(target)
@@ -53,10 +53,10 @@ fn has_target(sysroot: &Path, target: &str) -> bool {
         .is_dir()
 }
 
-/// `rustup target add wasm32-wasip1`, killed after `RUSTUP_TIMEOUT`.
-fn rustup_add() -> bool {
+/// `rustup target add <target>`, killed after `RUSTUP_TIMEOUT`.
+pub(crate) fn rustup_add(target: &str) -> bool {
     let Ok(mut child) = Command::new("rustup")
-        .args(["target", "add", "wasm32-wasip1"])
+        .args(["target", "add", target])
         .stdout(Stdio::null())
         .spawn()
     else {
@@ -89,7 +89,8 @@ fn detect() -> Result<Toolchain> {
                 return Ok(Toolchain::Installed(target));
             }
         }
-        if rustup_add() && sysroot().is_some_and(|r| has_target(&r, "wasm32-wasip1")) {
+        if rustup_add("wasm32-wasip1") && sysroot().is_some_and(|r| has_target(&r, "wasm32-wasip1"))
+        {
             eprintln!("xtask: wasm toolchain: case 2, installed wasm32-wasip1 with rustup");
             return Ok(Toolchain::Installed("wasm32-wasip1"));
         }

@@ -189,6 +189,7 @@ fn policy_sync_runs_as_an_operator_expects() -> TestResult {
         "PrometheusRule",
         "Job",
         "DestinationRule",
+        "PeerAuthentication",
     ] {
         assert_eq!(of_kind(&docs, kind).len(), 1, "one {kind}");
     }
@@ -200,6 +201,96 @@ fn policy_sync_runs_as_an_operator_expects() -> TestResult {
     assert_eq!(
         job["spec"]["template"]["spec"]["containers"][0]["args"],
         json!(["migrate"])
+    );
+    Ok(())
+}
+
+/// Prometheus has no mesh certificate: it scrapes policy-sync's health-and-metrics port, the
+/// one port the PeerAuthentication leaves out of strict mutual TLS, which the Deployment's
+/// arguments open and which the NetworkPolicy lets the monitoring namespace (and only it) reach.
+#[test]
+fn prometheus_scrapes_the_one_port_outside_strict_mtls() -> TestResult {
+    let docs = render(&istio().join("base"))?;
+    let one = |kind: &str| -> Result<Value, Box<dyn Error>> {
+        Ok((*of_kind(&docs, kind).first().ok_or(kind.to_owned())?).clone())
+    };
+    let scraped = one("ServiceMonitor")?["spec"]["endpoints"][0]["port"].clone();
+    let service = one("Service")?;
+    let target = service["spec"]["ports"]
+        .as_array()
+        .ok_or("ports")?
+        .iter()
+        .find(|p| p["name"] == scraped)
+        .ok_or("the ServiceMonitor's port is not the Service's")?["targetPort"]
+        .clone();
+    let deployment = one("Deployment")?;
+    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+    let port = container["ports"]
+        .as_array()
+        .ok_or("container ports")?
+        .iter()
+        .find(|p| p["name"] == target)
+        .ok_or("the Service's targetPort is no container port")?["containerPort"]
+        .as_u64()
+        .ok_or("containerPort")?;
+    let args: Vec<&str> = container["args"]
+        .as_array()
+        .ok_or("args")?
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    let opened = args
+        .iter()
+        .position(|a| *a == "--metrics-listen")
+        .and_then(|i| args.get(i + 1))
+        .ok_or("no --metrics-listen")?;
+    assert!(opened.ends_with(&format!(":{port}")), "{opened}");
+    assert_eq!(
+        service["spec"]["ports"][0]["targetPort"], "http",
+        "the filters' port is another"
+    );
+    for probe in ["readinessProbe", "livenessProbe"] {
+        assert_eq!(container[probe]["httpGet"]["port"], target, "{probe}");
+    }
+
+    let peer = one("PeerAuthentication")?;
+    assert_eq!(peer["spec"]["mtls"]["mode"], "STRICT");
+    assert_eq!(
+        peer["spec"]["portLevelMtls"],
+        json!({ port.to_string(): { "mode": "PERMISSIVE" } }),
+        "only the metrics port is permissive"
+    );
+    assert_eq!(
+        peer["spec"]["selector"]["matchLabels"],
+        deployment["spec"]["selector"]["matchLabels"]
+    );
+
+    let rules = one("NetworkPolicy")?["spec"]["ingress"].clone();
+    let rules = rules.as_array().ok_or("ingress rules")?;
+    let monitoring = json!({ "kubernetes.io/metadata.name": "monitoring" });
+    for rule in rules {
+        let from_monitoring = rule["from"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|f| f["namespaceSelector"]["matchLabels"] == monitoring);
+        let ports: Vec<u64> = rule["ports"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p["port"].as_u64())
+            .collect();
+        if from_monitoring {
+            assert_eq!(ports, [port], "Prometheus reaches the metrics port only");
+        } else {
+            assert!(!ports.contains(&port) && !ports.is_empty(), "{rule}");
+        }
+    }
+    assert!(
+        rules
+            .iter()
+            .any(|r| r["ports"][0]["port"].as_u64() == Some(port)),
+        "the monitoring namespace reaches the metrics port"
     );
     Ok(())
 }

@@ -10,3 +10,4 @@ mod host_sync;
 mod k8s_manifests;
 mod monitoring;
 mod oci_image;
+mod stats_tags;

@@ -132,6 +132,19 @@ impl AppState {
     }
 }
 
+/// Health and metrics alone (`serve --metrics-listen`): a port that Prometheus and probes can
+/// reach where the API's port is only for filters and admins (in Istio, a port left out of
+/// strict mutual TLS).
+pub fn operations(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics))
+        .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
+        .layer(CompressionLayer::new().gzip(true))
+        .with_state(state)
+}
+
 /// The whole API.
 pub fn app(state: AppState) -> Router {
     let admin = Router::new()

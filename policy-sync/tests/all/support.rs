@@ -78,6 +78,7 @@ pub async fn service_configured(
 ) -> Res<Service> {
     let mut config = ServeConfig {
         listen: "127.0.0.1:0".parse()?,
+        metrics_listen: None,
         database_url: url.to_owned(),
         replica_url: None,
         pool: policy_sync::db::PoolSettings {
