@@ -14,12 +14,12 @@ use std::hint::black_box;
 use std::time::Instant;
 
 use criterion::Criterion;
-use portcullis_core::bundle::{Bundle, BundleWire, id_annotation};
-use portcullis_core::index::PolicyIndex;
-use portcullis_core::index::cedar::{
+use portcullis_core::authz::index::PolicyIndex;
+use portcullis_core::authz::index::cedar::{
     Authorizer, Context, Decision, Entities, EntityUid, PolicyId, PolicySet, Request,
     RestrictedExpression,
 };
+use portcullis_core::bundle::{Bundle, BundleWire, id_annotation};
 use serde_json::json;
 
 const SIZES: [usize; 3] = [10, 1_000, 10_000];

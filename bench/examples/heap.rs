@@ -13,10 +13,10 @@
 use std::error::Error;
 use std::time::Instant;
 
+use portcullis_core::authz::index::PolicyIndex;
+use portcullis_core::authz::index::cedar::{Policy, PolicyId, PolicySet};
 use portcullis_core::bundle::{Bundle, BundleWire};
 use portcullis_core::engine::Engine;
-use portcullis_core::index::PolicyIndex;
-use portcullis_core::index::cedar::{Policy, PolicyId, PolicySet};
 use serde_json::Value;
 
 #[global_allocator]

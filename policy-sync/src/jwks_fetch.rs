@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use deadpool_postgres::Pool;
 use futures_util::StreamExt as _;
-use portcullis_core::jwks::{JwkSetWire, JwkWire, Key, KeySet};
+use portcullis_core::auth::jwks::{JwkSetWire, JwkWire, Key, KeySet};
 use reqwest::header::{ACCEPT, AGE, CACHE_CONTROL, HeaderMap};
 use serde::Deserialize as _;
 use serde_json::Value;

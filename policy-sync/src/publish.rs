@@ -10,7 +10,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use deadpool_postgres::{GenericClient, Pool, Transaction};
 use portcullis_core::BundleWire;
-use portcullis_core::signed_bundle::{BundleDocument, IssuerKeys};
+use portcullis_core::bundle::signed::{BundleDocument, IssuerKeys};
 use sha2::{Digest as _, Sha256};
 
 use crate::db::{DbError, hex};
@@ -262,7 +262,7 @@ async fn publish_in(
 pub async fn latest(
     c: &impl GenericClient,
     tenant: &str,
-) -> Result<Option<(i64, portcullis_core::signed_bundle::SignedBundle)>, DbError> {
+) -> Result<Option<(i64, portcullis_core::bundle::signed::SignedBundle)>, DbError> {
     Ok(c.query_opt(
         "SELECT version, payload, signature, key_id FROM bundles
              WHERE tenant = $1 ORDER BY version DESC LIMIT 1",
@@ -272,7 +272,7 @@ pub async fn latest(
     .map(|r| {
         (
             r.get(0),
-            portcullis_core::signed_bundle::SignedBundle {
+            portcullis_core::bundle::signed::SignedBundle {
                 payload: r.get(1),
                 signature: r.get(2),
                 key_id: r.get(3),

@@ -6,7 +6,7 @@ use std::path::Path;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use ed25519_dalek::{SigningKey, VerifyingKey};
-use portcullis_core::signed_bundle::{SignedBundle, key_id};
+use portcullis_core::bundle::signed::{SignedBundle, key_id};
 
 /// The key that signs bundle documents.
 pub struct Signer {

@@ -6,9 +6,9 @@ use std::sync::{Arc, LazyLock, Mutex};
 
 use cedar_policy::{Entities, Policy, PolicyId, PolicySet, Schema, ValidationMode, Validator};
 use deadpool_postgres::GenericClient;
+use portcullis_core::auth::jwks::{JwkSetWire, JwkWire};
+use portcullis_core::bundle::signed::IssuerKeys;
 use portcullis_core::config::IssuerSettings;
-use portcullis_core::jwks::{JwkSetWire, JwkWire};
-use portcullis_core::signed_bundle::IssuerKeys;
 use portcullis_core::{Bundle, BundleWire};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};

@@ -4,8 +4,8 @@
 //! it is kept. Committed changes wake the publisher through the tables' triggers.
 
 use deadpool_postgres::{GenericClient, Pool, Transaction};
+use portcullis_core::auth::jwks::{JwkSetWire, JwkWire, Key, KeySet};
 use portcullis_core::config::IssuerSettings;
-use portcullis_core::jwks::{JwkSetWire, JwkWire, Key, KeySet};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 

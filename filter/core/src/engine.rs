@@ -6,21 +6,21 @@
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
+use crate::auth::extractor::{self, Extracted};
+use crate::auth::host_crypto::HostCrypto;
+use crate::auth::routes::AuthMode;
+use crate::auth::token;
+use crate::auth::verifier;
+use crate::authz::authorizer::{self, HttpRequest};
+use crate::authz::tenants::{DEFAULT_SET, SetError, TenantSets};
 use crate::bundle::BundleWire;
+use crate::cache::decisions::{DecisionKey, DecisionStats, Decisions};
+use crate::cache::tokens::{CacheStats, TokenCache, Verified};
 use crate::config::{ConfigError, FilterConfig};
 use crate::decision::{AuthError, Outcome, Verdict};
-use crate::decision_cache::{DecisionKey, DecisionStats, Decisions};
-use crate::extractor::{self, Extracted};
-use crate::host_crypto::HostCrypto;
-use crate::policy::{self, HttpRequest};
-use crate::policy_sets::{DEFAULT_SET, PolicySets, SetError};
-use crate::request;
-use crate::request::RequestView;
-use crate::routes::AuthMode;
+use crate::http::request;
+use crate::http::request::RequestView;
 use crate::snapshot::Snapshot;
-use crate::token;
-use crate::token_cache::{CacheStats, TokenCache, Verified};
-use crate::verifier;
 
 /// One worker's engine: the snapshot in force and what the worker learns while it serves
 /// requests (verified tokens, decisions, counters). Single-threaded, as a proxy-wasm VM is.
@@ -185,7 +185,7 @@ impl Engine {
 
     /// The policy sets in force.
     #[must_use]
-    pub fn policy_sets(&self) -> PolicySets {
+    pub fn policy_sets(&self) -> TenantSets {
         self.snapshot.borrow().sets.clone()
     }
 
@@ -285,7 +285,7 @@ impl Engine {
                 let mut outcome = fresh();
                 outcome.principal = Some(snap.default_engine().anonymous().to_string());
                 let none = serde_json::Map::new();
-                let empty = policy::claims_value(&none);
+                let empty = authorizer::claims_value(&none);
                 authorize(snap, None, (&none, &empty), http, &mut outcome);
                 return self.remember(&self.anonymous, key, outcome, snap.anonymous_capacity);
             }
@@ -322,7 +322,7 @@ impl Engine {
         outcome.principal = Some(format!("{}::{principal_id:?}", snap.principal_type));
         let cedar_claims = verified
             .cedar_claims
-            .get_or_init(|| policy::claims_value(claims));
+            .get_or_init(|| authorizer::claims_value(claims));
         authorize(
             snap,
             Some(principal_id),

@@ -4,42 +4,37 @@
 //! [`RequestView`] and the current time, and turns the returned [`Outcome`] into host calls.
 //! Everything the filter does per request is decided here, so it can be tested and benchmarked
 //! natively, in the harness, and inside Envoy with the same code.
+//!
+//! Modules by concern:
+//! - [`config`]: the plugin configuration (JSON), compiled by [`snapshot`] into an immutable
+//!   [`Snapshot`] that [`engine`] swaps whole.
+//! - [`engine`]: the per-request entry point; [`decision`]: verdicts and local replies.
+//! - [`auth`]: token sources, JWS parsing, key sets, verification, issuers, auth routes.
+//! - [`authz`]: HTTP → Cedar, the policy sets per tenant, the policy index, entity slices.
+//! - [`http`]: the host boundary ([`RequestView`]), header maps, claim headers upstream.
+//! - [`cache`]: the verified-token and decision caches.
+//! - [`bundle`]: the policy bundle, its incremental parse, compiled policies, signed documents.
+//! - [`sync`]: following policy-sync (the agent, acceptance of documents, decision logs).
+//! - [`metrics`]: stat names and their tag rules; [`duration`]: durations in configuration.
 
-pub mod action_routes;
+pub mod auth;
+pub mod authz;
 pub mod bundle;
-pub mod bundle_chunks;
-pub mod bundle_policies;
-pub mod cache_key;
+pub mod cache;
 pub mod config;
 pub mod decision;
-pub mod decision_cache;
 pub mod duration;
 pub mod engine;
-pub mod entity_slice;
-pub mod extractor;
-pub mod header_map;
-pub mod headers;
-pub mod host_crypto;
-pub mod index;
-pub mod jwks;
+pub mod http;
 pub mod metrics;
-pub mod policy;
-pub mod policy_reads;
-pub mod policy_sets;
-pub mod request;
-pub mod routes;
-pub mod signed_bundle;
 pub mod snapshot;
 pub mod sync;
-pub mod token;
-pub mod token_cache;
-pub mod verifier;
 
+pub use auth::host_crypto::{Digest, HostCrypto};
 pub use bundle::{Bundle, BundleError, BundleWire};
 pub use config::{ConfigError, FilterConfig};
 pub use decision::{AuthError, LocalReply, Outcome, Verdict};
 pub use engine::{CacheUse, Decided, Engine};
-pub use header_map::{HeaderMap, HeaderMapError};
-pub use host_crypto::{Digest, HostCrypto};
-pub use request::{RequestView, StaticRequest};
+pub use http::header_map::{HeaderMap, HeaderMapError};
+pub use http::request::{RequestView, StaticRequest};
 pub use snapshot::{DocumentError, Snapshot, Start};

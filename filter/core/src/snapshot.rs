@@ -6,17 +6,17 @@ use std::rc::Rc;
 
 use hashbrown::HashMap;
 
-use crate::action_routes::ActionRoutes;
+use crate::auth::extractor::TokenSource;
+use crate::auth::jwks::KeySet;
+use crate::auth::routes::Routes;
+use crate::auth::verifier::{Issuer, TimeRules};
+use crate::authz::action_routes::ActionRoutes;
+use crate::authz::authorizer::{self, HttpAuthorizer, PrincipalMapping, RequestMapping};
+use crate::authz::tenants::{DEFAULT_SET, SetError, TenantSets};
+use crate::bundle::signed::BundleDocument;
 use crate::bundle::{Bundle, BundleWire};
 use crate::config::{ConfigError, FilterConfig, IssuerConfig};
-use crate::extractor::TokenSource;
-use crate::headers::{self, ClaimHeader, Outputs};
-use crate::jwks::KeySet;
-use crate::policy::{self, PolicyEngine, PrincipalMapping, RequestMapping};
-use crate::policy_sets::{DEFAULT_SET, PolicySets, SetError};
-use crate::routes::Routes;
-use crate::signed_bundle::BundleDocument;
-use crate::verifier::{Issuer, TimeRules};
+use crate::http::claim_headers::{self, ClaimHeader, Outputs};
 
 /// The trusted issuers, compiled.
 #[derive(Debug)]
@@ -68,7 +68,7 @@ impl TryFrom<Vec<IssuerConfig>> for Issuers {
                 forward: i.forward,
             };
             for h in outputs.written() {
-                if !headers::valid_header_name(h) {
+                if !claim_headers::valid_header_name(h) {
                     return Err(ConfigError::Header {
                         issuer: i.issuer.clone(),
                         header: h.to_owned(),
@@ -132,7 +132,7 @@ pub struct Snapshot {
     pub(crate) issuers: Rc<Issuers>,
     pub(crate) sources: Vec<TokenSource>,
     pub(crate) routes: Routes,
-    pub(crate) sets: PolicySets,
+    pub(crate) sets: TenantSets,
     pub(crate) rules: TimeRules,
     pub(crate) max_token_bytes: usize,
     pub(crate) debug_headers: bool,
@@ -178,18 +178,19 @@ fn check_limits(cfg: &FilterConfig) -> Result<(), ConfigError> {
 
 fn mappings(cfg: &FilterConfig) -> Result<(PrincipalMapping, RequestMapping), ConfigError> {
     let principal = PrincipalMapping {
-        entity_type: policy::type_name(&cfg.principal.entity_type)
+        entity_type: authorizer::type_name(&cfg.principal.entity_type)
             .map_err(ConfigError::EntityType)?,
         id_claim: cfg.principal.id_claim.clone(),
         groups_claim: cfg.principal.groups_claim.clone(),
-        group_type: policy::type_name(&cfg.principal.group_entity_type)
+        group_type: authorizer::type_name(&cfg.principal.group_entity_type)
             .map_err(ConfigError::EntityType)?,
-        anonymous: policy::entity_uid(&cfg.principal.anonymous).map_err(ConfigError::EntityType)?,
+        anonymous: authorizer::entity_uid(&cfg.principal.anonymous)
+            .map_err(ConfigError::EntityType)?,
     };
     let mapping = RequestMapping {
-        action_type: policy::type_name(&cfg.request.action_entity_type)
+        action_type: authorizer::type_name(&cfg.request.action_entity_type)
             .map_err(ConfigError::EntityType)?,
-        resource_type: policy::type_name(&cfg.request.resource_entity_type)
+        resource_type: authorizer::type_name(&cfg.request.resource_entity_type)
             .map_err(ConfigError::EntityType)?,
         routes: ActionRoutes::try_from(cfg.request.routes.as_slice())
             .map_err(ConfigError::Route)?,
@@ -198,7 +199,7 @@ fn mappings(cfg: &FilterConfig) -> Result<(PrincipalMapping, RequestMapping), Co
         .request
         .context_headers
         .iter()
-        .find(|h| !headers::valid_header_name(h) && h.as_str() != "host")
+        .find(|h| !claim_headers::valid_header_name(h) && h.as_str() != "host")
     {
         return Err(ConfigError::Route(format!(
             "request.contextHeaders: {h:?} is not a lower-case header name"
@@ -283,7 +284,7 @@ impl Snapshot {
             .bundle
             .as_ref()
             .ok_or_else(|| ConfigError::NoBundle(DEFAULT_SET.to_owned()))?;
-        let sets = PolicySets::new(
+        let sets = TenantSets::new(
             (bundle, cfg.dry_run, cfg.shadow_bundle.as_ref()),
             &cfg.tenants,
             cfg.tenant_claim,
@@ -294,7 +295,7 @@ impl Snapshot {
             // The default set's bundle is the configuration's `bundle`.
             SetError::Bundle { set, source } if set == DEFAULT_SET => ConfigError::Bundle(source),
             SetError::NoBundle(set) => ConfigError::NoBundle(set),
-            e => ConfigError::PolicySets(e),
+            e => ConfigError::TenantSets(e),
         })?;
         Ok(Self {
             issuers: Rc::new(issuers),
@@ -355,12 +356,12 @@ impl Snapshot {
 
     /// The policy sets.
     #[must_use]
-    pub fn policy_sets(&self) -> &PolicySets {
+    pub fn policy_sets(&self) -> &TenantSets {
         &self.sets
     }
 
     /// The default set's engine (principal mapping, anonymous principal).
-    pub(crate) fn default_engine(&self) -> &PolicyEngine {
+    pub(crate) fn default_engine(&self) -> &HttpAuthorizer {
         &self.sets.default_set().engine
     }
 

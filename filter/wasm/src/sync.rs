@@ -7,8 +7,8 @@ use std::rc::Rc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use log::{debug, error, info, warn};
+use portcullis_core::bundle::signed::BundleDocument;
 use portcullis_core::metrics;
-use portcullis_core::signed_bundle::BundleDocument;
 use portcullis_core::sync::agent::{Agent, Answer, Call, Event, SyncHost};
 use portcullis_core::sync::decision_log::{LogEntry, LogEvent};
 use portcullis_core::sync::lease::SharedStore;

@@ -108,7 +108,7 @@ pub type Headers = Vec<(String, Vec<u8>)>;
 
 /// Serializes a header map: count, then (key length, value length) pairs, then each key and
 /// value followed by a NUL byte. Written here from the ABI, apart from the filter's own reader
-/// (`portcullis_core::header_map`), so that the host tests would catch that reader getting the
+/// (`portcullis_core::http::header_map`), so that the host tests would catch that reader getting the
 /// format wrong.
 pub(crate) fn encode_map(pairs: &[(String, Vec<u8>)]) -> Vec<u8> {
     let mut out = Vec::new();

@@ -11,7 +11,7 @@ use ed25519_dalek::SigningKey;
 use harness::devkeys::DevIssuer;
 use harness::host::{Host, HttpCall, HttpCallResponse, Request, VmOptions};
 use portcullis_core::BundleWire;
-use portcullis_core::signed_bundle::{BundleDocument, IssuerKeys, SignedBundle};
+use portcullis_core::bundle::signed::{BundleDocument, IssuerKeys, SignedBundle};
 use serde_json::{Value, json};
 
 use crate::host_filter::plugin;

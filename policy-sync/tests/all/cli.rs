@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use deadpool_postgres::Pool;
-use portcullis_core::signed_bundle::{BundleDocument, SignedBundle};
+use portcullis_core::bundle::signed::{BundleDocument, SignedBundle};
 use portcullis_core::{Engine, StaticRequest, Verdict};
 use serde_json::{Value, json};
 

@@ -197,7 +197,7 @@ async fn image_pulled_back_runs_the_manifests_commands_alone() -> TestResult {
         .send()
         .await?;
     assert_eq!(r.status().as_u16(), 200);
-    let signed: portcullis_core::signed_bundle::SignedBundle = r.json().await?;
+    let signed: portcullis_core::bundle::signed::SignedBundle = r.json().await?;
     let document = signed.verify(&support::signer().public_key())?;
     assert!(
         serde_json::to_string(&document)?.contains("from-image"),

@@ -4,7 +4,7 @@
 use std::io::Read as _;
 use std::time::{Duration, Instant};
 
-use portcullis_core::signed_bundle::SignedBundle;
+use portcullis_core::bundle::signed::SignedBundle;
 use reqwest::Method;
 
 use crate::support::{self, PERMIT_GET, TestResult};

@@ -64,7 +64,7 @@ async fn postgres_down_and_back() -> TestResult {
     let started = Instant::now();
     let r = waiting.await??;
     assert_eq!(r.status(), 200, "the waiting request got no new version");
-    let doc: portcullis_core::signed_bundle::SignedBundle = r.json().await?;
+    let doc: portcullis_core::bundle::signed::SignedBundle = r.json().await?;
     let doc = doc.verify(&support::signer().public_key())?;
     assert_eq!(doc.version, 3);
     assert!(doc.bundle.policies.contains("after-restart"));

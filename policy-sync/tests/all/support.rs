@@ -175,7 +175,7 @@ impl Service {
         &self,
         tenant: &str,
         after: i64,
-    ) -> Res<(u16, Option<portcullis_core::signed_bundle::BundleDocument>)> {
+    ) -> Res<(u16, Option<portcullis_core::bundle::signed::BundleDocument>)> {
         let r = self
             .as_filter(
                 reqwest::Method::GET,
@@ -187,7 +187,7 @@ impl Service {
         if status != 200 {
             return Ok((status, None));
         }
-        let signed: portcullis_core::signed_bundle::SignedBundle = r.json().await?;
+        let signed: portcullis_core::bundle::signed::SignedBundle = r.json().await?;
         Ok((status, Some(signed.verify(&signer().public_key())?)))
     }
 }

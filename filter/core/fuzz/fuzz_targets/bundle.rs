@@ -6,8 +6,8 @@
 
 use libfuzzer_sys::fuzz_target;
 use portcullis_core::bundle::{Bundle, BundleWire};
-use portcullis_core::index::PolicyIndex;
-use portcullis_core::policy_reads::PolicyReads;
+use portcullis_core::authz::index::PolicyIndex;
+use portcullis_core::authz::policy_reads::PolicyReads;
 
 fuzz_target!(|data: &[u8]| {
     let mut parts = data.split(|b| *b == 0xFF);

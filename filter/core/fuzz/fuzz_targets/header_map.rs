@@ -6,7 +6,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use portcullis_core::header_map::encode;
+use portcullis_core::http::header_map::encode;
 use portcullis_core::{Engine, HeaderMap};
 
 const NAMES: [&str; 8] = [

@@ -9,7 +9,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use ed25519_dalek::{Signer, SigningKey};
 use libfuzzer_sys::fuzz_target;
 use portcullis_core::bundle::Bundle;
-use portcullis_core::signed_bundle::{SignedBundle, SignedBundleError, key_id};
+use portcullis_core::bundle::signed::{SignedBundle, SignedBundleError, key_id};
 
 fuzz_target!(|data: &[u8]| {
     let key = SigningKey::from_bytes(&[7; 32]);

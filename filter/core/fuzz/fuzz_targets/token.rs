@@ -5,8 +5,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use portcullis_core::extractor::{self, TokenSource};
-use portcullis_core::{Engine, StaticRequest, token};
+use portcullis_core::auth::extractor::{self, TokenSource};
+use portcullis_core::auth::token;
+use portcullis_core::{Engine, StaticRequest};
 
 thread_local! {
     // The engine is per thread (it holds the token cache), as it is per VM in Envoy.

@@ -3,8 +3,8 @@
 //! tenant, a version strictly newer than the one in force, the format, the policies.
 
 use crate::bundle::Bundle;
-use crate::bundle_chunks::Chunks;
-use crate::signed_bundle::{BundleDocument, SignedBundle, SignedBundleError};
+use crate::bundle::chunks::Chunks;
+use crate::bundle::signed::{BundleDocument, SignedBundle, SignedBundleError};
 use crate::snapshot::Issuers;
 use crate::sync::config::SigningKey;
 
@@ -138,7 +138,7 @@ pub fn accept(
 mod tests {
     use super::*;
     use crate::bundle::BundleWire;
-    use crate::signed_bundle::key_id;
+    use crate::bundle::signed::key_id;
 
     fn doc(tenant: &str, version: u64, policies: &str) -> BundleDocument {
         BundleDocument {

@@ -8,8 +8,8 @@
 use std::time::Duration;
 
 use crate::bundle::Bundle;
-use crate::bundle_chunks::Chunks;
-use crate::signed_bundle::BundleDocument;
+use crate::bundle::chunks::Chunks;
+use crate::bundle::signed::BundleDocument;
 use crate::sync::accept::{Accepted, SyncFailure, accept};
 use crate::sync::backoff::Backoff;
 use crate::sync::config::{SyncSettings, WhenStale};

@@ -7,9 +7,9 @@ use std::time::Duration;
 use ed25519_dalek::VerifyingKey;
 use serde::Deserialize;
 
+use crate::authz::tenants::DEFAULT_SET;
+use crate::bundle::signed::{key_id, parse_public_key};
 use crate::duration::ConfigDuration;
-use crate::policy_sets::DEFAULT_SET;
-use crate::signed_bundle::{key_id, parse_public_key};
 
 /// `sync` as written in the plugin configuration.
 #[derive(Debug, Clone, Deserialize)]

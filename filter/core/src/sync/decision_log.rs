@@ -95,7 +95,7 @@ impl LogEntry {
         #[expect(clippy::cast_precision_loss, reason = "milliseconds fit f64's 53 bits")]
         let time = now_ms as f64 / 1000.0;
         let tenant = if outcome.policy_set.is_empty() {
-            crate::policy_sets::DEFAULT_SET.to_owned()
+            crate::authz::tenants::DEFAULT_SET.to_owned()
         } else {
             outcome.policy_set.clone()
         };

@@ -6,7 +6,7 @@ use std::error::Error;
 
 use cedar_policy::{PolicySet, Schema, ValidationMode, Validator};
 use harness::devkeys::{DevIssuer, now};
-use portcullis_core::policy::HttpRequest;
+use portcullis_core::authz::authorizer::HttpRequest;
 use portcullis_core::{BundleWire, Engine, StaticRequest, Verdict};
 use serde_json::{Value, json};
 
@@ -286,7 +286,7 @@ fn default_schema_validates_the_mapping() -> TestResult {
     };
     policy.cedar_request(
         Some("bob"),
-        &portcullis_core::policy::claims_value(claims),
+        &portcullis_core::authz::authorizer::claims_value(claims),
         http,
         Some(&schema),
     )?;
@@ -296,7 +296,7 @@ fn default_schema_validates_the_mapping() -> TestResult {
     };
     policy.cedar_request(
         None,
-        &portcullis_core::policy::claims_value(&serde_json::Map::new()),
+        &portcullis_core::authz::authorizer::claims_value(&serde_json::Map::new()),
         anonymous,
         Some(&schema),
     )?;

@@ -9,8 +9,8 @@
 use std::error::Error;
 
 use harness::devkeys::{DevIssuer, now};
-use portcullis_core::policy::HttpRequest;
-use portcullis_core::policy_reads::{ContextInputs, PolicyReads};
+use portcullis_core::authz::authorizer::HttpRequest;
+use portcullis_core::authz::policy_reads::{ContextInputs, PolicyReads};
 use portcullis_core::{Engine, StaticRequest};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -171,7 +171,7 @@ fn differs_with(
         .map(|v| ("x-maintenance", v))
         .into_iter()
         .collect();
-    let query: Vec<(String, String)> = portcullis_core::request::query_params(path)
+    let query: Vec<(String, String)> = portcullis_core::http::request::query_params(path)
         .into_iter()
         .filter(|(k, _)| k == "token")
         .collect();
@@ -182,7 +182,9 @@ fn differs_with(
         host: "",
         headers: &headers,
         query: &query,
-        source: source.as_deref().map(portcullis_core::request::address_ip),
+        source: source
+            .as_deref()
+            .map(portcullis_core::http::request::address_ip),
         time: t,
     };
     let masked = HttpRequest {
@@ -192,7 +194,7 @@ fn differs_with(
         ..full
     };
     let claims = serde_json::Map::new();
-    let cedar = portcullis_core::policy::claims_value(&claims);
+    let cedar = portcullis_core::authz::authorizer::claims_value(&claims);
     let expected = policy.decide(Some("bob"), &claims, &cedar, full);
     if policy.decide(Some("bob"), &claims, &cedar, masked) != expected {
         return Ok(true);

@@ -7,8 +7,8 @@ use std::collections::HashSet;
 use std::error::Error;
 
 use cedar_policy::{Authorizer, Entities, Entity, EntityUid, PolicySet};
-use portcullis_core::entity_slice::EntitySlicer;
-use portcullis_core::policy_reads::PolicyReads;
+use portcullis_core::authz::entity_slice::EntitySlicer;
+use portcullis_core::authz::policy_reads::PolicyReads;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -76,7 +76,7 @@ fn slices_decide_as_the_whole_store() -> TestResult {
                 .filter(|_| rng.gen_bool(0.4))
                 .map(|g| uid(&group(g)))
                 .collect::<Result<_, _>>()?;
-            // As `PolicyEngine` does: the parents' ancestors from the (closed) store.
+            // As `HttpAuthorizer` does: the parents' ancestors from the (closed) store.
             let mut closure = parents.clone();
             for p in &parents {
                 if let Some(ancestors) = store.ancestors(p) {

@@ -9,9 +9,9 @@ use cedar_policy::{
     Authorizer, Context, Decision, Entities, Entity, EntityUid, PolicyId, PolicySet, Request,
     RestrictedExpression,
 };
+use portcullis_core::authz::index::{IndexedResponse, PolicyIndex};
+use portcullis_core::bundle::policies::{CompiledPolicy, Policies};
 use portcullis_core::bundle::{Bundle, BundleWire};
-use portcullis_core::bundle_policies::{CompiledPolicy, Policies};
-use portcullis_core::index::{IndexedResponse, PolicyIndex};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -250,7 +250,7 @@ pub(crate) fn request(rng: &mut StdRng) -> Result<Request, Box<dyn Error>> {
 }
 
 /// The store a request is evaluated with: mostly the bundle's; sometimes with the principal
-/// added from "claims" (as `PolicyEngine::decide` does); sometimes with an action the bundle
+/// added from "claims" (as `HttpAuthorizer::decide` does); sometimes with an action the bundle
 /// did not know placed in an action group.
 fn request_entities(
     rng: &mut StdRng,

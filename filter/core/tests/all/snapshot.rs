@@ -5,10 +5,10 @@ use std::error::Error;
 use std::rc::Rc;
 
 use harness::devkeys::{DevIssuer, now};
+use portcullis_core::auth::jwks::JwkSetWire;
+use portcullis_core::authz::tenants::SetError;
+use portcullis_core::bundle::signed::{BundleDocument, IssuerKeys};
 use portcullis_core::config::IssuerSettings;
-use portcullis_core::jwks::JwkSetWire;
-use portcullis_core::policy_sets::SetError;
-use portcullis_core::signed_bundle::{BundleDocument, IssuerKeys};
 use portcullis_core::{
     AuthError, BundleWire, CacheUse, Decided, DocumentError, Engine, Snapshot, StaticRequest,
     Verdict,

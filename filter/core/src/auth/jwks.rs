@@ -9,8 +9,8 @@ use rsa::{BigUint, Pkcs1v15Sign, Pss, RsaPublicKey};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256, Sha384, Sha512};
 
-use crate::host_crypto::{Digest, HostCrypto, ec_spki};
-use crate::token::Algorithm;
+use crate::auth::host_crypto::{Digest, HostCrypto, ec_spki};
+use crate::auth::token::Algorithm;
 
 /// Smallest RSA modulus accepted (RFC 7518 §3.3 and NIST SP 800-131A).
 pub const MIN_RSA_BITS: usize = 2048;

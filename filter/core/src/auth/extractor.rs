@@ -5,7 +5,7 @@ use std::borrow::Cow;
 
 use serde::Deserialize;
 
-use crate::request::RequestView;
+use crate::http::request::RequestView;
 
 /// A token source as configured: exactly one of `header`, `cookie`, `query`.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -175,7 +175,7 @@ fn percent_decode(s: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::request::StaticRequest;
+    use crate::http::request::StaticRequest;
 
     fn token<'a>(t: &'a str, header: Option<&'a str>) -> Extracted<'a> {
         Extracted::Token {

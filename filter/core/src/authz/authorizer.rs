@@ -10,11 +10,11 @@ use cedar_policy::{
 use cedar_policy_core::ast::{Value as CedarValue, ValueKind};
 use serde_json::{Map, Value};
 
-use crate::action_routes::ActionRoutes;
+use crate::authz::action_routes::ActionRoutes;
+use crate::authz::entity_slice::EntitySlicer;
+use crate::authz::index::PolicyIndex;
+use crate::authz::policy_reads::{ContextReads, PolicyReads};
 use crate::bundle::Bundle;
-use crate::entity_slice::EntitySlicer;
-use crate::index::PolicyIndex;
-use crate::policy_reads::{ContextReads, PolicyReads};
 
 /// How claims become the Cedar principal.
 #[derive(Debug, Clone)]
@@ -58,7 +58,7 @@ impl PolicyDecision {
 
 /// A compiled bundle plus the mapping from HTTP to Cedar.
 #[derive(Debug)]
-pub struct PolicyEngine {
+pub struct HttpAuthorizer {
     bundle: Bundle,
     /// Pre-indexed policies: only those whose scope can match a request are evaluated.
     index: PolicyIndex,
@@ -88,7 +88,7 @@ pub struct HttpRequest<'a> {
     pub time: u64,
 }
 
-impl PolicyEngine {
+impl HttpAuthorizer {
     #[must_use]
     pub fn new(bundle: Bundle, principal: PrincipalMapping, mapping: RequestMapping) -> Self {
         let reads = PolicyReads::of_bundle(&bundle.policies);

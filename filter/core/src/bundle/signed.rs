@@ -11,9 +11,9 @@ use ed25519_dalek::{Signature, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
+use crate::auth::issuer::{IssuerConfig, IssuerSettings};
+use crate::auth::jwks::JwkSetWire;
 use crate::bundle::BundleWire;
-use crate::config::{IssuerConfig, IssuerSettings};
-use crate::jwks::JwkSetWire;
 
 /// One tenant's bundle at one version, with the issuers' keys.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]

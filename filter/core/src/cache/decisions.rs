@@ -14,9 +14,9 @@ use std::rc::Rc;
 
 use hashbrown::HashMap;
 
-use crate::cache_key::{Key, Lookup};
+use crate::cache::key::{Key, Lookup};
+use crate::cache::make_room;
 use crate::decision::Outcome;
-use crate::token_cache::make_room;
 
 /// The request fields a decision depends on, as one byte string.
 #[derive(Debug, Default)]

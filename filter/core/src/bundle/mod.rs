@@ -5,10 +5,16 @@
 use std::str::FromStr;
 
 use cedar_policy::{Entities, Policy, PolicyId, PolicySet, Schema, ValidationMode, Validator};
-
-use crate::bundle_chunks::{self, Chunks};
-use crate::bundle_policies::{CompiledPolicy, Policies};
 use serde::{Deserialize, Serialize};
+
+use crate::bundle::chunks::Chunks;
+use crate::bundle::policies::{CompiledPolicy, Policies};
+
+pub(crate) mod chunks;
+pub mod policies;
+pub mod signed;
+
+pub use policies::id_annotation;
 
 /// A bundle as it travels (JSON).
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -98,7 +104,7 @@ impl Bundle {
         let schema = match &wire.schema {
             None => None,
             Some(src) => match Schema::from_cedarschema_str(src) {
-                Ok((schema, _warnings)) => Some((schema, bundle_chunks::key(src))),
+                Ok((schema, _warnings)) => Some((schema, chunks::key(src))),
                 Err(_) => return Self::compile_whole(wire),
             },
         };
@@ -110,7 +116,7 @@ impl Bundle {
         };
         let schema_key = schema.as_ref().map(|(_, k)| *k);
         let Some((policies, chunks)) =
-            bundle_chunks::parse(&wire.policies, previous, schema_key, &mut check)
+            chunks::parse(&wire.policies, previous, schema_key, &mut check)
         else {
             return Self::compile_whole(wire);
         };
@@ -178,14 +184,6 @@ fn parse_whole(text: &str) -> Result<Vec<Policy>, BundleError> {
             None => p.clone(),
         })
         .collect())
-}
-
-/// A policy's `@id("...")` annotation. Read from the annotations as they are: Cedar's
-/// `annotation(key)` parses the key with its full parser on every call, which made naming the
-/// policies of a large bundle cost as much as parsing them.
-#[must_use]
-pub fn id_annotation(p: &cedar_policy::Policy) -> Option<&str> {
-    p.annotations().find(|(k, _)| *k == "id").map(|(_, v)| v)
 }
 
 /// Renders an error with its sources and Cedar's help text, on one line.

@@ -18,7 +18,7 @@ use cedar_policy_core::ast::{Context, Entity, EntityUID, Literal, PartialValue, 
 use cedar_policy_core::entities::{Entities, NoEntitiesSchema, TCComputation};
 use cedar_policy_core::extensions::Extensions;
 
-use crate::policy_reads::entity_literals;
+use crate::authz::policy_reads::entity_literals;
 
 /// A bundle's entities, indexed for slicing.
 #[derive(Debug, Default)]
@@ -30,7 +30,7 @@ pub struct EntitySlicer {
 
 impl EntitySlicer {
     /// `literals`: the entity literals the policies' conditions can dereference
-    /// ([`PolicyReads::literals`](crate::policy_reads::PolicyReads)).
+    /// ([`PolicyReads::literals`](crate::authz::policy_reads::PolicyReads)).
     #[must_use]
     pub fn new(store: &Entities, literals: &[EntityUID]) -> Self {
         let by_uid = store

@@ -7,10 +7,12 @@ use std::rc::Rc;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
+use crate::auth::routes::{HostMatcher, host_matcher, host_name};
+use crate::authz::authorizer::{
+    HttpAuthorizer, HttpRequest, PolicyDecision, PrincipalMapping, RequestMapping,
+};
+use crate::authz::policy_reads::{ContextInputs, ContextReads};
 use crate::bundle::{Bundle, BundleError, BundleWire};
-use crate::policy::{HttpRequest, PolicyDecision, PolicyEngine, PrincipalMapping, RequestMapping};
-use crate::policy_reads::{ContextInputs, ContextReads};
-use crate::routes::{HostMatcher, host_matcher, host_name};
 
 /// Id of the policy set used when no tenant is selected.
 pub const DEFAULT_SET: &str = "default";
@@ -41,11 +43,11 @@ pub struct TenantConfig {
 
 /// A compiled policy set.
 #[derive(Debug)]
-pub struct PolicySet {
+pub struct TenantSet {
     pub id: String,
-    pub engine: PolicyEngine,
+    pub engine: HttpAuthorizer,
     pub dry_run: bool,
-    pub shadow: Option<Rc<PolicyEngine>>,
+    pub shadow: Option<Rc<HttpAuthorizer>>,
     /// What the policies of this set and of its shadow can read of the context.
     reads: ContextReads,
 }
@@ -59,7 +61,7 @@ pub struct SetDecision {
     pub shadow: Option<PolicyDecision>,
 }
 
-impl PolicySet {
+impl TenantSet {
     fn compile(
         id: &str,
         bundle: &BundleWire,
@@ -70,7 +72,7 @@ impl PolicySet {
     ) -> Result<Self, SetError> {
         let engine_of = |wire: &BundleWire| {
             Bundle::try_from(wire)
-                .map(|b| PolicyEngine::new(b, principal.clone(), mapping.clone()))
+                .map(|b| HttpAuthorizer::new(b, principal.clone(), mapping.clone()))
                 .map_err(|source| SetError::Bundle {
                     set: id.to_owned(),
                     source,
@@ -127,7 +129,7 @@ impl PolicySet {
     }
 }
 
-fn reads_of(engine: &PolicyEngine, shadow: Option<&PolicyEngine>) -> ContextReads {
+fn reads_of(engine: &HttpAuthorizer, shadow: Option<&HttpAuthorizer>) -> ContextReads {
     match shadow {
         Some(s) => engine.context_reads().union(s.context_reads()),
         None => engine.context_reads().clone(),
@@ -152,9 +154,9 @@ pub enum SetError {
 /// All policy sets of a filter. Each compiled set is shared: a snapshot that replaces one
 /// set's bundle shares the others with the snapshot it came from.
 #[derive(Debug, Clone)]
-pub struct PolicySets {
-    default: Rc<PolicySet>,
-    tenants: Vec<Rc<PolicySet>>,
+pub struct TenantSets {
+    default: Rc<TenantSet>,
+    tenants: Vec<Rc<TenantSet>>,
     /// Host pattern → index into `tenants`, in configuration order.
     hosts: Vec<(HostMatcher, usize)>,
     tenant_claim: Option<String>,
@@ -162,7 +164,7 @@ pub struct PolicySets {
     inputs: ContextInputs,
 }
 
-impl PolicySets {
+impl TenantSets {
     /// Compiles the default set and the tenants' sets; any invalid bundle refuses them all.
     pub fn new(
         default: (&BundleWire, bool, Option<&BundleWire>),
@@ -172,8 +174,8 @@ impl PolicySets {
         mapping: &RequestMapping,
     ) -> Result<Self, SetError> {
         let (bundle, dry_run, shadow) = default;
-        let default = PolicySet::compile(DEFAULT_SET, bundle, dry_run, shadow, principal, mapping)?;
-        let mut compiled: Vec<Rc<PolicySet>> = Vec::with_capacity(tenants.len());
+        let default = TenantSet::compile(DEFAULT_SET, bundle, dry_run, shadow, principal, mapping)?;
+        let mut compiled: Vec<Rc<TenantSet>> = Vec::with_capacity(tenants.len());
         let mut hosts = Vec::new();
         for t in tenants {
             if t.id.is_empty() || t.id == DEFAULT_SET || compiled.iter().any(|c| c.id == t.id) {
@@ -190,7 +192,7 @@ impl PolicySets {
                 .bundle
                 .as_ref()
                 .ok_or_else(|| SetError::NoBundle(t.id.clone()))?;
-            compiled.push(Rc::new(PolicySet::compile(
+            compiled.push(Rc::new(TenantSet::compile(
                 &t.id,
                 bundle,
                 t.dry_run,
@@ -226,7 +228,7 @@ impl PolicySets {
 
     /// The default set.
     #[must_use]
-    pub fn default_set(&self) -> &PolicySet {
+    pub fn default_set(&self) -> &TenantSet {
         &self.default
     }
 
@@ -249,7 +251,7 @@ impl PolicySets {
         &self,
         authority: &str,
         claims: Option<&Map<String, Value>>,
-    ) -> Result<&PolicySet, String> {
+    ) -> Result<&TenantSet, String> {
         let host = host_name(authority);
         if let Some((_, i)) = self.hosts.iter().find(|(m, _)| m.matches(host)) {
             return self
@@ -289,7 +291,7 @@ impl PolicySets {
         self.with_compiled(set, bundle)
     }
 
-    /// [`PolicySets::with_bundle`] with a bundle already compiled.
+    /// [`TenantSets::with_bundle`] with a bundle already compiled.
     pub fn with_compiled(&self, set: &str, bundle: Bundle) -> Result<Self, SetError> {
         let mut next = self.clone();
         let target = if set == DEFAULT_SET {
@@ -303,7 +305,7 @@ impl PolicySets {
         let engine = target.engine.with_bundle(bundle);
         // The shadow bundle (if any) stays, and so do its reads.
         let shadow = target.shadow.clone();
-        *target = Rc::new(PolicySet {
+        *target = Rc::new(TenantSet {
             id: target.id.clone(),
             reads: reads_of(&engine, shadow.as_deref()),
             engine,
@@ -316,7 +318,7 @@ impl PolicySets {
 
     /// The set with id `set` (`default` or a tenant id).
     #[must_use]
-    pub fn get(&self, set: &str) -> Option<&PolicySet> {
+    pub fn get(&self, set: &str) -> Option<&TenantSet> {
         if set == DEFAULT_SET {
             Some(&self.default)
         } else {

@@ -12,7 +12,7 @@
 
 use std::cell::OnceCell;
 
-use crate::request::RequestView;
+use crate::http::request::RequestView;
 
 /// Why a header map could not be read (a host fault: the filter fails closed).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

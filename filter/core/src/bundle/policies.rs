@@ -131,6 +131,14 @@ impl Policies {
     }
 }
 
+/// A policy's `@id("...")` annotation. Read from the annotations as they are: Cedar's
+/// `annotation(key)` parses the key with its full parser on every call, which made naming the
+/// policies of a large bundle cost as much as parsing them.
+#[must_use]
+pub fn id_annotation(p: &cedar_policy::Policy) -> Option<&str> {
+    p.annotations().find(|(k, _)| *k == "id").map(|(_, v)| v)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

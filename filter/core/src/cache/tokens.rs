@@ -1,6 +1,6 @@
 //! Verified-token cache: a token seen before skips parsing and signature verification.
 //!
-//! Keyed by the whole token string with full equality ([`crate::cache_key`]), so a token an attacker chooses can only
+//! Keyed by the whole token string with full equality ([`crate::cache::key`]), so a token an attacker chooses can only
 //! hit an entry for that exact token (never a colliding one). Entries keep the token's `exp`
 //! and are refused (and dropped) once it passes, so a cached token is never valid for longer
 //! than it would be without the cache. Bounded: when full, expired entries go first, then an
@@ -12,8 +12,9 @@ use std::rc::Rc;
 use hashbrown::HashMap;
 use serde_json::{Map, Value};
 
-use crate::cache_key::{Key, Lookup};
-use crate::decision_cache::Decisions;
+use crate::cache::decisions::Decisions;
+use crate::cache::key::{Key, Lookup};
+use crate::cache::make_room;
 
 /// What a verified token left behind.
 #[derive(Debug, Clone)]
@@ -98,31 +99,6 @@ impl TokenCache {
             hits: self.hits,
             misses: self.misses,
             entries: self.entries.len(),
-        }
-    }
-}
-
-/// Makes room for one more entry in a bounded cache: when it is full, the entries `keep` refuses
-/// go first, then an eighth of the entries, arbitrarily.
-pub(crate) fn make_room<K, V>(
-    entries: &mut HashMap<K, V>,
-    capacity: usize,
-    keep: impl Fn(&V) -> bool,
-) where
-    K: Clone + Eq + std::hash::Hash,
-{
-    if entries.len() < capacity {
-        return;
-    }
-    entries.retain(|_, v| keep(v));
-    if entries.len() >= capacity {
-        let drop: Vec<K> = entries
-            .keys()
-            .take((capacity / 8).max(1))
-            .cloned()
-            .collect();
-        for k in drop {
-            entries.remove(&k);
         }
     }
 }

@@ -23,8 +23,8 @@ use std::sync::Arc;
 use cedar_policy::{Policy, PolicyId, PolicySet};
 use sha2::{Digest, Sha256};
 
-use crate::bundle::id_annotation;
-use crate::bundle_policies::{CompiledPolicy, Policies};
+use crate::bundle::policies::id_annotation;
+use crate::bundle::policies::{CompiledPolicy, Policies};
 
 /// A chunk's text, or a schema's, by its SHA-256.
 pub(crate) type Key = [u8; 32];
