@@ -202,7 +202,7 @@ fn figures(per_connection: &[Vec<Answer>], seconds: u64) -> (f64, Duration, Dura
 
 /// Runs the three loads and prints what they showed; an error on any 5xx or wrong answer.
 pub fn run(opts: &Options) -> Result {
-    crate::tools::ensure_envoy()?;
+    crate::install::ensure_envoy()?;
     let wasm = crate::wasm::build()?;
     let live = live::start(&harness::paths::repo_root().join("envoy/demo-policies.cedar"))?;
     let proxy = live::start_following(&live, &wasm, 4)?;

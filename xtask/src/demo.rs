@@ -12,7 +12,7 @@ use crate::Result;
 /// Runs until Ctrl-C (or until Envoy exits), then stops Envoy (and with `live`, policy-sync
 /// and its Postgres).
 pub fn run(port: u16, live: bool) -> Result {
-    crate::tools::ensure_envoy()?;
+    crate::install::ensure_envoy()?;
     let wasm = crate::wasm::build()?;
     let live = if live {
         Some(crate::live::start(

@@ -12,7 +12,7 @@ use crate::Result;
 
 /// The cargo-fuzz crates, relative to the repository root.
 const FUZZ_CRATES: [&str; 2] = ["filter/core/fuzz", "policy-sync/fuzz"];
-use crate::tools::{self, run};
+use crate::process::{self, run};
 
 /// What to run.
 #[derive(Debug)]
@@ -144,7 +144,7 @@ fn run_target(fuzz_dir: &Path, target: &str, opts: &Options) -> Result<Report> {
     std::fs::create_dir_all(&corpus).map_err(|e| format!("{}: {e}", corpus.display()))?;
     let mut cmd = nightly();
     cmd.current_dir(fuzz_dir.parent().unwrap_or(fuzz_dir))
-        .env("CARGO_TARGET_DIR", tools::target_dir().join("fuzz"))
+        .env("CARGO_TARGET_DIR", process::target_dir().join("fuzz"))
         .args([
             "fuzz",
             "run",
@@ -187,7 +187,7 @@ pub fn run_all(opts: &Options) -> Result {
     ensure_tools()?;
     let mut all = Vec::new();
     for krate in FUZZ_CRATES {
-        let dir = tools::repo_root().join(krate);
+        let dir = process::repo_root().join(krate);
         for t in targets(&dir)? {
             all.push((dir.clone(), t));
         }

@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use harness::{oci, server_image};
 
 use crate::Result;
-use crate::tools::{self, repo_root, target_dir};
+use crate::install;
+use crate::process::{repo_root, target_dir};
 
 /// Which image to build.
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -29,7 +30,7 @@ pub struct Options {
 pub fn run(opts: &Options) -> Result {
     // Before anything is removed: the tag names a directory.
     oci::check_tag(&opts.tag).map_err(|e| e.to_string())?;
-    tools::apt_install(&["umoci", "skopeo"])?;
+    install::apt_install(&["umoci", "skopeo"])?;
     match opts.kind {
         Kind::Filter => filter(opts),
         Kind::PolicySync => policy_sync(opts),

@@ -9,10 +9,11 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use harness::postgres::Cluster;
-use portcullis_core::signed_bundle::{SignedBundle, parse_public_key};
+use portcullis_core::bundle::signed::{SignedBundle, parse_public_key};
 
 use crate::Result;
-use crate::tools::{self, cargo};
+use crate::install;
+use crate::process::{self, cargo};
 
 /// A child process killed on drop.
 struct Guard(Child);
@@ -63,13 +64,13 @@ pub fn policy_sync(binary: &Path, url: &str, args: &[&str]) -> Result<String> {
 
 /// Starts Postgres and policy-sync, stores the demo policies and mints the demo tokens.
 pub fn start(policies: &Path) -> Result<Live> {
-    tools::ensure_postgres()?;
+    install::ensure_postgres()?;
     eprintln!("xtask: building policy-sync");
-    tools::run(
+    process::run(
         cargo().args(["build", "--quiet", "-p", "policy-sync"]),
         "cargo build -p policy-sync",
     )?;
-    let binary = tools::target_dir().join("debug/policy-sync");
+    let binary = process::target_dir().join("debug/policy-sync");
     let cluster = Cluster::start().map_err(|e| e.to_string())?;
     let url = cluster
         .create_database("portcullis")

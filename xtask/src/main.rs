@@ -4,12 +4,14 @@ mod churn;
 mod demo;
 mod fuzz;
 mod image;
+mod install;
 mod live;
 mod measure;
+mod process;
 mod propagation;
 mod server;
 mod startup;
-mod tools;
+mod test;
 mod wasm;
 
 use std::process::ExitCode;
@@ -157,9 +159,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.task {
         Task::Wasm => wasm::build().map(|p| println!("{}", p.display())),
-        Task::Envoy => tools::ensure_envoy().map(|p| println!("{}", p.display())),
+        Task::Envoy => install::ensure_envoy().map(|p| println!("{}", p.display())),
         Task::Demo { port, live } => demo::run(port, live),
-        Task::Bench { args } => tools::bench(&args),
+        Task::Bench { args } => test::bench(&args),
         Task::Measure {
             requests,
             wasm,
@@ -224,7 +226,7 @@ fn main() -> ExitCode {
             push,
             insecure,
         }),
-        Task::Test { cargo_args } => tools::test(&cargo_args),
+        Task::Test { cargo_args } => test::test(&cargo_args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -171,9 +171,9 @@ struct Load {
 
 /// Measures and prints the tables.
 pub fn run(opts: &Options) -> Result {
-    crate::tools::ensure_envoy()?;
+    crate::install::ensure_envoy()?;
     let wrk = if opts.seconds > 0 && (opts.rounds > 0 || opts.shared_rounds > 0) {
-        Some(crate::tools::ensure_wrk()?)
+        Some(crate::install::ensure_wrk()?)
     } else {
         None
     };
@@ -827,7 +827,7 @@ struct Pinning {
 impl Pinning {
     /// Moves every thread of an Envoy to the Envoy CPU.
     fn pin(&self, proxy: &Envoy) -> Result {
-        crate::tools::run(
+        crate::process::run(
             Command::new("taskset")
                 .args(["-a", "-c", "-p"])
                 .arg(self.envoy.to_string())

@@ -160,7 +160,7 @@ fn measure_size(live: &Live, wasm: &std::path::Path, size: usize, updates: usize
 
 /// Runs every size in turn against one policy-sync.
 pub fn run(opts: &Options) -> Result {
-    crate::tools::ensure_envoy()?;
+    crate::install::ensure_envoy()?;
     let wasm = crate::wasm::build()?;
     let live = live::start(&harness::paths::repo_root().join("envoy/demo-policies.cedar"))?;
     println!(

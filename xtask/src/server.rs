@@ -8,7 +8,8 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use crate::Result;
-use crate::tools::{self, cargo, run, target_dir};
+use crate::install;
+use crate::process::{cargo, run, target_dir};
 
 /// The musl target for this machine's architecture.
 fn target() -> String {
@@ -46,7 +47,7 @@ pub fn build(profile: Profile) -> Result<PathBuf> {
              (`rustup target add {target}`)"
         ));
     }
-    tools::apt_install(&["musl-tools"])?;
+    install::apt_install(&["musl-tools"])?;
     eprintln!(
         "xtask: building policy-sync for {target} (profile {})",
         profile.name()

@@ -11,7 +11,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::Result;
-use crate::tools::{self, cargo, run};
+use crate::install;
+use crate::process::{self, cargo, run};
 
 const PACKAGE: &str = "portcullis-filter";
 const ARTIFACT: &str = "portcullis_filter.wasm";
@@ -98,7 +99,7 @@ fn detect() -> Result<Toolchain> {
     eprintln!(
         "xtask: wasm toolchain: case 3, no wasm32 target from rustup; using Debian's rustc-web with -Zbuild-std"
     );
-    tools::apt_install(DEBIAN_PACKAGES).map_err(|e| {
+    install::apt_install(DEBIAN_PACKAGES).map_err(|e| {
         format!("no way to build for wasm32 here: no installed target, rustup could not add one, and Debian's rust-web packages could not be installed ({e})")
     })?;
     Ok(Toolchain::Debian)
@@ -144,7 +145,7 @@ pub fn build_all() -> Result<Built> {
     let toolchain = match std::env::var("PORTCULLIS_WASM_TOOLCHAIN").as_deref() {
         // Lets the Debian path be exercised on a machine where rustup works too.
         Ok("debian") => {
-            tools::apt_install(DEBIAN_PACKAGES)?;
+            install::apt_install(DEBIAN_PACKAGES)?;
             Toolchain::Debian
         }
         _ => detect()?,
@@ -163,8 +164,8 @@ pub fn build_all() -> Result<Built> {
                 linker.display()
             );
             let mut c = Command::new("/usr/bin/cargo");
-            c.current_dir(tools::repo_root())
-                .env("CARGO_TARGET_DIR", tools::target_dir().join("debian"))
+            c.current_dir(process::repo_root())
+                .env("CARGO_TARGET_DIR", process::target_dir().join("debian"))
                 .env("RUSTC", "/usr/bin/rustc")
                 .env("RUSTC_BOOTSTRAP", "1")
                 .env("CARGO_TARGET_WASM32_WASIP1_RUSTFLAGS", flags)
@@ -185,8 +186,8 @@ pub fn build_all() -> Result<Built> {
     ]);
     run(&mut cmd, "building the filter for wasm")?;
     let base = match toolchain {
-        Toolchain::Installed(_) => tools::target_dir(),
-        Toolchain::Debian => tools::target_dir().join("debian"),
+        Toolchain::Installed(_) => process::target_dir(),
+        Toolchain::Debian => process::target_dir().join("debian"),
     };
     let wasm = base.join(target).join("release").join(ARTIFACT);
     let probe = base.join(target).join("release").join(PROBE_ARTIFACT);

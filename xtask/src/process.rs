@@ -1,0 +1,53 @@
+//! Running cargo and other programs for the tasks, and where the build output goes.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use crate::Result;
+
+/// The repository root (of the checkout this `xtask` was built from).
+pub fn repo_root() -> PathBuf {
+    harness::paths::repo_root()
+}
+
+/// The cargo target directory: `CARGO_TARGET_DIR`, else a per-user cache directory outside the
+/// clone, so that fresh clones (CI) reuse the build output of earlier ones.
+pub fn target_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("CARGO_TARGET_DIR") {
+        return PathBuf::from(d);
+    }
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| repo_root().join("target"));
+    cache.join("portcullis/target")
+}
+
+/// `cargo` as invoked by `cargo xtask` (rustup's proxy or whatever ran us).
+pub fn cargo() -> Command {
+    let mut c = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    c.current_dir(repo_root())
+        .env("CARGO_TARGET_DIR", target_dir());
+    c
+}
+
+/// Runs a command, failing with its description if it fails.
+pub fn run(cmd: &mut Command, what: &str) -> Result {
+    let status = cmd
+        .status()
+        .map_err(|e| format!("{what}: cannot start: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{what} failed ({status})"))
+    }
+}
+
+/// Where `program` is on `PATH`, if it is.
+pub fn find_on_path(program: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|dir| dir.join(program))
+            .find(|p| p.is_file())
+    })
+}
