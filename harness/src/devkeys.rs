@@ -1,6 +1,7 @@
 //! A development issuer: an RSA-2048 key generated in memory at start (never written to disk
 //! or committed), its public JWK Set, and RS256 tokens minted with it.
 
+use std::convert::Infallible;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
@@ -11,6 +12,8 @@ use rsa::signature::{SignatureEncoding as _, Signer as _};
 use rsa::traits::PublicKeyParts as _;
 use serde_json::{Value, json};
 use sha2::Sha256;
+
+use portcullis_core::auth::token;
 
 use crate::Result;
 
@@ -78,49 +81,33 @@ impl DevIssuer {
         use rsa::pss::BlindedSigningKey;
         use rsa::signature::RandomizedSigner as _;
         use sha2::{Sha384, Sha512};
-        let header = json!({"alg": alg, "typ": "JWT", "kid": self.kid});
-        let input = format!(
-            "{}.{}",
-            URL_SAFE_NO_PAD.encode(header.to_string()),
-            URL_SAFE_NO_PAD.encode(claims.to_string())
-        );
+        let header = json!({"alg": alg, "typ": "JWT", "kid": self.kid}).to_string();
         let k = self.key.clone();
         let rng = &mut rand::rngs::OsRng;
-        let sig: Box<[u8]> = match alg {
-            "RS256" => SigningKey::<Sha256>::new(k)
-                .sign(input.as_bytes())
-                .to_bytes(),
-            "RS384" => SigningKey::<Sha384>::new(k)
-                .sign(input.as_bytes())
-                .to_bytes(),
-            "RS512" => SigningKey::<Sha512>::new(k)
-                .sign(input.as_bytes())
-                .to_bytes(),
-            "PS256" => BlindedSigningKey::<Sha256>::new(k)
-                .sign_with_rng(rng, input.as_bytes())
-                .to_bytes(),
-            "PS384" => BlindedSigningKey::<Sha384>::new(k)
-                .sign_with_rng(rng, input.as_bytes())
-                .to_bytes(),
-            "PS512" => BlindedSigningKey::<Sha512>::new(k)
-                .sign_with_rng(rng, input.as_bytes())
-                .to_bytes(),
-            other => return Err(crate::Error::Missing(format!("no RSA algorithm {other}"))),
-        };
-        Ok(format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig)))
+        token::assemble(header.as_bytes(), claims.to_string().as_bytes(), |input| {
+            Ok(match alg {
+                "RS256" => SigningKey::<Sha256>::new(k).sign(input).to_vec(),
+                "RS384" => SigningKey::<Sha384>::new(k).sign(input).to_vec(),
+                "RS512" => SigningKey::<Sha512>::new(k).sign(input).to_vec(),
+                "PS256" => BlindedSigningKey::<Sha256>::new(k)
+                    .sign_with_rng(rng, input)
+                    .to_vec(),
+                "PS384" => BlindedSigningKey::<Sha384>::new(k)
+                    .sign_with_rng(rng, input)
+                    .to_vec(),
+                "PS512" => BlindedSigningKey::<Sha512>::new(k)
+                    .sign_with_rng(rng, input)
+                    .to_vec(),
+                other => return Err(crate::Error::Missing(format!("no RSA algorithm {other}"))),
+            })
+        })
     }
 
     /// Signs an arbitrary payload text (RS256), for tokens no JSON serializer would produce.
     #[must_use]
     pub fn sign_raw_payload(&self, payload: &str) -> String {
         let header = json!({"alg": "RS256", "typ": "JWT", "kid": self.kid}).to_string();
-        let input = format!(
-            "{}.{}",
-            URL_SAFE_NO_PAD.encode(header),
-            URL_SAFE_NO_PAD.encode(payload)
-        );
-        let sig = SigningKey::<Sha256>::new(self.key.clone()).sign(input.as_bytes());
-        format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig.to_bytes()))
+        rs256(&self.key, header.as_bytes(), payload.as_bytes())
     }
 
     /// Signs `claims` as an RS256 JWS with this key's `kid`.
@@ -151,13 +138,19 @@ impl DevIssuer {
 /// Signs a JWS with any header (tests use this for malformed or hostile tokens).
 #[must_use]
 pub fn sign_with(key: &RsaPrivateKey, header: &Value, claims: &Value) -> String {
-    let input = format!(
-        "{}.{}",
-        URL_SAFE_NO_PAD.encode(header.to_string()),
-        URL_SAFE_NO_PAD.encode(claims.to_string())
-    );
-    let sig = SigningKey::<Sha256>::new(key.clone()).sign(input.as_bytes());
-    format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig.to_bytes()))
+    rs256(
+        key,
+        header.to_string().as_bytes(),
+        claims.to_string().as_bytes(),
+    )
+}
+
+/// An RS256 compact JWS of `header` and `payload` (JSON texts).
+fn rs256(key: &RsaPrivateKey, header: &[u8], payload: &[u8]) -> String {
+    let Ok(token) = token::assemble::<Infallible>(header, payload, |input| {
+        Ok(SigningKey::<Sha256>::new(key.clone()).sign(input).to_vec())
+    });
+    token
 }
 
 /// Signs `claims` with a fixed, public test key of a non-RSA algorithm (`ES256`, `ES384`,
@@ -165,18 +158,32 @@ pub fn sign_with(key: &RsaPrivateKey, header: &Value, claims: &Value) -> String 
 /// Returns the token and the issuer's key configuration: `("jwks", set)` for public keys,
 /// `("sharedSecrets", set)` for HMAC. Deterministic keys: for tests and benchmarks only.
 pub fn sign_fixed(alg: &str, claims: &Value) -> Result<(String, &'static str, Value)> {
+    let bad = |e: &dyn std::fmt::Display| crate::Error::Missing(format!("fixed {alg} key: {e}"));
+    let header = json!({"alg": alg, "kid": "fixed"}).to_string();
+    let mut keys = None;
+    let signed = token::assemble::<crate::Error>(
+        header.as_bytes(),
+        claims.to_string().as_bytes(),
+        |input| {
+            let (sig, source, key) = fixed_signature(alg, input)?;
+            keys = Some((source, key));
+            Ok(sig)
+        },
+    )?;
+    let (source, key) = keys.ok_or_else(|| bad(&"not signed"))?;
+    Ok((signed, source, json!({"keys": [key]})))
+}
+
+/// The signature of `input` by the fixed key of `alg`, where its key goes in an issuer's
+/// configuration, and the key as a JWK.
+fn fixed_signature(alg: &str, input: &[u8]) -> Result<(Vec<u8>, &'static str, Value)> {
     use p256::ecdsa::signature::Signer as _;
-    let input = format!(
-        "{}.{}",
-        URL_SAFE_NO_PAD.encode(json!({"alg": alg, "kid": "fixed"}).to_string()),
-        URL_SAFE_NO_PAD.encode(claims.to_string())
-    );
     let b64 = |b: &[u8]| URL_SAFE_NO_PAD.encode(b);
     let bad = |e: &dyn std::fmt::Display| crate::Error::Missing(format!("fixed {alg} key: {e}"));
-    let (sig, source, key): (Vec<u8>, _, Value) = match alg {
+    Ok(match alg {
         "ES256" => {
             let sk = p256::ecdsa::SigningKey::from_slice(&[7u8; 32]).map_err(|e| bad(&e))?;
-            let sig: p256::ecdsa::Signature = sk.sign(input.as_bytes());
+            let sig: p256::ecdsa::Signature = sk.sign(input);
             let p = sk.verifying_key().to_encoded_point(false);
             let (x, y) = (
                 p.x().ok_or_else(|| bad(&"x"))?,
@@ -187,7 +194,7 @@ pub fn sign_fixed(alg: &str, claims: &Value) -> Result<(String, &'static str, Va
         }
         "ES384" => {
             let sk = p384::ecdsa::SigningKey::from_slice(&[5u8; 48]).map_err(|e| bad(&e))?;
-            let sig: p384::ecdsa::Signature = sk.sign(input.as_bytes());
+            let sig: p384::ecdsa::Signature = sk.sign(input);
             let p = sk.verifying_key().to_encoded_point(false);
             let (x, y) = (
                 p.x().ok_or_else(|| bad(&"x"))?,
@@ -198,24 +205,19 @@ pub fn sign_fixed(alg: &str, claims: &Value) -> Result<(String, &'static str, Va
         }
         "EdDSA" => {
             let sk = ed25519_dalek::SigningKey::from_bytes(&[9u8; 32]);
-            let sig = sk.sign(input.as_bytes());
+            let sig = sk.sign(input);
             let x = b64(sk.verifying_key().as_bytes());
             let k = json!({"kty": "OKP", "crv": "Ed25519", "kid": "fixed", "x": x});
             (sig.to_bytes().to_vec(), "jwks", k)
         }
         "HS256" | "HS384" | "HS512" => {
             let secret = [0x42u8; 64];
-            let tag = hmac_tag(alg, &secret, input.as_bytes()).map_err(|e| bad(&e))?;
+            let tag = hmac_tag(alg, &secret, input).map_err(|e| bad(&e))?;
             let k = json!({"kty": "oct", "kid": "fixed", "k": b64(&secret)});
             (tag, "sharedSecrets", k)
         }
         other => return Err(crate::Error::Missing(format!("no fixed key for {other}"))),
-    };
-    Ok((
-        format!("{input}.{}", b64(&sig)),
-        source,
-        json!({"keys": [key]}),
-    ))
+    })
 }
 
 /// HMAC tag of `input` (`HS256`, `HS384` or `HS512`).

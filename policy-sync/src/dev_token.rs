@@ -4,6 +4,7 @@
 //! half is registered as an uploaded key of the dev issuer, which is created when missing, so
 //! the token verifies in every filter once that change is published.
 
+use std::convert::Infallible;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -11,6 +12,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use deadpool_postgres::Pool;
 use ed25519_dalek::Signer as _;
+use portcullis_core::auth::token;
 
 use crate::signing::Signer;
 use crate::store::{self, IssuerSpec, StoreError};
@@ -84,15 +86,10 @@ pub async fn mint(pool: &Pool, req: &DevTokenRequest) -> Result<String, StoreErr
     if !req.groups.is_empty() {
         claims.insert("groups".into(), serde_json::json!(req.groups));
     }
-    let header = serde_json::json!({"alg": "EdDSA", "typ": "JWT", "kid": kid});
-    let signing_input = format!(
-        "{}.{}",
-        URL_SAFE_NO_PAD.encode(header.to_string()),
-        URL_SAFE_NO_PAD.encode(serde_json::Value::Object(claims).to_string())
-    );
-    let signature = key.signing_key().sign(signing_input.as_bytes());
-    Ok(format!(
-        "{signing_input}.{}",
-        URL_SAFE_NO_PAD.encode(signature.to_bytes())
-    ))
+    let header = serde_json::json!({"alg": "EdDSA", "typ": "JWT", "kid": kid}).to_string();
+    let payload = serde_json::Value::Object(claims).to_string();
+    let Ok(token) = token::assemble::<Infallible>(header.as_bytes(), payload.as_bytes(), |input| {
+        Ok(key.signing_key().sign(input).to_bytes().to_vec())
+    });
+    Ok(token)
 }

@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::auth::extractor::TokenSourceConfig;
+use crate::auth::extractor::{TokenSourceConfig, TokenSourceError};
 use crate::auth::jwks::JwksError;
-use crate::auth::routes::RouteConfig;
+use crate::auth::routes::{RouteConfig, RouteError};
 use crate::authz::action_routes::ActionRouteConfig;
 use crate::authz::tenants::{SetError, TenantConfig};
 use crate::bundle::signed::BundleDocument;
@@ -295,10 +295,14 @@ pub enum ConfigError {
         "issuer {issuer:?}: {header:?} cannot be an output header (lower-case HTTP token names only; not host, authorization, framing or pseudo-headers)"
     )]
     Header { issuer: String, header: String },
+    #[error(transparent)]
+    TokenSource(#[from] TokenSourceError),
+    #[error(transparent)]
+    Route(#[from] RouteError),
     #[error("{0}")]
-    TokenSource(String),
-    #[error("{0}")]
-    Route(String),
+    ActionRoute(String),
+    #[error("request.contextHeaders: {0:?} is not a lower-case header name")]
+    ContextHeader(String),
     #[error("tokenCache.capacity must be at most 1000000, got {0}")]
     CacheCapacity(usize),
     #[error("decisionCache.{0} must be at most {1}, got {2}")]

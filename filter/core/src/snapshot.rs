@@ -6,7 +6,7 @@ use std::rc::Rc;
 
 use hashbrown::HashMap;
 
-use crate::auth::extractor::TokenSource;
+use crate::auth::extractor::{TokenSource, TokenSourceError};
 use crate::auth::jwks::KeySet;
 use crate::auth::routes::Routes;
 use crate::auth::verifier::{Issuer, TimeRules};
@@ -169,9 +169,7 @@ fn check_limits(cfg: &FilterConfig) -> Result<(), ConfigError> {
         ));
     }
     if cfg.token_sources.is_empty() {
-        return Err(ConfigError::TokenSource(
-            "tokenSources must not be empty".into(),
-        ));
+        return Err(TokenSourceError::Empty.into());
     }
     Ok(())
 }
@@ -193,7 +191,7 @@ fn mappings(cfg: &FilterConfig) -> Result<(PrincipalMapping, RequestMapping), Co
         resource_type: authorizer::type_name(&cfg.request.resource_entity_type)
             .map_err(ConfigError::EntityType)?,
         routes: ActionRoutes::try_from(cfg.request.routes.as_slice())
-            .map_err(ConfigError::Route)?,
+            .map_err(ConfigError::ActionRoute)?,
     };
     if let Some(h) = cfg
         .request
@@ -201,9 +199,7 @@ fn mappings(cfg: &FilterConfig) -> Result<(PrincipalMapping, RequestMapping), Co
         .iter()
         .find(|h| !claim_headers::valid_header_name(h) && h.as_str() != "host")
     {
-        return Err(ConfigError::Route(format!(
-            "request.contextHeaders: {h:?} is not a lower-case header name"
-        )));
+        return Err(ConfigError::ContextHeader(h.clone()));
     }
     Ok((principal, mapping))
 }
@@ -276,9 +272,8 @@ impl Snapshot {
             .token_sources
             .iter()
             .map(TokenSource::try_from)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(ConfigError::TokenSource)?;
-        let routes = Routes::try_from(cfg.routes.as_slice()).map_err(ConfigError::Route)?;
+            .collect::<Result<Vec<_>, _>>()?;
+        let routes = Routes::try_from(cfg.routes.as_slice())?;
         let (principal, mapping) = mappings(&cfg)?;
         let bundle = cfg
             .bundle

@@ -44,8 +44,19 @@ impl TokenSource {
     }
 }
 
+/// Why a token source was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenSourceError {
+    #[error(
+        "token source {0:?} must name exactly one non-empty header, cookie or query (prefix only with header)"
+    )]
+    NotOneSource(TokenSourceConfig),
+    #[error("tokenSources must not be empty")]
+    Empty,
+}
+
 impl TryFrom<&TokenSourceConfig> for TokenSource {
-    type Error = String;
+    type Error = TokenSourceError;
 
     fn try_from(c: &TokenSourceConfig) -> Result<Self, Self::Error> {
         let nonempty = |s: &String| !s.trim().is_empty();
@@ -60,9 +71,7 @@ impl TryFrom<&TokenSourceConfig> for TokenSource {
             (None, None, Some(n)) if nonempty(n) && c.prefix.is_none() => {
                 Ok(Self::Query(n.clone()))
             }
-            _ => Err(format!(
-                "token source {c:?} must name exactly one non-empty header, cookie or query (prefix only with header)"
-            )),
+            _ => Err(TokenSourceError::NotOneSource(c.clone())),
         }
     }
 }

@@ -108,8 +108,17 @@ impl Routes {
     }
 }
 
+/// Why a route (or a tenant's host) was refused.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RouteError {
+    #[error("route host {0:?} must be a host name, optionally starting with \"*.\" (no port)")]
+    Host(String),
+    #[error("route {0:?} must have exactly one of `path` or `prefix`, starting with '/'")]
+    Matcher(RouteConfig),
+}
+
 /// Compiles a configured host pattern.
-pub fn host_matcher(h: &str) -> Result<HostMatcher, String> {
+pub fn host_matcher(h: &str) -> Result<HostMatcher, RouteError> {
     let (suffix, name) = match h.strip_prefix("*.") {
         Some(rest) => (true, rest),
         None => (false, h),
@@ -119,9 +128,7 @@ pub fn host_matcher(h: &str) -> Result<HostMatcher, String> {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'[' | b']' | b':'));
     if !valid {
-        return Err(format!(
-            "route host {h:?} must be a host name, optionally starting with \"*.\" (no port)"
-        ));
+        return Err(RouteError::Host(h.to_owned()));
     }
     let name = name.to_ascii_lowercase();
     Ok(if suffix {
@@ -132,7 +139,7 @@ pub fn host_matcher(h: &str) -> Result<HostMatcher, String> {
 }
 
 impl TryFrom<&[RouteConfig]> for Routes {
-    type Error = String;
+    type Error = RouteError;
 
     fn try_from(routes: &[RouteConfig]) -> Result<Self, Self::Error> {
         routes
@@ -141,11 +148,7 @@ impl TryFrom<&[RouteConfig]> for Routes {
                 let m = match (&r.path, &r.prefix) {
                     (Some(p), None) if p.starts_with('/') => Matcher::Exact(p.clone()),
                     (None, Some(p)) if p.starts_with('/') => Matcher::Prefix(p.clone()),
-                    _ => {
-                        return Err(format!(
-                            "route {r:?} must have exactly one of `path` or `prefix`, starting with '/'"
-                        ));
-                    }
+                    _ => return Err(RouteError::Matcher(r.clone())),
                 };
                 let hosts = r
                     .hosts

@@ -179,6 +179,23 @@ pub fn parse(token: &str, max_len: usize) -> Result<UnverifiedToken<'_>, TokenEr
     })
 }
 
+/// Assembles a compact JWS (RFC 7515 §7.1) of `header` and `payload` (the JSON texts, encoded
+/// here), signed by `sign` over the signing input. The filter only reads tokens; this is
+/// [`parse`]'s inverse for policy-sync's `dev-token` and for the tests' issuers.
+pub fn assemble<E>(
+    header: &[u8],
+    payload: &[u8],
+    sign: impl FnOnce(&[u8]) -> Result<Vec<u8>, E>,
+) -> Result<String, E> {
+    let input = format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(header),
+        URL_SAFE_NO_PAD.encode(payload)
+    );
+    let signature = sign(input.as_bytes())?;
+    Ok(format!("{input}.{}", URL_SAFE_NO_PAD.encode(signature)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,7 +7,7 @@ use std::rc::Rc;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use crate::auth::routes::{HostMatcher, host_matcher, host_name};
+use crate::auth::routes::{HostMatcher, RouteError, host_matcher, host_name};
 use crate::authz::authorizer::{
     HttpAuthorizer, HttpRequest, PolicyDecision, PrincipalMapping, RequestMapping,
 };
@@ -143,8 +143,8 @@ pub enum SetError {
     Bundle { set: String, source: BundleError },
     #[error("tenant id {0:?} is empty, \"default\", or used twice")]
     TenantId(String),
-    #[error("tenant {tenant:?}: {message}")]
-    Host { tenant: String, message: String },
+    #[error("tenant {tenant:?}: {source}")]
+    Host { tenant: String, source: RouteError },
     #[error("no policy set {0:?}")]
     Unknown(String),
     #[error("policy set {0:?} has no bundle: give one inline, or configure `sync` to fetch it")]
@@ -182,9 +182,9 @@ impl TenantSets {
                 return Err(SetError::TenantId(t.id.clone()));
             }
             for h in &t.hosts {
-                let m = host_matcher(h).map_err(|message| SetError::Host {
+                let m = host_matcher(h).map_err(|source| SetError::Host {
                     tenant: t.id.clone(),
-                    message,
+                    source,
                 })?;
                 hosts.push((m, compiled.len()));
             }
