@@ -69,7 +69,8 @@ impl Root {
     }
 }
 
-/// Counters, visible in Envoy as `wasmcustom.portcullis.*` (README lists them).
+/// Counters, visible in Envoy as `wasmcustom.portcullis.*` (names in
+/// `portcullis_core::metrics`, listed in docs/deployment.md).
 #[derive(Debug, Default, Clone, Copy)]
 struct Metrics {
     allowed: u32,
@@ -134,8 +135,8 @@ impl Metrics {
     }
 }
 
-/// How often counts reach Envoy. Each `increment_metric` is a host call (about 0.3 µs inside
-/// V8, four or more per request); adding them up in the filter and handing them over once a
+/// How often counts reach Envoy. Each `increment_metric` is a host call (four or more per
+/// request; its cost inside V8 is in docs/performance.md); adding them up in the filter and handing them over once a
 /// second (the root context's tick) takes those calls off the request path.
 const METRICS_FLUSH: Duration = Duration::from_secs(1);
 

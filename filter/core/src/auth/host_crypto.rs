@@ -1,7 +1,7 @@
 //! Signature checks the host can do natively, with the pure-Rust path as the fallback.
 //!
 //! Inside Envoy, public-key arithmetic compiled to wasm runs several times slower than the
-//! same code natively (README, "Measurements"). Envoy offers its own BoringSSL through the
+//! same code natively (docs/performance.md). Envoy offers its own BoringSSL through the
 //! `verify_signature` foreign function; the glue implements [`HostCrypto`] with it. The core
 //! only hands over what any host would need: a digest name, the key as SubjectPublicKeyInfo
 //! DER, the signature in the form OpenSSL-style APIs take, and the signed bytes.

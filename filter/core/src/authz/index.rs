@@ -1,8 +1,8 @@
 //! A scope index over a bundle's policies: a request evaluates only the policies whose scope
 //! matches it, and none at all of those that have no `when`/`unless` clause.
 //!
-//! Cedar's [`Authorizer`] evaluates every policy of the set it is given (about 0.5–1 µs each,
-//! natively). A policy's condition is `principal-scope && action-scope && resource-scope &&
+//! Cedar's [`Authorizer`] evaluates every policy of the set it is given, so its cost grows with
+//! the set (docs/performance.md). A policy's condition is `principal-scope && action-scope && resource-scope &&
 //! when && !unless`, evaluated left to right with short-circuiting, and the scope tests never
 //! fail: they are `==`, `in` and `is` on entity uids. So a policy whose scope does not match
 //! the request is neither satisfied nor in error, and leaving it out changes nothing in the

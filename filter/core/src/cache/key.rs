@@ -2,11 +2,11 @@
 //!
 //! A cache hit compares the whole key with the stored one (a token is several hundred bytes).
 //! `==` on byte slices calls `memcmp`, which wasi-libc implements one byte per step; in wasm
-//! that made the token comparison the largest single cost of a repeated request (0.66 µs of
-//! 8.8 µs in the wasmtime host's profile). [`eq`] instead XORs and ORs 16-byte words (in the
-//! size-optimised wasm build: two 64-bit loads per word, not vectorised), which took the
-//! comparison to 0.05 µs. Once the lengths match it reads every byte, so the time a comparison
-//! takes does not tell where the first difference is.
+//! that made the token comparison the largest single cost of a repeated request in the
+//! wasmtime host's profile (figures in docs/performance.md). [`eq`] instead XORs and ORs
+//! 16-byte words (in the size-optimised wasm build: two 64-bit loads per word, not
+//! vectorised). Once the lengths match it reads every byte, so the time a comparison takes
+//! does not tell where the first difference is.
 
 use std::hash::{Hash, Hasher};
 
