@@ -215,6 +215,13 @@ pub fn jwt_authn_rbac_config(
     )
 }
 
+/// Envoy's name for one of the filter's stats (`portcullis_core::metrics`): Envoy puts a Wasm
+/// module's own stats under `wasmcustom.`.
+#[must_use]
+pub fn stat_name(metric: &str) -> String {
+    format!("wasmcustom.{metric}")
+}
+
 /// Checks a configuration with `envoy --mode validate`.
 pub fn validate(config_yaml: &str) -> Result<()> {
     let dir = tempfile::tempdir()?;

@@ -7,6 +7,7 @@ use harness::devkeys::DevIssuer;
 use harness::envoy::{self, Envoy, Ports};
 use harness::fixtures::{self, Observed, UPSTREAM_BODY};
 use harness::{demo, http, paths};
+use portcullis_core::metrics;
 use serde_json::json;
 
 type TestResult = Result<(), Box<dyn Error>>;
@@ -70,23 +71,23 @@ fn decisions_through_real_envoy() -> TestResult {
     // The filter's counters are Envoy stats: 2 allowed, 2 denied and 7 unauthenticated
     // fixtures, plus the token-less request `wait_ready` sends.
     assert_eq!(
-        proxy.wait_stat("wasmcustom.portcullis.allowed_total", 2)?,
+        proxy.wait_stat(&envoy::stat_name(metrics::ALLOWED), 2)?,
         Some(2)
     );
     assert_eq!(
-        proxy.wait_stat("wasmcustom.portcullis.denied_total", 2)?,
+        proxy.wait_stat(&envoy::stat_name(metrics::DENIED), 2)?,
         Some(2)
     );
     // The determining policy of each deny is counted under its id.
     assert_eq!(
         proxy.wait_stat(
-            "wasmcustom.portcullis.denied_by_policy_total.admin-area-admins-only",
+            &envoy::stat_name(&metrics::denied_by_policy("admin-area-admins-only")),
             1
         )?,
         Some(1)
     );
     assert_eq!(
-        proxy.wait_stat("wasmcustom.portcullis.unauthenticated_total", 8)?,
+        proxy.wait_stat(&envoy::stat_name(metrics::UNAUTHENTICATED), 8)?,
         Some(8)
     );
     // Signatures were checked by Envoy's BoringSSL (`verify_signature`): one per distinct
@@ -110,8 +111,8 @@ fn decisions_through_real_envoy() -> TestResult {
     assert_eq!(resp.status().as_u16(), 401);
     assert_eq!(
         (
-            proxy.wait_stat("wasmcustom.portcullis.host_verify.confirmed_total", 5)?,
-            proxy.wait_stat("wasmcustom.portcullis.host_verify.declined_total", 1)?
+            proxy.wait_stat(&envoy::stat_name(metrics::HOST_VERIFY_CONFIRMED), 5)?,
+            proxy.wait_stat(&envoy::stat_name(metrics::HOST_VERIFY_DECLINED), 1)?
         ),
         (Some(5), Some(1))
     );
@@ -187,11 +188,11 @@ fn tenants_dry_run_and_source_address_in_envoy() -> TestResult {
     // The source address reached Cedar: loopback callers get /internal.
     assert_eq!(send("GET", "api.example.com", "/internal")?, 200);
     assert_eq!(
-        proxy.wait_stat("wasmcustom.portcullis.dry_run.would_deny_total", 2)?,
+        proxy.wait_stat(&envoy::stat_name(metrics::DRY_RUN_WOULD_DENY), 2)?,
         Some(2)
     );
     assert_eq!(
-        proxy.wait_stat("wasmcustom.portcullis.denied_total", 1)?,
+        proxy.wait_stat(&envoy::stat_name(metrics::DENIED), 1)?,
         Some(1)
     );
     // The histogram exists (Envoy lists histograms with their quantiles, not a count).
@@ -204,7 +205,7 @@ fn tenants_dry_run_and_source_address_in_envoy() -> TestResult {
             .call()?,
     );
     assert!(
-        stats.contains("wasmcustom.portcullis.decision_microseconds"),
+        stats.contains(&envoy::stat_name(metrics::DECISION_MICROSECONDS)),
         "{stats}"
     );
     Ok(())
@@ -243,7 +244,7 @@ fn header_values_that_are_not_utf8_are_decided_and_stop_nothing() -> TestResult 
     assert_eq!(send(b"")?.0, 401);
     assert_eq!(send(bearer.as_bytes())?.0, 200);
     assert_eq!(
-        proxy.wait_stat("wasmcustom.portcullis.allowed_total", 3)?,
+        proxy.wait_stat(&envoy::stat_name(metrics::ALLOWED), 3)?,
         Some(3)
     );
     assert!(!proxy.log().contains("panicked"), "{}", proxy.log());

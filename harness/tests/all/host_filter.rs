@@ -9,6 +9,7 @@ use harness::demo;
 use harness::devkeys::DevIssuer;
 use harness::fixtures::{self, Observed};
 use harness::host::{Host, HostError, LogLevel, Plugin, Request, VmOptions};
+use portcullis_core::metrics;
 use serde_json::json;
 
 type TestResult = Result<(), Box<dyn Error>>;
@@ -282,21 +283,18 @@ fn counters_for_decisions_and_the_token_cache() -> TestResult {
     let vm = demo_vm(&mut host, &issuer)?;
     send_counted_mix(&mut host, vm, &issuer)?;
     // Counts reach the host at the filter's next tick (once a second), not per request.
-    assert_eq!(
-        host.metric("portcullis.allowed_total").map(|m| m.value),
-        Some(0)
-    );
+    assert_eq!(host.metric(metrics::ALLOWED).map(|m| m.value), Some(0));
     host.advance(Duration::from_secs(1))?;
     let value = |name: &str| host.metric(name).map(|m| m.value);
-    assert_eq!(value("portcullis.allowed_total"), Some(3));
-    assert_eq!(value("portcullis.denied_total"), Some(1));
-    assert_eq!(value("portcullis.unauthenticated_total"), Some(1));
+    assert_eq!(value(metrics::ALLOWED), Some(3));
+    assert_eq!(value(metrics::DENIED), Some(1));
+    assert_eq!(value(metrics::UNAUTHENTICATED), Some(1));
     // One verification, then hits for the same token (the no-token request touches no cache).
-    assert_eq!(value("portcullis.token_cache.misses_total"), Some(1));
-    assert_eq!(value("portcullis.token_cache.hits_total"), Some(3));
+    assert_eq!(value(metrics::TOKEN_CACHE_MISSES), Some(1));
+    assert_eq!(value(metrics::TOKEN_CACHE_HITS), Some(3));
     // GET /a decided once, then twice from the decision cache; GET /admin decided once.
-    assert_eq!(value("portcullis.decision_cache.misses_total"), Some(2));
-    assert_eq!(value("portcullis.decision_cache.hits_total"), Some(2));
+    assert_eq!(value(metrics::DECISION_CACHE_MISSES), Some(2));
+    assert_eq!(value(metrics::DECISION_CACHE_HITS), Some(2));
     Ok(())
 }
 
@@ -309,14 +307,11 @@ fn counts_since_the_last_tick_reach_the_host_when_the_vm_stops() -> TestResult {
     let vm = demo_vm(&mut host, &issuer)?;
     let token = send_counted_mix(&mut host, vm, &issuer)?;
     let value = |host: &Host<'_>, name: &str| host.metric(name).map(|m| m.value);
-    assert_eq!(value(&host, "portcullis.allowed_total"), Some(0));
+    assert_eq!(value(&host, metrics::ALLOWED), Some(0));
     host.stop_vm(vm)?;
-    assert_eq!(value(&host, "portcullis.allowed_total"), Some(3));
-    assert_eq!(value(&host, "portcullis.unauthenticated_total"), Some(1));
-    assert_eq!(
-        value(&host, "portcullis.decision_cache.hits_total"),
-        Some(2)
-    );
+    assert_eq!(value(&host, metrics::ALLOWED), Some(3));
+    assert_eq!(value(&host, metrics::UNAUTHENTICATED), Some(1));
+    assert_eq!(value(&host, metrics::DECISION_CACHE_HITS), Some(2));
     assert!(matches!(
         host.send(vm, request("GET", "/a", Some(&token))),
         Err(HostError::VmStopped)

@@ -12,6 +12,7 @@ use harness::devkeys::DevIssuer;
 use harness::host::{Host, HttpCall, HttpCallResponse, Request, VmOptions};
 use portcullis_core::BundleWire;
 use portcullis_core::bundle::signed::{BundleDocument, IssuerKeys, SignedBundle};
+use portcullis_core::metrics;
 use serde_json::{Value, json};
 
 use crate::host_filter::plugin;
@@ -159,11 +160,11 @@ fn one_poll_per_envoy_and_a_commit_reaches_every_worker() -> TestResult {
         let reply = ex.local_reply.as_ref().ok_or("no reply")?;
         assert_eq!(reply.header("x-portcullis-policies"), Some("deny-all"));
     }
-    assert_eq!(metric(&host, "portcullis.sync.bundle_version.default"), 2);
+    assert_eq!(metric(&host, &metrics::sync_bundle_version("default")), 2);
     // Counters reach Envoy at each worker's next flush (once a second).
     host.advance(Duration::from_secs(1))?;
-    assert_eq!(metric(&host, "portcullis.sync.documents_applied_total"), 4);
-    assert_eq!(metric(&host, "portcullis.sync.successes_total"), 1);
+    assert_eq!(metric(&host, metrics::SYNC_DOCUMENTS_APPLIED), 4);
+    assert_eq!(metric(&host, metrics::SYNC_SUCCESSES), 1);
     // The holder is back at it, after version 2.
     let next = poll(&host)?;
     assert_eq!(
@@ -242,11 +243,7 @@ fn refused_answers_keep_the_bundle_in_force_and_log_once() -> TestResult {
         // A tick, and the counters' flush.
         host.advance(Duration::from_millis(1_050))?;
         assert_eq!(statuses(&mut host, 2, &token)?, [200, 200], "after {cause}");
-        assert_eq!(
-            metric(&host, &format!("portcullis.sync.failures_total.{cause}")),
-            1,
-            "{cause}"
-        );
+        assert_eq!(metric(&host, &metrics::sync_failures(cause)), 1, "{cause}");
     }
     // The connection fails outright, then the call times out: still the same bundle.
     host.advance(Duration::from_millis(250))?;
@@ -254,7 +251,7 @@ fn refused_answers_keep_the_bundle_in_force_and_log_once() -> TestResult {
     host.advance(Duration::from_secs(36))?;
     assert!(host.http_calls().iter().all(|c| c.token != call.token));
     host.advance(Duration::from_millis(1_000))?;
-    assert_eq!(metric(&host, "portcullis.sync.failures_total.timeout"), 1);
+    assert_eq!(metric(&host, &metrics::sync_failures("timeout")), 1);
     let failing = host
         .logs()
         .iter()
@@ -310,7 +307,7 @@ fn a_stale_bundle_fails_closed_and_a_stopped_poller_is_replaced() -> TestResult 
         assert_eq!(ex.status(), 503, "worker {vm}");
     }
     host.advance(Duration::from_millis(1_000))?;
-    assert!(metric(&host, "portcullis.sync.refused_requests_total") >= 2);
+    assert!(metric(&host, metrics::SYNC_REFUSED_REQUESTS) >= 2);
     // An answer (nothing newer) ends it.
     let call = host
         .http_calls()
@@ -442,7 +439,7 @@ fn decision_logs_ship_denials_and_the_sampled_allows() -> TestResult {
     assert_eq!(deny["version"], 1);
     host.respond_http_call(*post, answer(200, b"{\"written\":3}".to_vec()))?;
     host.advance(Duration::from_millis(1_100))?;
-    assert_eq!(metric(&host, "portcullis.decision_log.shipped_total"), 3);
+    assert_eq!(metric(&host, metrics::DECISION_LOG_SHIPPED), 3);
     // sampleAllows 1: every allowed request too.
     let all = json!({"decisionLog": {"sampleAllows": 1}});
     let mut host = envoy(plugin()?, &config(&issuer, Some(ALLOW), &all), 1)?;

@@ -10,6 +10,7 @@ use std::time::Duration;
 use harness::devkeys::DevIssuer;
 use harness::envoy::{self, Envoy, Ports};
 use harness::{demo, http, paths};
+use portcullis_core::metrics;
 use serde_json::Value;
 
 type TestResult = Result<(), Box<dyn Error>>;
@@ -147,7 +148,7 @@ fn denied_then_scraped(patch: Option<&str>, issuer: &DevIssuer) -> Result<String
     assert_eq!(status.as_u16(), 403);
     // The filter counts the deny once the request is done: wait for the count.
     assert_eq!(
-        proxy.wait_stat("wasmcustom.portcullis.denied_total", 1)?,
+        proxy.wait_stat(&envoy::stat_name(metrics::DENIED), 1)?,
         Some(1)
     );
     Ok(proxy.admin("/stats/prometheus")?)

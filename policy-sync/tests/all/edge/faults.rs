@@ -10,10 +10,11 @@ use std::time::Duration;
 
 use deadpool_postgres::Pool;
 use harness::devkeys::DevIssuer;
-use harness::envoy::Envoy;
+use harness::envoy::{self, Envoy};
 use harness::postgres::Cluster;
 use policy_sync::source::PolicyRow;
 use policy_sync::store::{self, Role};
+use portcullis_core::metrics;
 use serde_json::json;
 
 use super::fault_proxy::{Fault, FaultProxy};
@@ -23,7 +24,10 @@ use super::{
 };
 use crate::support::{Res, TestResult};
 
-const REFUSED: &str = "wasmcustom.portcullis.sync.refused_requests_total";
+/// Envoy's name of the filter's refused-requests counter.
+fn refused_stat() -> String {
+    envoy::stat_name(metrics::SYNC_REFUSED_REQUESTS)
+}
 
 /// Flips the `deny` policy (present → removed, absent → stored); the status `/api` gets once
 /// the commit is in force.
@@ -113,7 +117,7 @@ async fn no_fault_lets_a_denied_request_through() -> TestResult {
     // Before the first document, requests were refused (503): counted from here on, once
     // the filter's next once-a-second flush has reported them.
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    let refused = stat(&envoy, REFUSED).await?;
+    let refused = stat(&envoy, &refused_stat()).await?;
     let watch = Watch::start(&envoy, &token, 403, 4)?;
     let mut denying = true;
 
@@ -191,7 +195,7 @@ async fn no_fault_lets_a_denied_request_through() -> TestResult {
     eprintln!("{checked} answers checked, none wrong");
     assert!(checked > 200, "only {checked} answers were checked");
     assert_eq!(
-        stat(&envoy, REFUSED).await?,
+        stat(&envoy, &refused_stat()).await?,
         refused,
         "requests refused as stale during the faults"
     );

@@ -5,7 +5,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use harness::devkeys::DevIssuer;
-use harness::envoy::Envoy;
+use harness::envoy::{self, Envoy};
+use portcullis_core::metrics;
 use serde_json::json;
 
 use policy_sync::store::{self, Role};
@@ -126,12 +127,12 @@ async fn envoy_follows_policy_sync() -> TestResult {
     let back = Serve::start(&url, addr, &key).await?;
     let took = until_all(&envoy, &token, 200, Duration::from_secs(10)).await?;
     eprintln!("policy-sync back with the deny removed: every connection allowed after {took:?}");
-    envoy.wait_stat("wasmcustom.portcullis.sync.failures_total.unreachable", 1)?;
+    envoy.wait_stat(&envoy::stat_name(&metrics::sync_failures("unreachable")), 1)?;
     let failures: u64 = ["unreachable", "timeout", "status"]
         .iter()
         .filter_map(|c| {
             envoy
-                .stat(&format!("wasmcustom.portcullis.sync.failures_total.{c}"))
+                .stat(&envoy::stat_name(&metrics::sync_failures(c)))
                 .ok()
                 .flatten()
         })
