@@ -15,6 +15,7 @@ use sha2::{Digest as _, Sha256};
 
 use crate::db::{DbError, hex};
 use crate::diagnostics::Problem;
+use crate::metrics::Metrics;
 use crate::signing::Signer;
 use crate::source::{self, Source};
 
@@ -67,6 +68,42 @@ pub async fn publish(
     let out = publish_in(&tx, signer, reason, None).await?;
     tx.commit().await?;
     Ok(out)
+}
+
+/// One publishing attempt ([`publish`]), with its metrics and log lines; `None` when nothing
+/// could be published (invalid source state, kept out and logged; or Postgres failing).
+pub async fn attempt(
+    pool: &Pool,
+    signer: &Signer,
+    metrics: &Metrics,
+    reason: &str,
+) -> Option<Published> {
+    let started = std::time::Instant::now();
+    let result = publish(pool, signer, reason).await;
+    metrics
+        .publish_seconds
+        .observe(started.elapsed().as_secs_f64());
+    match result {
+        Ok(p) => {
+            if let Published::New { version, tenants } = &p {
+                tracing::info!(version, ?tenants, "published");
+            }
+            Some(p)
+        }
+        Err(PublishError::Invalid(problems)) => {
+            metrics.publish_refused.inc();
+            tracing::warn!(
+                problems = %crate::diagnostics::summary(&problems),
+                "the source state is invalid; the last good version stays served"
+            );
+            None
+        }
+        Err(e) => {
+            metrics.publish_errors.inc();
+            tracing::warn!(error = %e, "publishing failed; retrying");
+            None
+        }
+    }
 }
 
 /// Restores the policies, schemas and entities of every tenant as they were at `to`, and

@@ -87,36 +87,13 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// One publishing attempt, with its metrics and log lines; `None` when nothing could be
-    /// published (invalid source state, kept out and logged; or Postgres failing).
+    /// One publishing attempt ([`crate::publish::attempt`]: its metrics and log lines), a new
+    /// version recorded here; `None` when nothing could be published.
     pub async fn publish(&self, reason: &str) -> Option<crate::publish::Published> {
-        let started = std::time::Instant::now();
-        let result = crate::publish::publish(&self.pool, &self.signer, reason).await;
-        self.metrics
-            .publish_seconds
-            .observe(started.elapsed().as_secs_f64());
-        match result {
-            Ok(p) => {
-                if let crate::publish::Published::New { version, tenants } = &p {
-                    tracing::info!(version, ?tenants, "published");
-                }
-                self.record(&p);
-                Some(p)
-            }
-            Err(crate::publish::PublishError::Invalid(problems)) => {
-                self.metrics.publish_refused.inc();
-                tracing::warn!(
-                    problems = %crate::diagnostics::summary(&problems),
-                    "the source state is invalid; the last good version stays served"
-                );
-                None
-            }
-            Err(e) => {
-                self.metrics.publish_errors.inc();
-                tracing::warn!(error = %e, "publishing failed; retrying");
-                None
-            }
-        }
+        let published =
+            crate::publish::attempt(&self.pool, &self.signer, &self.metrics, reason).await?;
+        self.record(&published);
+        Some(published)
     }
 
     /// Records a publishing result: counts a new version and wakes its waiters here at once
