@@ -10,6 +10,27 @@ pub enum Verdict {
     Forbidden,
 }
 
+/// Why the policies could not decide a request as they are written. An erroring policy is
+/// skipped, as Cedar specifies; every other cause denies the request.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecisionError {
+    /// A policy failed to evaluate (Cedar's message, which names it).
+    #[error("{message}")]
+    Policy { policy: String, message: String },
+    /// The Cedar request could not be built (its principal, entities or context).
+    #[error("{0}")]
+    Request(String),
+    /// The policy index met a residual it cannot evaluate.
+    #[error("the policy index could not decide the request; denied")]
+    Undecided,
+    /// The token names a tenant that has no policy set.
+    #[error("the token's tenant {0:?} has no policy set")]
+    UnknownTenant(String),
+    /// A host matched a tenant the configuration does not hold (a bug; denied).
+    #[error("tenant index out of range")]
+    TenantIndex,
+}
+
 /// A decision with what explains it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outcome {
@@ -18,8 +39,9 @@ pub struct Outcome {
     pub principal: Option<String>,
     /// The policies that determined the decision.
     pub policies: Vec<String>,
-    /// Policy evaluation errors (Cedar skips erroring policies).
-    pub errors: Vec<String>,
+    /// What kept the policies from deciding as written: policies that failed to evaluate
+    /// (Cedar skips them), or why the request was denied undecided.
+    pub errors: Vec<DecisionError>,
     /// Version of the bundle that decided.
     pub bundle_version: u64,
     /// The policy set that decided (`default` or a tenant id).

@@ -33,7 +33,7 @@ pub mod sync;
 pub use auth::host_crypto::{Digest, HostCrypto};
 pub use bundle::{Bundle, BundleError, BundleWire};
 pub use config::{ConfigError, FilterConfig};
-pub use decision::{AuthError, LocalReply, Outcome, Verdict};
+pub use decision::{AuthError, DecisionError, LocalReply, Outcome, Verdict};
 pub use engine::{CacheUse, Decided, Engine};
 pub use http::header_map::{HeaderMap, HeaderMapError};
 pub use http::request::{RequestView, StaticRequest};

@@ -12,9 +12,10 @@ use serde_json::{Map, Value};
 
 use crate::authz::action_routes::ActionRoutes;
 use crate::authz::entity_slice::EntitySlicer;
-use crate::authz::index::PolicyIndex;
+use crate::authz::index::{self, PolicyIndex};
 use crate::authz::policy_reads::{ContextReads, PolicyReads};
 use crate::bundle::Bundle;
+use crate::decision::DecisionError;
 
 /// How claims become the Cedar principal.
 #[derive(Debug, Clone)]
@@ -43,7 +44,7 @@ pub struct PolicyDecision {
     /// The policies that determined the decision (Cedar's "reason").
     pub policies: Vec<String>,
     /// Policies that failed to evaluate (skipped, as Cedar specifies), and request errors.
-    pub errors: Vec<String>,
+    pub errors: Vec<DecisionError>,
 }
 
 impl PolicyDecision {
@@ -51,7 +52,7 @@ impl PolicyDecision {
         Self {
             allow: false,
             policies: Vec::new(),
-            errors: vec![e.to_string()],
+            errors: vec![DecisionError::Request(e.to_string())],
         }
     }
 }
@@ -262,9 +263,16 @@ impl HttpAuthorizer {
         let response = self
             .index
             .is_authorized(&self.authorizer, &request, entities);
-        let mut errors: Vec<String> = response.errors.iter().map(ToString::to_string).collect();
+        let mut errors: Vec<DecisionError> = response
+            .errors
+            .iter()
+            .map(|e| DecisionError::Policy {
+                policy: index::error_id(e).to_string(),
+                message: e.to_string(),
+            })
+            .collect();
         if response.undecided {
-            errors.push("the policy index could not decide the request; denied".to_owned());
+            errors.push(DecisionError::Undecided);
         }
         PolicyDecision {
             allow: response.decision == Decision::Allow && !response.undecided,

@@ -13,6 +13,7 @@ use crate::authz::authorizer::{
 };
 use crate::authz::policy_reads::{ContextInputs, ContextReads};
 use crate::bundle::{Bundle, BundleError, BundleWire};
+use crate::decision::DecisionError;
 
 /// Id of the policy set used when no tenant is selected.
 pub const DEFAULT_SET: &str = "default";
@@ -251,14 +252,14 @@ impl TenantSets {
         &self,
         authority: &str,
         claims: Option<&Map<String, Value>>,
-    ) -> Result<&TenantSet, String> {
+    ) -> Result<&TenantSet, DecisionError> {
         let host = host_name(authority);
         if let Some((_, i)) = self.hosts.iter().find(|(m, _)| m.matches(host)) {
             return self
                 .tenants
                 .get(*i)
                 .map(|t| &**t)
-                .ok_or_else(|| "tenant index out of range".to_owned());
+                .ok_or(DecisionError::TenantIndex);
         }
         let tenant = self
             .tenant_claim
@@ -272,7 +273,7 @@ impl TenantSets {
                 .iter()
                 .find(|t| t.id == id)
                 .map(|t| &**t)
-                .ok_or_else(|| format!("the token's tenant {id:?} has no policy set")),
+                .ok_or_else(|| DecisionError::UnknownTenant(id.to_owned())),
         }
     }
 
