@@ -10,7 +10,6 @@ mod measure;
 mod process;
 mod propagation;
 mod server;
-mod startup;
 mod test;
 mod wasm;
 
@@ -182,7 +181,7 @@ fn main() -> ExitCode {
             rounds,
             first_sight_tokens,
             shared_rounds,
-            startup: startup::Options {
+            startup: measure::startup::Options {
                 workers: startup_workers.into_iter().filter(|&w| w > 0).collect(),
                 sizes: startup_sizes,
                 rounds: startup_rounds,
