@@ -11,6 +11,7 @@ use crate::auth::extractor::{TokenSourceConfig, TokenSourceError};
 use crate::auth::jwks::JwksError;
 use crate::auth::routes::{RouteConfig, RouteError};
 use crate::authz::action_routes::ActionRouteConfig;
+use crate::authz::authorizer::NameError;
 use crate::authz::tenants::{SetError, TenantConfig};
 use crate::bundle::signed::BundleDocument;
 use crate::bundle::{BundleError, BundleWire};
@@ -289,8 +290,8 @@ pub enum ConfigError {
     Bundle(#[from] BundleError),
     #[error("{0}")]
     TenantSets(#[from] SetError),
-    #[error("{0}")]
-    EntityType(String),
+    #[error(transparent)]
+    EntityType(#[from] NameError),
     #[error(
         "issuer {issuer:?}: {header:?} cannot be an output header (lower-case HTTP token names only; not host, authorization, framing or pseudo-headers)"
     )]

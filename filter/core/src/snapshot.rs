@@ -176,20 +176,15 @@ fn check_limits(cfg: &FilterConfig) -> Result<(), ConfigError> {
 
 fn mappings(cfg: &FilterConfig) -> Result<(PrincipalMapping, RequestMapping), ConfigError> {
     let principal = PrincipalMapping {
-        entity_type: authorizer::type_name(&cfg.principal.entity_type)
-            .map_err(ConfigError::EntityType)?,
+        entity_type: authorizer::type_name(&cfg.principal.entity_type)?,
         id_claim: cfg.principal.id_claim.clone(),
         groups_claim: cfg.principal.groups_claim.clone(),
-        group_type: authorizer::type_name(&cfg.principal.group_entity_type)
-            .map_err(ConfigError::EntityType)?,
-        anonymous: authorizer::entity_uid(&cfg.principal.anonymous)
-            .map_err(ConfigError::EntityType)?,
+        group_type: authorizer::type_name(&cfg.principal.group_entity_type)?,
+        anonymous: authorizer::entity_uid(&cfg.principal.anonymous)?,
     };
     let mapping = RequestMapping {
-        action_type: authorizer::type_name(&cfg.request.action_entity_type)
-            .map_err(ConfigError::EntityType)?,
-        resource_type: authorizer::type_name(&cfg.request.resource_entity_type)
-            .map_err(ConfigError::EntityType)?,
+        action_type: authorizer::type_name(&cfg.request.action_entity_type)?,
+        resource_type: authorizer::type_name(&cfg.request.resource_entity_type)?,
         routes: ActionRoutes::try_from(cfg.request.routes.as_slice())
             .map_err(ConfigError::ActionRoute)?,
     };

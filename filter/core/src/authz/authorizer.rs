@@ -303,13 +303,34 @@ fn uid(ty: &EntityTypeName, id: &str) -> EntityUid {
 }
 
 /// Parses a Cedar entity uid (`Type::"id"`) from configuration.
-pub fn entity_uid(s: &str) -> Result<EntityUid, String> {
-    EntityUid::from_str(s).map_err(|e| format!("{s:?} is not a Cedar entity uid: {e}"))
+pub fn entity_uid(s: &str) -> Result<EntityUid, NameError> {
+    EntityUid::from_str(s).map_err(|source| NameError::EntityUid {
+        text: s.to_owned(),
+        source: Box::new(source),
+    })
 }
 
 /// Parses a Cedar entity type name from configuration.
-pub fn type_name(s: &str) -> Result<EntityTypeName, String> {
-    EntityTypeName::from_str(s).map_err(|e| format!("{s:?} is not a Cedar entity type name: {e}"))
+pub fn type_name(s: &str) -> Result<EntityTypeName, NameError> {
+    EntityTypeName::from_str(s).map_err(|source| NameError::TypeName {
+        text: s.to_owned(),
+        source: Box::new(source),
+    })
+}
+
+/// A name in the configuration that Cedar does not parse.
+#[derive(Debug, thiserror::Error)]
+pub enum NameError {
+    #[error("{text:?} is not a Cedar entity uid: {source}")]
+    EntityUid {
+        text: String,
+        source: Box<cedar_policy::ParseErrors>,
+    },
+    #[error("{text:?} is not a Cedar entity type name: {source}")]
+    TypeName {
+        text: String,
+        source: Box<cedar_policy::ParseErrors>,
+    },
 }
 
 /// Claims as a Cedar record value. JSON values with no Cedar counterpart (null, non-integer
