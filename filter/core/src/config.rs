@@ -10,7 +10,7 @@ use serde::Deserialize;
 use crate::auth::extractor::{TokenSourceConfig, TokenSourceError};
 use crate::auth::jwks::JwksError;
 use crate::auth::routes::{RouteConfig, RouteError};
-use crate::authz::action_routes::ActionRouteConfig;
+use crate::authz::action_routes::{ActionRouteConfig, ActionRouteError};
 use crate::authz::authorizer::NameError;
 use crate::authz::tenants::{SetError, TenantConfig};
 use crate::bundle::signed::BundleDocument;
@@ -269,7 +269,7 @@ fn default_resource_type() -> String {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("configuration is not valid JSON for this filter: {0}")]
-    Json(String),
+    Json(serde_json::Error),
     #[error("at least one issuer must be configured")]
     NoIssuers,
     #[error("policy set {0:?} has no bundle: give one inline, or configure `sync` to fetch it")]
@@ -300,8 +300,8 @@ pub enum ConfigError {
     TokenSource(#[from] TokenSourceError),
     #[error(transparent)]
     Route(#[from] RouteError),
-    #[error("{0}")]
-    ActionRoute(String),
+    #[error(transparent)]
+    ActionRoute(#[from] ActionRouteError),
     #[error("request.contextHeaders: {0:?} is not a lower-case header name")]
     ContextHeader(String),
     #[error("tokenCache.capacity must be at most 1000000, got {0}")]
@@ -315,7 +315,7 @@ pub enum ConfigError {
 impl FilterConfig {
     /// Parses the configuration bytes Envoy hands the filter.
     pub fn from_json(bytes: &[u8]) -> Result<Self, ConfigError> {
-        serde_json::from_slice(bytes).map_err(|e| ConfigError::Json(e.to_string()))
+        serde_json::from_slice(bytes).map_err(ConfigError::Json)
     }
 
     /// The checked `sync` section, if there is one.

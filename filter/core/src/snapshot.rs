@@ -185,8 +185,7 @@ fn mappings(cfg: &FilterConfig) -> Result<(PrincipalMapping, RequestMapping), Co
     let mapping = RequestMapping {
         action_type: authorizer::type_name(&cfg.request.action_entity_type)?,
         resource_type: authorizer::type_name(&cfg.request.resource_entity_type)?,
-        routes: ActionRoutes::try_from(cfg.request.routes.as_slice())
-            .map_err(ConfigError::ActionRoute)?,
+        routes: ActionRoutes::try_from(cfg.request.routes.as_slice())?,
     };
     if let Some(h) = cfg
         .request

@@ -70,9 +70,37 @@ pub struct Matched {
 #[derive(Debug, Clone, Default)]
 pub struct ActionRoutes(Vec<Route>);
 
-fn parse_path(path: &str) -> Result<Vec<Segment>, String> {
+/// Why a route of the request table was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ActionRouteError {
+    #[error("route path {0:?} must start with '/'")]
+    NoLeadingSlash(String),
+    #[error("route path {path:?}: bad variable {segment:?}")]
+    BadVariable { path: String, segment: String },
+    #[error("route path {path:?}: variable {name:?} appears twice")]
+    RepeatedVariable { path: String, name: String },
+    #[error("route path {path:?}: {{{name}*}} must be the last segment")]
+    RestNotLast { path: String, name: String },
+    #[error("route path {path:?}: a variable must be a whole segment ({segment:?})")]
+    PartialVariable { path: String, segment: String },
+    #[error("resource template {0:?} must look like Type::\"id with {{vars}}\"")]
+    ResourceShape(String),
+    #[error("{template:?}: {source}")]
+    ResourceType {
+        template: String,
+        source: Box<cedar_policy::ParseErrors>,
+    },
+    #[error("resource template {template:?} uses {{{name}}}, which the path does not define")]
+    UnknownVariable { template: String, name: String },
+    #[error("route {path:?}: method {method:?} must be upper case")]
+    Method { path: String, method: String },
+    #[error("route {0:?}: empty action")]
+    EmptyAction(String),
+}
+
+fn parse_path(path: &str) -> Result<Vec<Segment>, ActionRouteError> {
     let Some(rest) = path.strip_prefix('/') else {
-        return Err(format!("route path {path:?} must start with '/'"));
+        return Err(ActionRouteError::NoLeadingSlash(path.to_owned()));
     };
     let parts: Vec<&str> = rest.split('/').collect();
     let last = parts.len().saturating_sub(1);
@@ -88,19 +116,24 @@ fn parse_path(path: &str) -> Result<Vec<Segment>, String> {
                 };
                 if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
                 {
-                    return Err(format!("route path {path:?}: bad variable {p:?}"));
+                    return Err(ActionRouteError::BadVariable {
+                        path: path.to_owned(),
+                        segment: (*p).to_owned(),
+                    });
                 }
                 if seen.contains(&name) {
-                    return Err(format!(
-                        "route path {path:?}: variable {name:?} appears twice"
-                    ));
+                    return Err(ActionRouteError::RepeatedVariable {
+                        path: path.to_owned(),
+                        name: name.to_owned(),
+                    });
                 }
                 seen.push(name);
                 if rest {
                     if i != last {
-                        return Err(format!(
-                            "route path {path:?}: {{{name}*}} must be the last segment"
-                        ));
+                        return Err(ActionRouteError::RestNotLast {
+                            path: path.to_owned(),
+                            name: name.to_owned(),
+                        });
                     }
                     Segment::Rest(name.to_owned())
                 } else {
@@ -108,9 +141,10 @@ fn parse_path(path: &str) -> Result<Vec<Segment>, String> {
                 }
             }
             None if p.contains(['{', '}']) => {
-                return Err(format!(
-                    "route path {path:?}: a variable must be a whole segment ({p:?})"
-                ));
+                return Err(ActionRouteError::PartialVariable {
+                    path: path.to_owned(),
+                    segment: (*p).to_owned(),
+                });
             }
             None => Segment::Literal((*p).to_owned()),
         };
@@ -119,8 +153,8 @@ fn parse_path(path: &str) -> Result<Vec<Segment>, String> {
     Ok(out)
 }
 
-fn parse_resource(t: &str, vars: &[Segment]) -> Result<ResourceTemplate, String> {
-    let bad = || format!("resource template {t:?} must look like Type::\"id with {{vars}}\"");
+fn parse_resource(t: &str, vars: &[Segment]) -> Result<ResourceTemplate, ActionRouteError> {
+    let bad = || ActionRouteError::ResourceShape(t.to_owned());
     let (ty, quoted) = t.split_once("::").ok_or_else(bad)?;
     let id = quoted
         .strip_prefix('"')
@@ -129,7 +163,10 @@ fn parse_resource(t: &str, vars: &[Segment]) -> Result<ResourceTemplate, String>
     if id.contains(['"', '\\']) {
         return Err(bad());
     }
-    let ty = EntityTypeName::from_str(ty).map_err(|e| format!("{t:?}: {e}"))?;
+    let ty = EntityTypeName::from_str(ty).map_err(|e| ActionRouteError::ResourceType {
+        template: t.to_owned(),
+        source: Box::new(e),
+    })?;
     let mut pieces = Vec::new();
     let mut rest = id;
     while let Some(open) = rest.find('{') {
@@ -140,9 +177,10 @@ fn parse_resource(t: &str, vars: &[Segment]) -> Result<ResourceTemplate, String>
             .iter()
             .any(|s| matches!(s, Segment::Var(n) | Segment::Rest(n) if n == name));
         if !known {
-            return Err(format!(
-                "resource template {t:?} uses {{{name}}}, which the path does not define"
-            ));
+            return Err(ActionRouteError::UnknownVariable {
+                template: t.to_owned(),
+                name: name.to_owned(),
+            });
         }
         if !text.is_empty() {
             pieces.push(Piece::Text(text.to_owned()));
@@ -160,7 +198,7 @@ fn parse_resource(t: &str, vars: &[Segment]) -> Result<ResourceTemplate, String>
 }
 
 impl TryFrom<&[ActionRouteConfig]> for ActionRoutes {
-    type Error = String;
+    type Error = ActionRouteError;
 
     fn try_from(routes: &[ActionRouteConfig]) -> Result<Self, Self::Error> {
         routes
@@ -177,13 +215,13 @@ impl TryFrom<&[ActionRouteConfig]> for ActionRoutes {
                     .iter()
                     .find(|m| m.is_empty() || !m.bytes().all(|b| b.is_ascii_uppercase()))
                 {
-                    return Err(format!(
-                        "route {:?}: method {m:?} must be upper case",
-                        r.path
-                    ));
+                    return Err(ActionRouteError::Method {
+                        path: r.path.clone(),
+                        method: m.clone(),
+                    });
                 }
                 if r.action.as_deref() == Some("") {
-                    return Err(format!("route {:?}: empty action", r.path));
+                    return Err(ActionRouteError::EmptyAction(r.path.clone()));
                 }
                 Ok(Route {
                     methods: r.methods.clone(),
@@ -267,7 +305,7 @@ mod tests {
 
     fn routes(v: serde_json::Value) -> Result<ActionRoutes, String> {
         let cfg: Vec<ActionRouteConfig> = serde_json::from_value(v).map_err(|e| e.to_string())?;
-        ActionRoutes::try_from(cfg.as_slice())
+        ActionRoutes::try_from(cfg.as_slice()).map_err(|e| e.to_string())
     }
 
     #[test]
