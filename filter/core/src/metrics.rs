@@ -45,6 +45,36 @@ const SYNC_FAILURES: &str = "portcullis.sync.failures_total";
 const SYNC_BUNDLE_VERSION: &str = "portcullis.sync.bundle_version";
 const SYNC_SECONDS_SINCE_SUCCESS: &str = "portcullis.sync.seconds_since_success";
 
+/// Every stat the filter defines, as (name, label): a plain stat's name, or a labelled family's
+/// name before the part [`TAGS`] makes its label. The metrics table in docs/deployment.md lists
+/// exactly these (a test compares them).
+pub const ALL: [(&str, Option<&str>); 24] = [
+    (ALLOWED, None),
+    (DENIED, None),
+    (UNAUTHENTICATED, None),
+    (ERRORS, None),
+    (TOKEN_CACHE_HITS, None),
+    (TOKEN_CACHE_MISSES, None),
+    (DECISION_CACHE_HITS, None),
+    (DECISION_CACHE_MISSES, None),
+    (HOST_VERIFY_CONFIRMED, None),
+    (HOST_VERIFY_DECLINED, None),
+    (DRY_RUN_WOULD_DENY, None),
+    (SHADOW_DISAGREEMENTS, None),
+    (DECISION_MICROSECONDS, None),
+    (HOST_VERIFY_NANOSECONDS, None),
+    (SYNC_SUCCESSES, None),
+    (SYNC_LEASE_TAKEOVERS, None),
+    (SYNC_REFUSED_REQUESTS, None),
+    (SYNC_DOCUMENTS_APPLIED, None),
+    (DECISION_LOG_SHIPPED, None),
+    (DECISION_LOG_DROPPED, None),
+    (DENIED_BY_POLICY, Some("policy_id")),
+    (SYNC_FAILURES, Some("cause")),
+    (SYNC_BUNDLE_VERSION, Some("tenant")),
+    (SYNC_SECONDS_SINCE_SUCCESS, Some("tenant")),
+];
+
 /// Denies per determining policy (label `policy_id`).
 pub fn denied_by_policy(policy_id: &str) -> String {
     format!("{DENIED_BY_POLICY}.{}", stat_safe(policy_id))

@@ -8,6 +8,7 @@ mod host_abi;
 mod host_filter;
 mod host_sync;
 mod k8s_manifests;
+mod metric_names;
 mod monitoring;
 mod oci_image;
 mod stats_tags;

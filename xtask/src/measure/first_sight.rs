@@ -4,17 +4,27 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
 use harness::demo;
 use harness::devkeys::DevIssuer;
 use harness::envoy::{self, Envoy, Ports};
+use portcullis_core::metrics;
 
 use super::cpu::{self, Pinning};
-use super::variant::Variant;
+use super::variant::{ALLOWED_STAT, Variant};
 use super::wrk::{Wrk, WrkResult};
 use super::{COUNTS_SETTLE, LOAD_PATH, Options, WARMUP_SECONDS};
 use crate::Result;
+
+/// The counters each first-sight run of Portcullis must see grow: every answer allowed, and
+/// with `verify_signature`, every signature confirmed by Envoy.
+static HOST_CONFIRMED_STAT: LazyLock<String> =
+    LazyLock::new(|| envoy::stat_name(metrics::HOST_VERIFY_CONFIRMED));
+static VERIFIED_BY_HOST: LazyLock<[&'static str; 2]> =
+    LazyLock::new(|| [ALLOWED_STAT.as_str(), HOST_CONFIRMED_STAT.as_str()]);
+static ALLOWED_ONLY: LazyLock<[&'static str; 1]> = LazyLock::new(|| [ALLOWED_STAT.as_str()]);
 
 /// What the phase measured, and the Portcullis instances it started for it.
 pub struct FirstSight {
@@ -70,19 +80,8 @@ pub fn run(
         })
         .collect();
     if let [host, in_wasm] = extra.as_slice() {
-        runs.push((
-            "portcullis, verify_signature",
-            host,
-            &[
-                "wasmcustom.portcullis.allowed_total",
-                "wasmcustom.portcullis.host_verify.confirmed_total",
-            ],
-        ));
-        runs.push((
-            "portcullis, RSA in wasm",
-            in_wasm,
-            &["wasmcustom.portcullis.allowed_total"],
-        ));
+        runs.push(("portcullis, verify_signature", host, &VERIFIED_BY_HOST[..]));
+        runs.push(("portcullis, RSA in wasm", in_wasm, &ALLOWED_ONLY[..]));
     }
     for (name, proxy, counters) in runs {
         let r = measure_one(name, proxy, counters, &generator, opts.seconds)?;
@@ -202,20 +201,21 @@ fn measure_one(
 /// histogram: one `verify_signature` call each, key parsing included), against OpenSSL's own
 /// RSA-2048 verification on the same CPU.
 fn signature_check_times(host: &Envoy, pinning: Option<&Pinning>) -> Result {
-    const NAME: &str = "wasmcustom.portcullis.host_verify_nanoseconds";
+    let name = envoy::stat_name(metrics::HOST_VERIFY_NANOSECONDS);
+    let name = name.as_str();
     // Envoy merges histogram samples at its stats flush (every 5 s).
     let deadline = Instant::now() + Duration::from_secs(15);
     let (p50, p90) = loop {
         let text = host
-            .admin(&format!("/stats?filter={NAME}"))
+            .admin(&format!("/stats?filter={name}"))
             .map_err(|e| e.to_string())?;
-        if let (Some(p50), Some(p90)) = (quantile(&text, NAME, "P50"), quantile(&text, NAME, "P90"))
+        if let (Some(p50), Some(p90)) = (quantile(&text, name, "P50"), quantile(&text, name, "P90"))
         {
             break (p50, p90);
         }
         if Instant::now() > deadline {
             return Err(format!(
-                "no {NAME} samples after the first-sight run:\n{text}"
+                "no {name} samples after the first-sight run:\n{text}"
             ));
         }
         std::thread::sleep(Duration::from_millis(500));
@@ -273,7 +273,7 @@ mod tests {
     fn reads_histogram_quantiles_and_openssl_speed() {
         let stats = "wasmcustom.portcullis.host_verify_nanoseconds: P0(nan,21000) P25(nan,23500) \
                      P50(nan,24500) P75(nan,26000) P90(nan,31000) P100(nan,90000)\n";
-        let name = "wasmcustom.portcullis.host_verify_nanoseconds";
+        let name = &envoy::stat_name(metrics::HOST_VERIFY_NANOSECONDS);
         assert_eq!(quantile(stats, name, "P50"), Some(24500.0));
         assert_eq!(quantile(stats, name, "P90"), Some(31000.0));
         assert_eq!(quantile("x: P50(nan,nan)", "x", "P50"), None);

@@ -2,14 +2,23 @@
 //! must count every answer), and the demo's decisions each must give before it is measured.
 
 use std::path::Path;
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use harness::devkeys::DevIssuer;
 use harness::envoy::{self, Envoy, Ports};
 use harness::{demo, http};
+use portcullis_core::metrics;
 
 use super::LOAD_PATH;
 use crate::Result;
+
+/// Envoy's names of the filter's counters the measured runs read (`portcullis_core::metrics`).
+pub static ALLOWED_STAT: LazyLock<String> = LazyLock::new(|| envoy::stat_name(metrics::ALLOWED));
+static TOKEN_CACHE_HITS_STAT: LazyLock<String> =
+    LazyLock::new(|| envoy::stat_name(metrics::TOKEN_CACHE_HITS));
+static DECISION_CACHE_HITS_STAT: LazyLock<String> =
+    LazyLock::new(|| envoy::stat_name(metrics::DECISION_CACHE_HITS));
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Variant {
@@ -71,18 +80,18 @@ impl Variant {
     /// Counters that must grow by at least the number of answered requests under load: the
     /// filter allowed each one, and its token and decision caches (not a signature check or a
     /// policy evaluation) answered it.
-    pub fn counters(self) -> &'static [&'static str] {
+    pub fn counters(self) -> Vec<&'static str> {
         match self {
-            Self::NoFilter | Self::NoopWasm => &[],
-            Self::JwtAuthnRbac => &[
+            Self::NoFilter | Self::NoopWasm => Vec::new(),
+            Self::JwtAuthnRbac => vec![
                 "http.ingress.rbac.allowed",
                 "http.ingress.jwt_authn.allowed",
                 "http.ingress.jwt_authn.jwt_cache_hit",
             ],
-            Self::Portcullis => &[
-                "wasmcustom.portcullis.allowed_total",
-                "wasmcustom.portcullis.token_cache.hits_total",
-                "wasmcustom.portcullis.decision_cache.hits_total",
+            Self::Portcullis => vec![
+                ALLOWED_STAT.as_str(),
+                TOKEN_CACHE_HITS_STAT.as_str(),
+                DECISION_CACHE_HITS_STAT.as_str(),
             ],
         }
     }
