@@ -15,9 +15,13 @@ pub enum FetchError {
     /// The issuer has neither a `jwks_uri` nor a discovery URL (its keys are uploaded).
     #[error("issuer {0:?} has no jwks_uri or discovery URL; its keys are not fetched")]
     NotFetched(String),
-    /// The request failed (connection, timeout, TLS, ...).
-    #[error("HTTP request failed: {0}")]
-    Http(String),
+    /// The request failed (connection, timeout, TLS, ...): what failed, and the error's text
+    /// without the URL.
+    #[error("HTTP request failed: {failure}: {detail}")]
+    Http {
+        failure: HttpFailure,
+        detail: String,
+    },
     /// The issuer answered with a status other than 2xx.
     #[error("HTTP status {0}")]
     Status(u16),
@@ -26,7 +30,7 @@ pub enum FetchError {
     TooLarge,
     /// The discovery document or the key set is not usable.
     #[error("invalid response: {0}")]
-    Invalid(String),
+    Invalid(InvalidResponse),
     /// The discovery document names another issuer.
     #[error("discovery document names issuer {found:?}, not the configured one")]
     IssuerMismatch { found: String },
@@ -53,10 +57,13 @@ impl FetchError {
         match self {
             Self::UnknownIssuer(s) => Self::UnknownIssuer(s.clone()),
             Self::NotFetched(s) => Self::NotFetched(s.clone()),
-            Self::Http(s) => Self::Http(s.clone()),
+            Self::Http { failure, detail } => Self::Http {
+                failure: *failure,
+                detail: detail.clone(),
+            },
             Self::Status(s) => Self::Status(*s),
             Self::TooLarge => Self::TooLarge,
-            Self::Invalid(s) => Self::Invalid(s.clone()),
+            Self::Invalid(why) => Self::Invalid(why.clone()),
             Self::IssuerMismatch { found } => Self::IssuerMismatch {
                 found: found.clone(),
             },
@@ -71,6 +78,56 @@ impl FetchError {
     /// recorded in `issuer_fetch_state` and counted.
     pub(super) fn is_fetch_failure(&self) -> bool {
         !matches!(self, Self::UnknownIssuer(_) | Self::NotFetched(_))
+    }
+}
+
+/// What part of an HTTP exchange with an issuer failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum HttpFailure {
+    #[error("cannot build the HTTP client")]
+    Client,
+    #[error("timed out")]
+    Timeout,
+    #[error("cannot connect")]
+    Connect,
+    #[error("too many redirects")]
+    Redirects,
+    #[error("cannot read the body")]
+    Body,
+    #[error("request failed")]
+    Request,
+}
+
+/// What makes a discovery document or a key set unusable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidResponse {
+    #[error("discovery document is not JSON")]
+    DiscoveryNotJson,
+    #[error("discovery document has no \"issuer\"")]
+    NoIssuer,
+    #[error("discovery document has no \"jwks_uri\"")]
+    NoJwksUri,
+    #[error("discovery document's jwks_uri is not an http(s) URL")]
+    JwksUriScheme,
+    #[error("the key set is not JSON")]
+    KeySetNotJson,
+    #[error("the key set has no \"keys\" array")]
+    NoKeysArray,
+    #[error("the key set holds more than {} keys", super::MAX_KEYS)]
+    TooManyKeys,
+    /// No key could be taken; why each member was not (shortened to the length kept).
+    #[error("{}", truncate(&no_usable_key(.0), MAX_ERROR_CHARS))]
+    NoUsableKey(Vec<String>),
+    /// The keys taken do not make a key set the filter would build (its refusal).
+    #[error("{0}")]
+    KeySet(String),
+}
+
+fn no_usable_key(skipped: &[String]) -> String {
+    if skipped.is_empty() {
+        "no usable signing key".to_owned()
+    } else {
+        format!("no usable signing key: {}", skipped.join("; "))
     }
 }
 

@@ -4,7 +4,7 @@
 use reqwest::header::{ACCEPT, HeaderMap};
 use serde_json::Value;
 
-use super::error::{FetchError, MAX_ERROR_CHARS, truncate};
+use super::error::{FetchError, HttpFailure, InvalidResponse, MAX_ERROR_CHARS, truncate};
 use super::{FetchSettings, Fetcher};
 
 /// The client for every fetch: `settings.timeout` per request, at most 5 redirects.
@@ -18,7 +18,10 @@ pub(super) fn client(settings: &FetchSettings) -> Result<reqwest::Client, FetchE
             env!("CARGO_PKG_VERSION")
         ))
         .build()
-        .map_err(|e| FetchError::Http(format!("cannot build the HTTP client: {}", chain(&e))))
+        .map_err(|e| FetchError::Http {
+            failure: HttpFailure::Client,
+            detail: chain(&e),
+        })
 }
 
 impl Fetcher {
@@ -26,11 +29,11 @@ impl Fetcher {
     pub(super) async fn discover(&self, issuer: &str, url: &str) -> Result<String, FetchError> {
         let (body, _) = self.get(url, "application/json").await?;
         let doc: Value = serde_json::from_slice(&body)
-            .map_err(|_| FetchError::Invalid("discovery document is not JSON".into()))?;
+            .map_err(|_| FetchError::Invalid(InvalidResponse::DiscoveryNotJson))?;
         let found = doc
             .get("issuer")
             .and_then(Value::as_str)
-            .ok_or_else(|| FetchError::Invalid("discovery document has no \"issuer\"".into()))?;
+            .ok_or(FetchError::Invalid(InvalidResponse::NoIssuer))?;
         if found != issuer {
             return Err(FetchError::IssuerMismatch {
                 found: truncate(found, 200),
@@ -39,11 +42,9 @@ impl Fetcher {
         let uri = doc
             .get("jwks_uri")
             .and_then(Value::as_str)
-            .ok_or_else(|| FetchError::Invalid("discovery document has no \"jwks_uri\"".into()))?;
+            .ok_or(FetchError::Invalid(InvalidResponse::NoJwksUri))?;
         if !(uri.starts_with("https://") || uri.starts_with("http://")) {
-            return Err(FetchError::Invalid(
-                "discovery document's jwks_uri is not an http(s) URL".into(),
-            ));
+            return Err(FetchError::Invalid(InvalidResponse::JwksUriScheme));
         }
         Ok(uri.to_owned())
     }
@@ -87,21 +88,23 @@ impl Fetcher {
 /// A request error as short text: what failed and why, without the URL (which may carry
 /// credentials).
 fn http_error(e: reqwest::Error) -> FetchError {
-    let what = if e.is_timeout() {
-        "timed out"
+    let failure = if e.is_timeout() {
+        HttpFailure::Timeout
     } else if e.is_connect() {
-        "cannot connect"
+        HttpFailure::Connect
     } else if e.is_redirect() {
-        "too many redirects"
+        HttpFailure::Redirects
     } else if e.is_body() || e.is_decode() {
-        "cannot read the body"
+        HttpFailure::Body
     } else {
-        "request failed"
+        HttpFailure::Request
     };
-    FetchError::Http(truncate(
-        &format!("{what}: {}", chain(&e.without_url())),
-        MAX_ERROR_CHARS,
-    ))
+    // The whole text is kept to the length recorded, as before the failure was typed.
+    let kept = MAX_ERROR_CHARS.saturating_sub(failure.to_string().chars().count() + 2);
+    FetchError::Http {
+        failure,
+        detail: truncate(&chain(&e.without_url()), kept),
+    }
 }
 
 /// An error and its sources, joined by ": ".

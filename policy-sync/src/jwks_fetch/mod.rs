@@ -45,7 +45,7 @@ use coalesce::Slot;
 use schedule::{max_age, success_delay};
 use vet::usable_keys;
 
-pub use error::FetchError;
+pub use error::{FetchError, HttpFailure, InvalidResponse};
 pub use vet::MAX_KEYS;
 
 /// Tunables of the fetcher.

@@ -8,7 +8,7 @@ use serde::Deserialize as _;
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 
-use super::error::{FetchError, MAX_ERROR_CHARS, truncate};
+use super::error::{FetchError, InvalidResponse, MAX_ERROR_CHARS, truncate};
 use crate::db::hex;
 
 /// Most keys stored per issuer; a larger set is refused.
@@ -28,11 +28,11 @@ pub(super) struct UsableKey {
 /// note on each key that was not taken. Errors when none is usable.
 pub(super) fn usable_keys(body: &[u8]) -> Result<(Vec<UsableKey>, Vec<String>), FetchError> {
     let doc: Value = serde_json::from_slice(body)
-        .map_err(|_| FetchError::Invalid("the key set is not JSON".into()))?;
+        .map_err(|_| FetchError::Invalid(InvalidResponse::KeySetNotJson))?;
     let members = doc
         .get("keys")
         .and_then(Value::as_array)
-        .ok_or_else(|| FetchError::Invalid("the key set has no \"keys\" array".into()))?;
+        .ok_or(FetchError::Invalid(InvalidResponse::NoKeysArray))?;
     let mut keys: Vec<UsableKey> = Vec::new();
     let mut wires: Vec<JwkWire> = Vec::new();
     let mut skipped = Vec::new();
@@ -73,27 +73,21 @@ pub(super) fn usable_keys(body: &[u8]) -> Result<(Vec<UsableKey>, Vec<String>), 
             continue;
         }
         if keys.len() >= MAX_KEYS {
-            return Err(FetchError::Invalid(format!(
-                "the key set holds more than {MAX_KEYS} keys"
-            )));
+            return Err(FetchError::Invalid(InvalidResponse::TooManyKeys));
         }
         keys.push(UsableKey { kid, jwk });
         wires.push(wire);
     }
     if keys.is_empty() {
-        let why = if skipped.is_empty() {
-            String::new()
-        } else {
-            format!(": {}", skipped.join("; "))
-        };
-        return Err(FetchError::Invalid(truncate(
-            &format!("no usable signing key{why}"),
-            MAX_ERROR_CHARS,
-        )));
+        return Err(FetchError::Invalid(InvalidResponse::NoUsableKey(skipped)));
     }
     // The whole set as the filter will build it.
-    KeySet::try_from(&JwkSetWire { keys: wires })
-        .map_err(|e| FetchError::Invalid(truncate(&e.to_string(), MAX_ERROR_CHARS)))?;
+    KeySet::try_from(&JwkSetWire { keys: wires }).map_err(|e| {
+        FetchError::Invalid(InvalidResponse::KeySet(truncate(
+            &e.to_string(),
+            MAX_ERROR_CHARS,
+        )))
+    })?;
     Ok((keys, skipped))
 }
 
