@@ -158,20 +158,14 @@ fn rs256(key: &RsaPrivateKey, header: &[u8], payload: &[u8]) -> String {
 /// Returns the token and the issuer's key configuration: `("jwks", set)` for public keys,
 /// `("sharedSecrets", set)` for HMAC. Deterministic keys: for tests and benchmarks only.
 pub fn sign_fixed(alg: &str, claims: &Value) -> Result<(String, &'static str, Value)> {
-    let bad = |e: &dyn std::fmt::Display| crate::Error::Missing(format!("fixed {alg} key: {e}"));
     let header = json!({"alg": alg, "kid": "fixed"}).to_string();
-    let mut keys = None;
-    let signed = token::assemble::<crate::Error>(
-        header.as_bytes(),
-        claims.to_string().as_bytes(),
-        |input| {
-            let (sig, source, key) = fixed_signature(alg, input)?;
-            keys = Some((source, key));
-            Ok(sig)
-        },
-    )?;
-    let (source, key) = keys.ok_or_else(|| bad(&"not signed"))?;
-    Ok((signed, source, json!({"keys": [key]})))
+    let input = token::signing_input(header.as_bytes(), claims.to_string().as_bytes());
+    let (sig, source, key) = fixed_signature(alg, input.as_bytes())?;
+    Ok((
+        token::with_signature(&input, &sig),
+        source,
+        json!({"keys": [key]}),
+    ))
 }
 
 /// The signature of `input` by the fixed key of `alg`, where its key goes in an issuer's

@@ -17,6 +17,7 @@
 //! digest; for an `http(s)://` URL, and for Envoy's `remote` source, with the module's sha256.
 
 use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -80,32 +81,11 @@ pub fn build(module: &Path, layout: &Path, tag: &str) -> Result<Image> {
     let compat_tag = compat_tag(tag);
     umoci(&["init", "--layout", &layout.display().to_string()])?;
     umoci(&["new", "--image", &at(&compat_tag)])?;
-    // umoci's own `insert` writes a tar stream without padding or end-of-archive blocks, which
-    // GNU tar refuses; GNU tar writes the layer (reproducibly: fixed owner, mode and time) and
-    // umoci adds it as it is.
     let staging = tempfile::tempdir()?;
-    std::fs::write(staging.path().join(COMPAT_FILE), &bytes)?;
-    let tarball = staging.path().join("layer.tar");
-    let mut tar = Command::new("tar");
-    tar.args([
-        "--format=ustar",
-        "--owner=0",
-        "--group=0",
-        "--numeric-owner",
-    ])
-    .args(["--mode=0644", "--mtime=@0", "-C"])
-    .arg(staging.path())
-    .arg("-cf")
-    .arg(&tarball)
-    .arg(COMPAT_FILE);
-    run(&mut tar, "tar")?;
-    umoci(&[
-        "raw",
-        "add-layer",
-        "--image",
-        &at(&compat_tag),
-        &tarball.display().to_string(),
-    ])?;
+    let file = staging.path().join(COMPAT_FILE);
+    std::fs::write(&file, &bytes)?;
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644))?;
+    add_layer(&at(&compat_tag), staging.path(), &[COMPAT_FILE], &[])?;
 
     let runtime = serde_json::to_vec(&json!({
         "type": "envoy_proxy",
@@ -153,6 +133,41 @@ pub fn build(module: &Path, layout: &Path, tag: &str) -> Result<Image> {
         artifact: manifest_digest,
         compat,
     })
+}
+
+/// Adds a layer holding `entries` of `root` (files and directories with their modes; owner
+/// root, time the epoch, so the same files give the same layer) to `image` (`layout:tag`),
+/// with umoci's `history` options. umoci's own `insert` writes a tar stream without padding or
+/// end-of-archive blocks, which GNU tar refuses; GNU tar writes the layer and umoci adds it as
+/// it is.
+pub(crate) fn add_layer(
+    image: &str,
+    root: &Path,
+    entries: &[&str],
+    history: &[&str],
+) -> Result<()> {
+    let staging = tempfile::tempdir()?;
+    let tarball = staging.path().join("layer.tar");
+    let mut tar = Command::new("tar");
+    tar.args([
+        "--format=ustar",
+        "--sort=name",
+        "--owner=0",
+        "--group=0",
+        "--numeric-owner",
+        "--mtime=@0",
+        "-C",
+    ])
+    .arg(root)
+    .arg("-cf")
+    .arg(&tarball)
+    .args(entries);
+    run(&mut tar, "tar")?;
+    let tarball = tarball.display().to_string();
+    let mut args = vec!["raw", "add-layer"];
+    args.extend_from_slice(history);
+    args.extend(["--image", image, tarball.as_str()]);
+    umoci(&args)
 }
 
 /// Runs `umoci` with `args`.
@@ -224,14 +239,12 @@ pub fn push(image: &Image, tag: &str, dest: &str, insecure: bool) -> Result<Stri
 /// the registry stored.
 pub fn push_layout(layout: &Path, tag: &str, dest: &str, insecure: bool) -> Result<String> {
     let digest_file = tempfile::NamedTempFile::new()?;
-    let mut c = Command::new("skopeo");
-    c.arg("copy")
-        .arg(format!("--dest-tls-verify={}", !insecure))
-        .arg("--digestfile")
-        .arg(digest_file.path())
-        .arg(format!("oci:{}:{tag}", layout.display()))
-        .arg(format!("docker://{dest}"));
-    run(&mut c, "skopeo copy")?;
+    skopeo_copy(
+        &format!("--dest-tls-verify={}", !insecure),
+        &format!("oci:{}:{tag}", layout.display()),
+        &format!("docker://{dest}"),
+        Some(digest_file.path()),
+    )?;
     Ok(std::fs::read_to_string(digest_file.path())?
         .trim()
         .to_owned())
@@ -240,22 +253,37 @@ pub fn push_layout(layout: &Path, tag: &str, dest: &str, insecure: bool) -> Resu
 /// Pulls `docker://<reference>` into a new `dir:` layout at `dest` (the manifest as
 /// `manifest.json`, each blob named by its hex digest).
 pub fn pull(reference: &str, dest: &Path, insecure: bool) -> Result<()> {
-    let mut c = Command::new("skopeo");
-    c.arg("copy")
-        .arg(format!("--src-tls-verify={}", !insecure))
-        .arg(format!("docker://{reference}"))
-        .arg(format!("dir:{}", dest.display()));
-    run(&mut c, "skopeo copy")
+    pull_into(reference, &format!("dir:{}", dest.display()), insecure)
 }
 
 /// Pulls `docker://<reference>` into the OCI image layout `layout` (created if missing) as
 /// `tag`, the form `umoci unpack` reads.
 pub fn pull_layout(reference: &str, layout: &Path, tag: &str, insecure: bool) -> Result<()> {
+    pull_into(
+        reference,
+        &format!("oci:{}:{tag}", layout.display()),
+        insecure,
+    )
+}
+
+fn pull_into(reference: &str, dest: &str, insecure: bool) -> Result<()> {
+    skopeo_copy(
+        &format!("--src-tls-verify={}", !insecure),
+        &format!("docker://{reference}"),
+        dest,
+        None,
+    )
+}
+
+/// `skopeo copy` from `src` to `dest` with the registry side's TLS option, writing the stored
+/// manifest's digest to `digest_file` if given.
+fn skopeo_copy(tls: &str, src: &str, dest: &str, digest_file: Option<&Path>) -> Result<()> {
     let mut c = Command::new("skopeo");
-    c.arg("copy")
-        .arg(format!("--src-tls-verify={}", !insecure))
-        .arg(format!("docker://{reference}"))
-        .arg(format!("oci:{}:{tag}", layout.display()));
+    c.arg("copy").arg(tls);
+    if let Some(f) = digest_file {
+        c.arg("--digestfile").arg(f);
+    }
+    c.arg(src).arg(dest);
     run(&mut c, "skopeo copy")
 }
 

@@ -9,13 +9,11 @@
 use std::fs;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use object::read::elf::{ElfFile64, ProgramHeader as _};
 use object::{Endianness, elf};
 
-use crate::oci::{self, umoci};
-use crate::process::run;
+use crate::oci::{self, add_layer, umoci};
 use crate::{Error, Result};
 
 /// Where the binary is in the image, and the image's entrypoint.
@@ -60,37 +58,20 @@ pub fn build(binary: &Path, layout: &Path, tag: &str) -> Result<ServerImage> {
     place(&root, entry, &bytes, 0o755)?;
     place(&root, "etc/passwd", PASSWD.as_bytes(), 0o644)?;
     place(&root, "etc/group", GROUP.as_bytes(), 0o644)?;
-    let tarball = staging.path().join("layer.tar");
-    let mut tar = Command::new("tar");
-    tar.args([
-        "--format=ustar",
-        "--sort=name",
-        "--owner=0",
-        "--group=0",
-        "--numeric-owner",
-        "--mtime=@0",
-        "-C",
-    ])
-    .arg(&root)
-    .arg("-cf")
-    .arg(&tarball)
-    .args(["etc", "usr"]);
-    run(&mut tar, "tar")?;
-
     let image = format!("{}:{tag}", layout.display());
     umoci(&["init", "--layout", &layout.display().to_string()])?;
     umoci(&["new", "--image", &image])?;
-    umoci(&[
-        "raw",
-        "add-layer",
-        "--history.created",
-        EPOCH,
-        "--history.created_by",
-        "cargo xtask image policy-sync",
-        "--image",
+    add_layer(
         &image,
-        &tarball.display().to_string(),
-    ])?;
+        &root,
+        &["etc", "usr"],
+        &[
+            "--history.created",
+            EPOCH,
+            "--history.created_by",
+            "cargo xtask image policy-sync",
+        ],
+    )?;
     let version = format!("org.opencontainers.image.version={tag}");
     umoci(&[
         "config",

@@ -129,20 +129,10 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
     };
     let metrics_addr = operations.as_ref().map(|(_, a)| *a);
     if let Some((listener, at)) = operations {
-        let router = api::operations(state.clone());
-        tasks.push(tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, router).await {
-                tracing::error!(error = %e, "the operations server stopped");
-            }
-        }));
+        tasks.push(serve(listener, api::operations(state.clone()), "operations"));
         tracing::info!(addr = %at, "health and metrics listening");
     }
-    let router = api::app(state.clone());
-    let server = tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, router).await {
-            tracing::error!(error = %e, "the HTTP server stopped");
-        }
-    });
+    let server = serve(listener, api::app(state.clone()), "HTTP");
     tracing::info!(%addr, "policy-sync listening");
     Ok(Running {
         state,
@@ -150,6 +140,20 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
         metrics_addr,
         server,
         tasks,
+    })
+}
+
+/// Serves `router` on `listener` until the task is aborted; `what` names it in the log if it
+/// stops on its own.
+fn serve(
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    what: &'static str,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, router).await {
+            tracing::error!(error = %e, "the {what} server stopped");
+        }
     })
 }
 

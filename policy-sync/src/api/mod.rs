@@ -113,13 +113,18 @@ impl AppState {
 /// reach where the API's port is only for filters and admins (in Istio, a port left out of
 /// strict mutual TLS).
 pub fn operations(state: AppState) -> Router {
+    health_routes()
+        .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
+        .layer(CompressionLayer::new().gzip(true))
+        .with_state(state)
+}
+
+/// `/healthz`, `/readyz` and `/metrics`, the same on the API's port and the operations port.
+fn health_routes() -> Router<AppState> {
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
-        .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
-        .layer(CompressionLayer::new().gzip(true))
-        .with_state(state)
 }
 
 /// The whole API.
@@ -180,9 +185,7 @@ pub fn app(state: AppState) -> Router {
         )
         .route("/v1/keys/refresh", post(keys::refresh))
         .nest("/v1/admin", admin)
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .route("/metrics", get(health::metrics))
+        .merge(health_routes())
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         .layer(CompressionLayer::new().gzip(true))
         .layer(

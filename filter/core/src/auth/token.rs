@@ -187,13 +187,25 @@ pub fn assemble<E>(
     payload: &[u8],
     sign: impl FnOnce(&[u8]) -> Result<Vec<u8>, E>,
 ) -> Result<String, E> {
-    let input = format!(
+    let input = signing_input(header, payload);
+    let signature = sign(input.as_bytes())?;
+    Ok(with_signature(&input, &signature))
+}
+
+/// `base64url(header) '.' base64url(payload)`: what a JWS signature covers.
+#[must_use]
+pub fn signing_input(header: &[u8], payload: &[u8]) -> String {
+    format!(
         "{}.{}",
         URL_SAFE_NO_PAD.encode(header),
         URL_SAFE_NO_PAD.encode(payload)
-    );
-    let signature = sign(input.as_bytes())?;
-    Ok(format!("{input}.{}", URL_SAFE_NO_PAD.encode(signature)))
+    )
+}
+
+/// The compact JWS of a signing input and its signature.
+#[must_use]
+pub fn with_signature(input: &str, signature: &[u8]) -> String {
+    format!("{input}.{}", URL_SAFE_NO_PAD.encode(signature))
 }
 
 #[cfg(test)]
