@@ -129,7 +129,11 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
     };
     let metrics_addr = operations.as_ref().map(|(_, a)| *a);
     if let Some((listener, at)) = operations {
-        tasks.push(serve(listener, api::operations(state.clone()), "operations"));
+        tasks.push(serve(
+            listener,
+            api::operations(state.clone()),
+            "operations",
+        ));
         tracing::info!(addr = %at, "health and metrics listening");
     }
     let server = serve(listener, api::app(state.clone()), "HTTP");
