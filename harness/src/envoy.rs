@@ -120,8 +120,24 @@ pub fn render(template: &str, vars: &[(&str, String)]) -> Result<String> {
 /// The Envoy configuration for `ports`, the filter at `wasm`, configured with `plugin_config`.
 pub fn config(ports: Ports, wasm: &Path, plugin_config: &Value) -> Result<String> {
     render(
-        &without_block(TEMPLATE, "policy-sync")?,
+        &without_block(&without_block(TEMPLATE, "native-module")?, "policy-sync")?,
         &filter_vars(ports, wasm, plugin_config)?,
+    )
+}
+
+/// [`config`] with the native module at `native` (Envoy's dynamic-module filter) in place of
+/// the Wasm module.
+pub fn native_config(ports: Ports, native: &Path, plugin_config: &Value) -> Result<String> {
+    let template = without_block(&without_block(TEMPLATE, "portcullis")?, "policy-sync")?;
+    render(
+        &template,
+        &[
+            ("ADMIN_PORT", ports.admin.to_string()),
+            ("PORT", ports.listener.to_string()),
+            ("UPSTREAM_PORT", ports.upstream.to_string()),
+            ("NATIVE", native.display().to_string()),
+            ("PLUGIN_CONFIG", quoted(plugin_config)?),
+        ],
     )
 }
 
@@ -135,7 +151,7 @@ pub fn config_following(
 ) -> Result<String> {
     let mut vars = filter_vars(ports, wasm, plugin_config)?;
     vars.push(("POLICY_SYNC_PORT", policy_sync.to_string()));
-    render(TEMPLATE, &vars)
+    render(&without_block(TEMPLATE, "native-module")?, &vars)
 }
 
 fn filter_vars(
@@ -182,6 +198,7 @@ fn without_block(template: &str, name: &str) -> Result<String> {
 /// The same Envoy without the filter: the baseline for measurements.
 pub fn baseline_config(ports: Ports) -> Result<String> {
     let out = without_block(&without_block(TEMPLATE, "portcullis")?, "policy-sync")?;
+    let out = without_block(&out, "native-module")?;
     render(
         &out,
         &[
@@ -220,6 +237,17 @@ pub fn jwt_authn_rbac_config(
 #[must_use]
 pub fn stat_name(metric: &str) -> String {
     format!("wasmcustom.{metric}")
+}
+
+/// The dynamic-module ABI version the native module reports (`filter/native/src/abi.rs`),
+/// which the Envoy the project ships must say it matched.
+pub const NATIVE_ABI_VERSION: &str = "v0.2.0";
+
+/// Envoy's name for one of the native module's stats: Envoy files a dynamic module's stats
+/// under `dynamicmodulescustom.`.
+#[must_use]
+pub fn native_stat_name(metric: &str) -> String {
+    format!("dynamicmodulescustom.{metric}")
 }
 
 /// Checks a configuration with `envoy --mode validate`.
@@ -292,12 +320,14 @@ impl Envoy {
             .args(["--disable-hot-restart", "--concurrency"])
             .arg(concurrency.to_string())
             .args(["-l", "warning", "--component-log-level"])
-            // Envoy's default level for the filter's lines; `PORTCULLIS_ENVOY_LOG=debug` shows
-            // every decision (and slows every request down by writing it).
-            .arg(format!(
-                "wasm:{}",
-                std::env::var("PORTCULLIS_ENVOY_LOG").unwrap_or_else(|_| "info".to_owned())
-            ))
+            // Envoy's default level for the filter's lines (the Wasm module's and the native
+            // module's loggers); `PORTCULLIS_ENVOY_LOG=debug` shows every decision (and slows
+            // every request down by writing it).
+            .arg({
+                let level =
+                    std::env::var("PORTCULLIS_ENVOY_LOG").unwrap_or_else(|_| "info".to_owned());
+                format!("wasm:{level},dynamic_modules:{level}")
+            })
             .arg("--log-path")
             .arg(&log)
             // Envoy writes its log file in buffers flushed every 10 s by default; tests and

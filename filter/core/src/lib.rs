@@ -8,7 +8,8 @@
 //! Modules by concern:
 //! - [`config`]: the plugin configuration (JSON), compiled by [`snapshot`] into an immutable
 //!   [`Snapshot`] that [`engine`] swaps whole.
-//! - [`engine`]: the per-request entry point; [`decision`]: verdicts and local replies.
+//! - [`engine`]: the per-request entry point; [`decision`]: verdicts and local replies;
+//!   [`effects`]: what a host does with a decision (counters, log lines, upstream edits).
 //! - [`auth`]: token sources, JWS parsing, key sets, verification, issuers, auth routes.
 //! - [`authz`]: HTTP → Cedar, the policy sets per tenant, the policy index, entity slices.
 //! - [`http`]: the host boundary ([`RequestView`]), header maps, claim headers upstream.
@@ -24,6 +25,7 @@ pub mod cache;
 pub mod config;
 pub mod decision;
 pub mod duration;
+pub mod effects;
 pub mod engine;
 pub mod http;
 pub mod metrics;

@@ -40,7 +40,8 @@ pub const SYNC_DOCUMENTS_APPLIED: &str = "portcullis.sync.documents_applied_tota
 pub const DECISION_LOG_SHIPPED: &str = "portcullis.decision_log.shipped_total";
 pub const DECISION_LOG_DROPPED: &str = "portcullis.decision_log.dropped_total";
 
-const DENIED_BY_POLICY: &str = "portcullis.denied_by_policy_total";
+/// Denies per determining policy: the family [`denied_by_policy`] names (label `policy_id`).
+pub const DENIED_BY_POLICY: &str = "portcullis.denied_by_policy_total";
 const SYNC_FAILURES: &str = "portcullis.sync.failures_total";
 const SYNC_BUNDLE_VERSION: &str = "portcullis.sync.bundle_version";
 const SYNC_SECONDS_SINCE_SUCCESS: &str = "portcullis.sync.seconds_since_success";

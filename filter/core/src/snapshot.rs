@@ -1,8 +1,8 @@
 //! The compiled configuration: immutable once built, replaced whole when a new bundle or new
-//! keys arrive (the glue swaps an `Rc`). What changes per request (caches, counters) lives in
+//! keys arrive (the glue swaps an `Arc`). What changes per request (caches, counters) lives in
 //! [`crate::Engine`], not here.
 
-use std::rc::Rc;
+use std::sync::Arc;
 
 use hashbrown::HashMap;
 
@@ -129,7 +129,7 @@ pub enum DocumentError {
 /// after it is built.
 #[derive(Debug, Clone)]
 pub struct Snapshot {
-    pub(crate) issuers: Rc<Issuers>,
+    pub(crate) issuers: Arc<Issuers>,
     pub(crate) sources: Vec<TokenSource>,
     pub(crate) routes: Routes,
     pub(crate) sets: TenantSets,
@@ -210,7 +210,7 @@ impl TryFrom<FilterConfig> for Snapshot {
 #[derive(Debug)]
 pub enum Start {
     /// Everything is there: the snapshot to put in force.
-    Ready(Rc<Snapshot>),
+    Ready(Arc<Snapshot>),
     /// `sync` will bring what is missing (the bundles of these sets, and the issuers when
     /// `issuers` is set); everything else has been checked. Until then the filter answers
     /// 503.
@@ -230,7 +230,7 @@ impl Start {
             .collect();
         let no_issuers = cfg.issuers.is_empty();
         if sync.is_none() || (missing.is_empty() && !no_issuers) {
-            return Snapshot::try_from(cfg.clone()).map(|s| Start::Ready(Rc::new(s)));
+            return Snapshot::try_from(cfg.clone()).map(|s| Start::Ready(Arc::new(s)));
         }
         let mut trial = cfg.clone();
         let empty = || Some(BundleWire::default());
@@ -287,7 +287,7 @@ impl Snapshot {
             e => ConfigError::TenantSets(e),
         })?;
         Ok(Self {
-            issuers: Rc::new(issuers),
+            issuers: Arc::new(issuers),
             sources,
             routes,
             sets,
@@ -387,7 +387,8 @@ impl Snapshot {
         if !doc.issuers.is_empty() {
             let configs = doc.issuer_configs();
             if configs != self.issuers.configs {
-                next.issuers = Rc::new(Issuers::try_from(configs).map_err(DocumentError::Issuers)?);
+                next.issuers =
+                    Arc::new(Issuers::try_from(configs).map_err(DocumentError::Issuers)?);
             }
         }
         Ok(next)
@@ -396,6 +397,13 @@ impl Snapshot {
     /// Whether tokens verified under `self` are verified under `other` too (same issuers).
     #[must_use]
     pub fn same_issuers(&self, other: &Self) -> bool {
-        Rc::ptr_eq(&self.issuers, &other.issuers)
+        Arc::ptr_eq(&self.issuers, &other.issuers)
     }
 }
+
+/// One snapshot may serve every thread of a process (the native build shares one per Envoy
+/// process): it must stay `Send + Sync`, which this fails to compile without.
+const _: () = {
+    const fn shared_by_threads<T: Send + Sync>() {}
+    shared_by_threads::<Snapshot>();
+};

@@ -13,14 +13,14 @@ mod sync;
 
 use std::cell::RefCell;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use log::{debug, error, info, warn};
-use portcullis_core::decision::BUNDLE_HEADER;
+use log::{error, info, warn};
+use portcullis_core::effects::{self, HeaderEdit};
 use portcullis_core::metrics;
 use portcullis_core::{
-    AuthError, CacheUse, Engine, FilterConfig, HeaderMap, Outcome, RequestView, Snapshot, Start,
-    Verdict,
+    AuthError, Engine, FilterConfig, HeaderMap, RequestView, Snapshot, Start, Verdict,
 };
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -53,7 +53,7 @@ struct Root {
 
 impl Root {
     /// A worker's engine over `snapshot`, with Envoy's signature checks.
-    fn engine_over(metrics: Metrics, snapshot: Rc<Snapshot>) -> Engine {
+    fn engine_over(metrics: Metrics, snapshot: Arc<Snapshot>) -> Engine {
         let crypto = host_crypto::EnvoyCrypto::new(
             metrics.host_verified,
             metrics.host_fallback,
@@ -108,6 +108,23 @@ impl Metrics {
             shadow_disagreements: counter(metrics::SHADOW_DISAGREEMENTS),
             eval_us: histogram(metrics::DECISION_MICROSECONDS),
             host_verify_ns: histogram(metrics::HOST_VERIFY_NANOSECONDS),
+        }
+    }
+
+    /// The counter defined for stat `name` (0, which counts nothing, for one without).
+    fn id(&self, name: &str) -> u32 {
+        match name {
+            metrics::ALLOWED => self.allowed,
+            metrics::DENIED => self.denied,
+            metrics::UNAUTHENTICATED => self.unauthenticated,
+            metrics::TOKEN_CACHE_HITS => self.cache_hits,
+            metrics::TOKEN_CACHE_MISSES => self.cache_misses,
+            metrics::DECISION_CACHE_HITS => self.decision_hits,
+            metrics::DECISION_CACHE_MISSES => self.decision_misses,
+            metrics::ERRORS => self.errors,
+            metrics::DRY_RUN_WOULD_DENY => self.dry_run_would_deny,
+            metrics::SHADOW_DISAGREEMENTS => self.shadow_disagreements,
+            _ => 0,
         }
     }
 
@@ -486,39 +503,18 @@ impl HttpContext for Http {
             );
         }
         let m = self.metrics;
-        let counter = |used: CacheUse, hit: u32, miss: u32| match used {
-            CacheUse::Hit => Metrics::add(hit, 1),
-            CacheUse::Miss => Metrics::add(miss, 1),
-            CacheUse::Unused => {}
-        };
-        counter(decided.token_cache, m.cache_hits, m.cache_misses);
-        counter(decided.decision_cache, m.decision_hits, m.decision_misses);
+        for (name, n) in effects::counts(&decided) {
+            Metrics::add(m.id(name), n);
+        }
         let outcome = decided.outcome;
-        log_outcome(&outcome);
+        effects::log(&outcome);
         if let Verdict::Unauthenticated(AuthError::NoKey { issuer, .. }) = &outcome.verdict
             && let Some(sync) = self.sync.as_ref().and_then(|s| s.try_borrow().ok())
         {
             sync.want_refresh(issuer);
         }
-        let verdict = match outcome.verdict {
-            Verdict::Allow => m.allowed,
-            Verdict::Forbidden => m.denied,
-            Verdict::Unauthenticated(_) => m.unauthenticated,
-        };
-        Metrics::add(verdict, 1);
-        if outcome.verdict == Verdict::Forbidden {
-            for id in &outcome.policies {
-                self.by_policy.denied_by(id);
-            }
-        }
-        Metrics::add(m.errors, u64::try_from(outcome.errors.len()).unwrap_or(0));
-        if outcome.dry_run == Some(false) {
-            Metrics::add(m.dry_run_would_deny, 1);
-        }
-        if let Some((shadow_allow, _)) = &outcome.shadow
-            && *shadow_allow != (outcome.verdict == Verdict::Allow)
-        {
-            Metrics::add(m.shadow_disagreements, 1);
+        for id in effects::denied_by(&outcome) {
+            self.by_policy.denied_by(id);
         }
         let reply = outcome.local_reply(engine.debug_headers());
         if let Some(sync) = &self.sync
@@ -529,22 +525,15 @@ impl HttpContext for Http {
         }
         match reply {
             None => {
-                // Only headers the client sent need removing (each removal is a host call).
-                for name in &outcome.remove_headers {
-                    if request.headers.contains(name) {
-                        self.set_http_request_header(name, None);
+                for edit in
+                    effects::upstream_edits(&outcome, &request.headers, engine.debug_headers())
+                {
+                    match edit {
+                        HeaderEdit::Remove(name) => self.set_http_request_header(name, None),
+                        HeaderEdit::Set(name, value) => {
+                            self.set_http_request_header(name, Some(&value));
+                        }
                     }
-                }
-                for (name, value) in &outcome.set_headers {
-                    self.set_http_request_header(name, Some(value));
-                }
-                // The upstream learns which version allowed the request (debug headers only;
-                // answering it would cost a response callback on every request). A client's
-                // own header of that name never reaches it.
-                if engine.debug_headers() {
-                    self.set_http_request_header(BUNDLE_HEADER, Some(&outcome.bundle_label()));
-                } else if request.headers.contains(BUNDLE_HEADER) {
-                    self.set_http_request_header(BUNDLE_HEADER, None);
                 }
                 Action::Continue
             }
@@ -562,44 +551,5 @@ impl HttpContext for Http {
                 Action::Pause
             }
         }
-    }
-}
-
-fn log_outcome(o: &Outcome) {
-    for e in &o.errors {
-        warn!("portcullis: policy evaluation error: {e}");
-    }
-    let who = o.principal.as_deref().unwrap_or("-");
-    let set = &o.policy_set;
-    match &o.verdict {
-        Verdict::Allow => debug!(
-            "portcullis: allow {who} by [{}] (set {set}, bundle {})",
-            o.policies.join(","),
-            o.bundle_version
-        ),
-        // Denials name the determining policies in the log (clients see them only with
-        // debugHeaders).
-        Verdict::Forbidden => info!(
-            "portcullis: deny {who} by [{}] (set {set}, bundle {})",
-            o.policies.join(","),
-            o.bundle_version
-        ),
-        Verdict::Unauthenticated(e) => debug!("portcullis: unauthenticated: {e}"),
-    }
-    if o.dry_run == Some(false) {
-        info!(
-            "portcullis: dry run: would deny {who} (set {set}, bundle {}, policies [{}])",
-            o.bundle_version,
-            o.policies.join(",")
-        );
-    }
-    if let Some((allow, policies)) = &o.shadow
-        && *allow != (o.verdict == Verdict::Allow)
-    {
-        info!(
-            "portcullis: shadow bundle would {} {who} (set {set}, policies [{}])",
-            if *allow { "allow" } else { "deny" },
-            policies.join(",")
-        );
     }
 }

@@ -4,6 +4,7 @@
 
 use std::cell::Cell;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use log::{debug, error, info, warn};
@@ -272,7 +273,7 @@ impl Sync {
     pub fn tick(
         &mut self,
         engine: Option<&Rc<Engine>>,
-        make: &dyn Fn(Rc<Snapshot>) -> Engine,
+        make: &dyn Fn(Arc<Snapshot>) -> Engine,
     ) -> Option<Change> {
         let mut events = self.agent.tick(&self.host);
         let wanted = self.refresh.take();
@@ -301,7 +302,7 @@ impl Sync {
         num_headers: usize,
         body_size: usize,
         engine: Option<&Rc<Engine>>,
-        make: &dyn Fn(Rc<Snapshot>) -> Engine,
+        make: &dyn Fn(Arc<Snapshot>) -> Engine,
     ) -> Option<Change> {
         let status = if num_headers == 0 {
             None
@@ -340,7 +341,7 @@ impl Sync {
         &mut self,
         events: Vec<Event>,
         engine: Option<&Rc<Engine>>,
-        make: &dyn Fn(Rc<Snapshot>) -> Engine,
+        make: &dyn Fn(Arc<Snapshot>) -> Engine,
     ) -> Option<Change> {
         let mut change = None;
         for e in events {
@@ -420,7 +421,7 @@ impl Sync {
         &mut self,
         doc: &BundleDocument,
         engine: Option<&Rc<Engine>>,
-        make: &dyn Fn(Rc<Snapshot>) -> Engine,
+        make: &dyn Fn(Arc<Snapshot>) -> Engine,
     ) -> Option<Change> {
         let started = self.host.now_ms();
         let done = |what: &str| {
@@ -434,7 +435,7 @@ impl Sync {
         if let Some(engine) = engine {
             match engine.snapshot().with_document_compiled(doc, compiled) {
                 Ok(next) => {
-                    engine.swap(Rc::new(next));
+                    engine.swap(Arc::new(next));
                     done("in force");
                     Metrics::add(self.metrics.applied, 1);
                     self.metrics.version(&doc.tenant, doc.version);

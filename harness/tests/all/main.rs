@@ -4,6 +4,7 @@ mod config_schema;
 mod deploy_configs;
 mod envoy_e2e;
 mod envoy_gateway;
+mod envoy_native;
 mod host_abi;
 mod host_filter;
 mod host_sync;

@@ -7,6 +7,8 @@
 //! - [`jwks`]: JSON Web Key Sets parsed into verifying keys.
 //! - [`verifier`]: signature and claim checks for one issuer.
 //! - [`host_crypto`]: signature checks the host does natively, with the pure-Rust fallback.
+//! - `native_crypto` (native builds only): [`host_crypto`]'s checks with ring, for the native
+//!   Envoy module.
 //! - [`issuer`]: an issuer's configuration and token settings.
 //! - [`routes`]: which paths need a token (required, optional, public).
 
@@ -15,6 +17,8 @@ pub mod extractor;
 pub(crate) mod host_crypto;
 pub mod issuer;
 pub mod jwks;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod native_crypto;
 pub mod routes;
 pub mod token;
 pub(crate) mod verifier;

@@ -2,7 +2,7 @@
 //! tenant claim. Each set enforces its bundle or runs in dry run (evaluate and record, enforce
 //! nothing), and may shadow-evaluate a candidate bundle next to the one in force.
 
-use std::rc::Rc;
+use std::sync::Arc;
 
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -48,7 +48,7 @@ pub struct TenantSet {
     pub id: String,
     pub engine: HttpAuthorizer,
     pub dry_run: bool,
-    pub shadow: Option<Rc<HttpAuthorizer>>,
+    pub shadow: Option<Arc<HttpAuthorizer>>,
     /// What the policies of this set and of its shadow can read of the context.
     reads: ContextReads,
 }
@@ -80,7 +80,7 @@ impl TenantSet {
                 })
         };
         let engine = engine_of(bundle)?;
-        let shadow = shadow.map(engine_of).transpose()?.map(Rc::new);
+        let shadow = shadow.map(engine_of).transpose()?.map(Arc::new);
         Ok(Self {
             id: id.to_owned(),
             reads: reads_of(&engine, shadow.as_deref()),
@@ -156,8 +156,8 @@ pub enum SetError {
 /// set's bundle shares the others with the snapshot it came from.
 #[derive(Debug, Clone)]
 pub struct TenantSets {
-    default: Rc<TenantSet>,
-    tenants: Vec<Rc<TenantSet>>,
+    default: Arc<TenantSet>,
+    tenants: Vec<Arc<TenantSet>>,
     /// Host pattern → index into `tenants`, in configuration order.
     hosts: Vec<(HostMatcher, usize)>,
     tenant_claim: Option<String>,
@@ -176,7 +176,7 @@ impl TenantSets {
     ) -> Result<Self, SetError> {
         let (bundle, dry_run, shadow) = default;
         let default = TenantSet::compile(DEFAULT_SET, bundle, dry_run, shadow, principal, mapping)?;
-        let mut compiled: Vec<Rc<TenantSet>> = Vec::with_capacity(tenants.len());
+        let mut compiled: Vec<Arc<TenantSet>> = Vec::with_capacity(tenants.len());
         let mut hosts = Vec::new();
         for t in tenants {
             if t.id.is_empty() || t.id == DEFAULT_SET || compiled.iter().any(|c| c.id == t.id) {
@@ -193,7 +193,7 @@ impl TenantSets {
                 .bundle
                 .as_ref()
                 .ok_or_else(|| SetError::NoBundle(t.id.clone()))?;
-            compiled.push(Rc::new(TenantSet::compile(
+            compiled.push(Arc::new(TenantSet::compile(
                 &t.id,
                 bundle,
                 t.dry_run,
@@ -203,7 +203,7 @@ impl TenantSets {
             )?));
         }
         let mut sets = Self {
-            default: Rc::new(default),
+            default: Arc::new(default),
             tenants: compiled,
             hosts,
             tenant_claim,
@@ -306,7 +306,7 @@ impl TenantSets {
         let engine = target.engine.with_bundle(bundle);
         // The shadow bundle (if any) stays, and so do its reads.
         let shadow = target.shadow.clone();
-        *target = Rc::new(TenantSet {
+        *target = Arc::new(TenantSet {
             id: target.id.clone(),
             reads: reads_of(&engine, shadow.as_deref()),
             engine,

@@ -85,6 +85,22 @@ impl<'a> HeaderMap<'a> {
         Ok(Self { pairs })
     }
 
+    /// A map over headers a host hands over as separate (name, value) slices (Envoy's
+    /// dynamic-module ABI), read exactly as [`HeaderMap::parse`] reads the encoded form.
+    #[must_use]
+    pub fn from_pairs(pairs: impl IntoIterator<Item = (&'a [u8], &'a [u8])>) -> Self {
+        Self {
+            pairs: pairs
+                .into_iter()
+                .map(|(name, value)| Pair {
+                    name,
+                    value,
+                    replaced: OnceCell::new(),
+                })
+                .collect(),
+        }
+    }
+
     /// The first value of header `name` (compared byte for byte: hosts hand over names in
     /// lower case, as the core asks for them).
     #[must_use]

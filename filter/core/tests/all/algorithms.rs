@@ -263,7 +263,10 @@ impl HostCrypto for RecordingHost {
 /// An engine over `cfg` whose signature checks may go to `host`.
 fn with_host(cfg: &Value, host: RecordingHost) -> Result<Engine, Box<dyn Error>> {
     let snapshot = Snapshot::from_json(cfg.to_string().as_bytes())?;
-    Ok(Engine::new(Rc::new(snapshot), Some(Box::new(host))))
+    Ok(Engine::new(
+        std::sync::Arc::new(snapshot),
+        Some(Box::new(host)),
+    ))
 }
 
 #[test]

@@ -3,6 +3,7 @@
 
 use std::error::Error;
 use std::rc::Rc;
+use std::sync::Arc;
 
 use harness::devkeys::{DevIssuer, now};
 use portcullis_core::auth::jwks::JwkSetWire;
@@ -70,7 +71,7 @@ fn decide(e: &Engine, token: &str) -> Decided {
 }
 
 fn apply(e: &Engine, doc: &BundleDocument) -> Result<(), Box<dyn Error>> {
-    e.swap(Rc::new(e.snapshot().with_document(doc)?));
+    e.swap(Arc::new(e.snapshot().with_document(doc)?));
     Ok(())
 }
 
@@ -206,7 +207,7 @@ fn a_refused_document_changes_nothing() -> TestResult {
             other => return Err(format!("{other:?} should have been refused").into()),
         }
         assert_eq!(decide(&e, &token).outcome.verdict, Verdict::Allow);
-        assert!(Rc::ptr_eq(&before, &e.snapshot()));
+        assert!(Arc::ptr_eq(&before, &e.snapshot()));
     }
     // No issuers in the document: the configured ones stay.
     let kept = before.with_document(&document("default", 2, ALLOW_ALL, Vec::new()))?;

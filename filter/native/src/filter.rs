@@ -1,0 +1,120 @@
+//! One request through the core: the glue's whole per-request work, with no decision logic
+//! of its own (the same steps as the Wasm glue, through Envoy's dynamic-module callbacks).
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use portcullis_core::effects::{self, HeaderEdit};
+use portcullis_core::{HeaderMap, RequestView};
+
+use crate::abi;
+use crate::config::SharedConfig;
+use crate::host::Stream;
+
+/// The body of every 503 the filter sends.
+const UNAVAILABLE: &[u8] = b"authorization unavailable\n";
+
+/// The request as the core sees it: Envoy's headers read in place, the client address on
+/// demand.
+struct EnvoyRequest<'a> {
+    stream: Stream,
+    headers: HeaderMap<'a>,
+}
+
+impl RequestView for EnvoyRequest<'_> {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name)
+    }
+
+    fn source_address(&self) -> Option<String> {
+        self.stream.source_address()
+    }
+}
+
+/// Fails the request closed: 503, counted as an error, logged without detail for the client.
+pub fn unavailable(config: Option<&SharedConfig>, stream: Stream, why: &str) -> u32 {
+    log::warn!("portcullis: {why}; denying");
+    if let Some(id) = config.and_then(|c| c.stats.counter(portcullis_core::metrics::ERRORS)) {
+        stream.count(id, None, 1);
+    }
+    stream.send_response(503, &[("content-type", "text/plain")], UNAVAILABLE);
+    abi::status::STOP_ITERATION
+}
+
+/// Decides the request whose headers Envoy has: lets it continue (with the upstream edits) or
+/// answers it; the hook's status.
+pub fn on_request_headers(config: &Arc<SharedConfig>, stream: Stream) -> u32 {
+    let Some(engine) = config.engine() else {
+        return unavailable(Some(config), stream, "the worker's engine is busy");
+    };
+    let started = Instant::now();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let Some(raw) = stream.request_headers() else {
+        return unavailable(
+            Some(config),
+            stream,
+            "Envoy did not hand over the request headers",
+        );
+    };
+    let headers = HeaderMap::from_pairs(raw.iter().map(|h| {
+        #[expect(unsafe_code, reason = "reading the header slices Envoy handed over")]
+        // SAFETY: Envoy filled these entries in this hook and owns the bytes until it returns
+        // or a header is changed (changes come after the last read below).
+        unsafe {
+            (
+                abi::EnvoyBuffer {
+                    ptr: h.key_ptr,
+                    length: h.key_length,
+                }
+                .bytes(),
+                abi::EnvoyBuffer {
+                    ptr: h.value_ptr,
+                    length: h.value_length,
+                }
+                .bytes(),
+            )
+        }
+    }));
+    let request = EnvoyRequest { stream, headers };
+    let decided = engine.decide(&request, now);
+    if decided.evaluated {
+        let us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        stream.record(config.stats.decision_us, us);
+    }
+    for (name, n) in effects::counts(&decided) {
+        if let Some(id) = config.stats.counter(name) {
+            stream.count(id, None, n);
+        }
+    }
+    config.flush_signature_counts(stream);
+    let outcome = decided.outcome;
+    effects::log(&outcome);
+    for policy in effects::denied_by(&outcome) {
+        stream.count(config.stats.denied_by_policy, Some(policy), 1);
+    }
+    match outcome.local_reply(engine.debug_headers()) {
+        None => {
+            // Every edit is worked out before the first one: an edit may move the bytes the
+            // header map borrows.
+            let edits = effects::upstream_edits(&outcome, &request.headers, engine.debug_headers());
+            for edit in &edits {
+                match edit {
+                    HeaderEdit::Remove(name) => stream.set_request_header(name, None),
+                    HeaderEdit::Set(name, value) => stream.set_request_header(name, Some(value)),
+                }
+            }
+            abi::status::CONTINUE
+        }
+        Some(reply) => {
+            let headers: Vec<(&str, &str)> = reply
+                .headers
+                .iter()
+                .map(|(k, v)| (*k, v.as_str()))
+                .collect();
+            stream.send_response(reply.status, &headers, reply.body.as_bytes());
+            abi::status::STOP_ITERATION
+        }
+    }
+}

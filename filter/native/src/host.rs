@@ -1,0 +1,220 @@
+//! Safe wrappers over the callbacks in `abi.rs`: one Envoy stream, one Envoy filter
+//! configuration, and Envoy's log.
+
+use std::ffi::c_void;
+
+use crate::abi::{self, ConfigEnvoyPtr, EnvoyBuffer, EnvoyHeader, FilterEnvoyPtr, ModuleBuffer};
+
+/// The stream a hook was called for; valid for that hook only (Envoy's pointer).
+#[derive(Debug, Clone, Copy)]
+pub struct Stream(FilterEnvoyPtr);
+
+#[expect(
+    unsafe_code,
+    reason = "calls into Envoy with the stream pointer it handed to the current hook"
+)]
+impl Stream {
+    /// # Safety
+    /// `ptr` must be the `filter_envoy_ptr` Envoy passed to the hook running now.
+    pub unsafe fn new(ptr: FilterEnvoyPtr) -> Self {
+        Self(ptr)
+    }
+
+    /// The request headers, pseudo-headers included, as Envoy holds them (names and values
+    /// borrowed from Envoy's header map until the hook returns or a header is changed).
+    pub fn request_headers(&self) -> Option<Vec<EnvoyHeader>> {
+        // SAFETY: the stream pointer is live for this hook.
+        let size = unsafe {
+            abi::envoy_dynamic_module_callback_http_get_headers_size(self.0, abi::REQUEST_HEADERS)
+        };
+        let mut headers = vec![EnvoyHeader::EMPTY; size];
+        // SAFETY: `headers` has room for the `size` entries Envoy just reported.
+        let ok = unsafe {
+            abi::envoy_dynamic_module_callback_http_get_headers(
+                self.0,
+                abi::REQUEST_HEADERS,
+                headers.as_mut_ptr(),
+            )
+        };
+        ok.then_some(headers)
+    }
+
+    /// Sets request header `name` to `value`, or removes it (`None`).
+    pub fn set_request_header(&self, name: &str, value: Option<&str>) {
+        let value = value.map_or(ModuleBuffer::NULL, |v| ModuleBuffer::of(v.as_bytes()));
+        // SAFETY: both buffers point at bytes alive for the call; Envoy copies them.
+        let _ = unsafe {
+            abi::envoy_dynamic_module_callback_http_set_header(
+                self.0,
+                abi::REQUEST_HEADERS,
+                ModuleBuffer::of(name.as_bytes()),
+                value,
+            )
+        };
+    }
+
+    /// Answers the request locally; the hook then stops the filter chain.
+    pub fn send_response(&self, status: u16, headers: &[(&str, &str)], body: &[u8]) {
+        let headers: Vec<abi::ModuleHeader> = headers
+            .iter()
+            .map(|(k, v)| abi::ModuleHeader {
+                key_ptr: k.as_ptr(),
+                key_length: k.len(),
+                value_ptr: v.as_ptr(),
+                value_length: v.len(),
+            })
+            .collect();
+        // SAFETY: every pointer is to bytes alive for the call; Envoy copies them.
+        unsafe {
+            abi::envoy_dynamic_module_callback_http_send_response(
+                self.0,
+                u32::from(status),
+                headers.as_ptr(),
+                headers.len(),
+                ModuleBuffer::of(body),
+                ModuleBuffer::of(b"portcullis"),
+            );
+        }
+    }
+
+    /// The client's address (`ip:port`), if Envoy knows it.
+    pub fn source_address(&self) -> Option<String> {
+        let mut out = EnvoyBuffer::EMPTY;
+        // SAFETY: `out` is a live local Envoy writes one buffer into.
+        let ok = unsafe {
+            abi::envoy_dynamic_module_callback_http_filter_get_attribute_string(
+                self.0,
+                abi::ATTRIBUTE_SOURCE_ADDRESS,
+                &raw mut out,
+            )
+        };
+        if !ok {
+            return None;
+        }
+        // SAFETY: Envoy filled `out` during this hook.
+        String::from_utf8(unsafe { out.bytes() }.to_vec()).ok()
+    }
+
+    /// Adds `n` to counter `id` (with `label` for a labelled one).
+    pub fn count(&self, id: usize, label: Option<&str>, n: u64) {
+        let labels: Vec<ModuleBuffer> = label
+            .map(|l| ModuleBuffer::of(l.as_bytes()))
+            .into_iter()
+            .collect();
+        // SAFETY: the label buffers are alive for the call.
+        let _ = unsafe {
+            abi::envoy_dynamic_module_callback_http_filter_increment_counter(
+                self.0,
+                id,
+                labels.as_ptr(),
+                labels.len(),
+                n,
+            )
+        };
+    }
+
+    /// Records `value` in histogram `id`.
+    pub fn record(&self, id: usize, value: u64) {
+        // SAFETY: no labels; the stream pointer is live.
+        let _ = unsafe {
+            abi::envoy_dynamic_module_callback_http_filter_record_histogram_value(
+                self.0,
+                id,
+                std::ptr::null(),
+                0,
+                value,
+            )
+        };
+    }
+}
+
+/// Envoy's filter configuration while `on_http_filter_config_new` runs (metrics can only be
+/// defined then).
+#[derive(Debug, Clone, Copy)]
+pub struct ConfigHandle(ConfigEnvoyPtr);
+
+#[expect(
+    unsafe_code,
+    reason = "calls into Envoy with the configuration pointer of the running config_new hook"
+)]
+impl ConfigHandle {
+    /// # Safety
+    /// `ptr` must be the `filter_config_envoy_ptr` of the `config_new` hook running now.
+    pub unsafe fn new(ptr: *mut c_void) -> Self {
+        Self(ptr)
+    }
+
+    /// Defines a counter (labelled by `labels`); `None` if Envoy refuses.
+    pub fn counter(&self, name: &str, labels: &[&str]) -> Option<usize> {
+        let labels: Vec<ModuleBuffer> = labels
+            .iter()
+            .map(|l| ModuleBuffer::of(l.as_bytes()))
+            .collect();
+        let mut id = 0usize;
+        // SAFETY: name and labels are alive for the call; `id` is a live local.
+        let result = unsafe {
+            abi::envoy_dynamic_module_callback_http_filter_config_define_counter(
+                self.0,
+                ModuleBuffer::of(name.as_bytes()),
+                labels.as_ptr(),
+                labels.len(),
+                &raw mut id,
+            )
+        };
+        (result == abi::METRICS_SUCCESS).then_some(id)
+    }
+
+    /// Defines a histogram; `None` if Envoy refuses.
+    pub fn histogram(&self, name: &str) -> Option<usize> {
+        let mut id = 0usize;
+        // SAFETY: the name is alive for the call; `id` is a live local.
+        let result = unsafe {
+            abi::envoy_dynamic_module_callback_http_filter_config_define_histogram(
+                self.0,
+                ModuleBuffer::of(name.as_bytes()),
+                std::ptr::null(),
+                0,
+                &raw mut id,
+            )
+        };
+        (result == abi::METRICS_SUCCESS).then_some(id)
+    }
+}
+
+/// `log` records to Envoy's log (its `dynamic_modules` logger, at Envoy's level for it).
+#[derive(Debug)]
+pub struct EnvoyLog;
+
+fn envoy_level(level: log::Level) -> u32 {
+    match level {
+        log::Level::Error => abi::level::ERROR,
+        log::Level::Warn => abi::level::WARN,
+        log::Level::Info => abi::level::INFO,
+        log::Level::Debug => abi::level::DEBUG,
+        log::Level::Trace => abi::level::TRACE,
+    }
+}
+
+#[expect(unsafe_code, reason = "Envoy's log callbacks, callable from any hook")]
+impl log::Log for EnvoyLog {
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        // SAFETY: takes a level only.
+        unsafe { abi::envoy_dynamic_module_callback_log_enabled(envoy_level(metadata.level())) }
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        if !self.enabled(record.metadata()) {
+            return;
+        }
+        let text = record.args().to_string();
+        // SAFETY: the message is alive for the call; Envoy copies it.
+        unsafe {
+            abi::envoy_dynamic_module_callback_log(
+                envoy_level(record.level()),
+                ModuleBuffer::of(text.as_bytes()),
+            );
+        }
+    }
+
+    fn flush(&self) {}
+}
