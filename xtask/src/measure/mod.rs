@@ -74,10 +74,17 @@ pub fn run(opts: &Options) -> Result {
     let noop = noop_dir.path().join("noop.wasm");
     crate::wasm::trimmed_copy(&built.probe, &noop)?;
     print_size(&wasm)?;
+    let native = crate::native::build(crate::native::Profile::Release)?;
+    print_size(&native)?;
+    let modules = variant::Modules {
+        wasm: &wasm,
+        noop: &noop,
+        native: &native,
+    };
 
     if !opts.startup.workers.is_empty() {
         // First, while no other Envoy runs.
-        startup::run(&opts.startup, &wasm, &noop)?;
+        startup::run(&opts.startup, &wasm, &noop, &native)?;
     }
     if opts.only_startup {
         return Ok(());
@@ -92,7 +99,7 @@ pub fn run(opts: &Options) -> Result {
     };
     let auth = format!("Bearer {}", tokens.bob);
     let sequential::Sequential { rows, mut proxies } =
-        sequential::run(opts.requests, &wasm, &noop, &issuer, &tokens, &auth)?;
+        sequential::run(opts.requests, modules, &issuer, &tokens, &auth)?;
     report::sequential(&rows, opts);
 
     if let Some(wrk) = &wrk {

@@ -71,6 +71,17 @@ pub fn load(loads: &[Load], opts: &Options) {
         &rates(Variant::Portcullis),
         &rates(Variant::JwtAuthnRbac),
     );
+    print_ratio(
+        "portcullis native / jwt_authn+RBAC",
+        &rates(Variant::Native),
+        &rates(Variant::JwtAuthnRbac),
+    );
+    print_target(
+        "portcullis native / no filter",
+        &rates(Variant::Native),
+        &rates(Variant::NoFilter),
+        0.95,
+    );
     load_cpu(loads);
     let counters: Vec<String> = loads
         .iter()
@@ -126,6 +137,17 @@ fn load_cpu(loads: &[Load]) {
         &per_cpu_second(Variant::Portcullis),
         &per_cpu_second(Variant::JwtAuthnRbac),
     );
+    print_ratio(
+        "answers per CPU second, portcullis native / jwt_authn+RBAC",
+        &per_cpu_second(Variant::Native),
+        &per_cpu_second(Variant::JwtAuthnRbac),
+    );
+    print_added(
+        "Envoy CPU added per answer",
+        &per_answer(Variant::Native),
+        &per_answer(Variant::JwtAuthnRbac),
+        &per_answer(Variant::NoFilter),
+    );
 }
 
 /// The shared-CPU rounds: Envoy's CPU time per answer, with every variant on the same CPU.
@@ -159,6 +181,23 @@ pub fn shared(shared: &Shared, opts: &Options) {
         "shared CPU, answers per CPU second, portcullis / jwt_authn+RBAC",
         &per_cpu_second(Variant::Portcullis),
         &per_cpu_second(Variant::JwtAuthnRbac),
+    );
+    print_ratio(
+        "shared CPU, answers per CPU second, portcullis native / jwt_authn+RBAC",
+        &per_cpu_second(Variant::Native),
+        &per_cpu_second(Variant::JwtAuthnRbac),
+    );
+    print_target(
+        "shared CPU, answers per CPU second, portcullis native / no filter",
+        &per_cpu_second(Variant::Native),
+        &per_cpu_second(Variant::NoFilter),
+        0.95,
+    );
+    print_added(
+        "shared CPU, Envoy CPU added per answer",
+        &us(&of(Variant::Native)),
+        &us(&of(Variant::JwtAuthnRbac)),
+        &us(&of(Variant::NoFilter)),
     );
     // The kernel gives each Envoy an equal share of the CPU, so req/s compare too.
     print_ratio(
@@ -244,6 +283,29 @@ fn print_ratio(what: &str, ours: &[f64], theirs: &[f64]) {
         rounds.median,
         rounds.at_least_one,
         rounds.ratios.len()
+    );
+}
+
+/// A ratio of medians (more is better) against its goal.
+fn print_target(what: &str, ours: &[f64], theirs: &[f64], goal: f64) {
+    let ratio = median(ours.to_vec()) / median(theirs.to_vec());
+    let met = if ratio >= goal { "met" } else { "not met" };
+    println!("{what}: {ratio:.2} (ratio of the medians); goal >= {goal:.2}: {met}");
+}
+
+/// What the native module adds per answer over no filter, against what jwt_authn+RBAC adds
+/// (medians of µs per answer); the goal is at most half.
+fn print_added(what: &str, native: &[f64], jwt: &[f64], base: &[f64]) {
+    let base = median(base.to_vec());
+    let (ours, theirs) = (median(native.to_vec()) - base, median(jwt.to_vec()) - base);
+    let met = if ours <= theirs / 2.0 {
+        "met"
+    } else {
+        "not met"
+    };
+    println!(
+        "{what}: portcullis native {ours:.1} µs, jwt_authn+RBAC {theirs:.1} µs, ratio {:.2}; goal <= 0.50: {met}",
+        ours / theirs
     );
 }
 

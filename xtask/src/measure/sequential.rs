@@ -1,7 +1,6 @@
 //! The sequential phase of `cargo xtask measure`: each variant's Envoy started in turn (one
 //! worker), its decisions checked, then a loop of requests on one keep-alive connection.
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use harness::devkeys::DevIssuer;
@@ -9,7 +8,7 @@ use harness::envoy::{Envoy, Ports};
 use harness::http;
 
 use super::LOAD_PATH;
-use super::variant::{self, Tokens, Variant};
+use super::variant::{self, Modules, Tokens, Variant};
 use crate::Result;
 
 /// One variant's start and sequential requests.
@@ -32,8 +31,7 @@ pub struct Sequential {
 /// Starts every variant and sends it `requests` sequential requests with `auth`.
 pub fn run(
     requests: u32,
-    wasm: &Path,
-    noop: &Path,
+    modules: Modules<'_>,
     issuer: &DevIssuer,
     tokens: &Tokens,
     auth: &str,
@@ -42,7 +40,7 @@ pub fn run(
     let mut proxies = Vec::new();
     for variant in Variant::ALL {
         let ports = Ports::free().map_err(|e| e.to_string())?;
-        let cfg = variant.config(ports, wasm, noop, issuer)?;
+        let cfg = variant.config(ports, modules, issuer)?;
         let mut proxy = Envoy::start(&cfg, ports, 1).map_err(|e| e.to_string())?;
         let first_answer = proxy
             .wait_ready(Duration::from_secs(120))

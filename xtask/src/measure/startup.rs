@@ -36,6 +36,8 @@ enum Variant {
     NoopWasm,
     /// Portcullis with the demo bundle (`None`) or the demo policies padded to this many.
     Portcullis(Option<usize>),
+    /// The same with the native module (one snapshot per process, not one per worker).
+    Native(Option<usize>),
 }
 
 impl Variant {
@@ -45,6 +47,8 @@ impl Variant {
             Self::NoopWasm => "envoy + no-op wasm".to_owned(),
             Self::Portcullis(None) => "portcullis, demo bundle".to_owned(),
             Self::Portcullis(Some(n)) => format!("portcullis, {n} policies"),
+            Self::Native(None) => "native, demo bundle".to_owned(),
+            Self::Native(Some(n)) => format!("native, {n} policies"),
         }
     }
 }
@@ -60,7 +64,7 @@ struct Sample {
 }
 
 /// Runs the phase and prints its table.
-pub fn run(opts: &Options, wasm: &Path, noop: &Path) -> Result {
+pub fn run(opts: &Options, wasm: &Path, noop: &Path, native: &Path) -> Result {
     let issuer = DevIssuer::generate().map_err(|e| e.to_string())?;
     let auth = format!("Bearer {}", issuer.token("bob", &["staff"]));
     let mut variants = vec![
@@ -69,6 +73,8 @@ pub fn run(opts: &Options, wasm: &Path, noop: &Path) -> Result {
         Variant::Portcullis(None),
     ];
     variants.extend(opts.sizes.iter().map(|&n| Variant::Portcullis(Some(n))));
+    variants.push(Variant::Native(None));
+    variants.extend(opts.sizes.iter().map(|&n| Variant::Native(Some(n))));
     let mut table = Vec::new();
     for &variant in &variants {
         // The plugin configuration (and a generated bundle's text) is built once per variant,
@@ -76,18 +82,17 @@ pub fn run(opts: &Options, wasm: &Path, noop: &Path) -> Result {
         let plugin = match variant {
             Variant::NoFilter => None,
             Variant::NoopWasm => Some(serde_json::Value::from("noop")),
-            Variant::Portcullis(None) => Some(demo::plugin_config(&issuer)),
-            Variant::Portcullis(Some(n)) => Some(demo::padded_plugin_config(&issuer, n)),
-        };
-        let module = if variant == Variant::NoopWasm {
-            noop
-        } else {
-            wasm
+            Variant::Portcullis(None) | Variant::Native(None) => Some(demo::plugin_config(&issuer)),
+            Variant::Portcullis(Some(n)) | Variant::Native(Some(n)) => {
+                Some(demo::padded_plugin_config(&issuer, n))
+            }
         };
         let config_of = |ports: Ports| -> Result<String> {
-            match &plugin {
-                None => envoy::baseline_config(ports),
-                Some(plugin) => envoy::config(ports, module, plugin),
+            match (&plugin, variant) {
+                (None, _) => envoy::baseline_config(ports),
+                (Some(plugin), Variant::NoopWasm) => envoy::config(ports, noop, plugin),
+                (Some(plugin), Variant::Native(_)) => envoy::native_config(ports, native, plugin),
+                (Some(plugin), _) => envoy::config(ports, wasm, plugin),
             }
             .map_err(|e| e.to_string())
         };

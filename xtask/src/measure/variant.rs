@@ -19,6 +19,21 @@ static TOKEN_CACHE_HITS_STAT: LazyLock<String> =
     LazyLock::new(|| envoy::stat_name(metrics::TOKEN_CACHE_HITS));
 static DECISION_CACHE_HITS_STAT: LazyLock<String> =
     LazyLock::new(|| envoy::stat_name(metrics::DECISION_CACHE_HITS));
+/// The same counters of the native module.
+pub static NATIVE_ALLOWED_STAT: LazyLock<String> =
+    LazyLock::new(|| envoy::native_stat_name(metrics::ALLOWED));
+static NATIVE_TOKEN_CACHE_HITS_STAT: LazyLock<String> =
+    LazyLock::new(|| envoy::native_stat_name(metrics::TOKEN_CACHE_HITS));
+static NATIVE_DECISION_CACHE_HITS_STAT: LazyLock<String> =
+    LazyLock::new(|| envoy::native_stat_name(metrics::DECISION_CACHE_HITS));
+
+/// The modules the variants load.
+#[derive(Debug, Clone, Copy)]
+pub struct Modules<'a> {
+    pub wasm: &'a Path,
+    pub noop: &'a Path,
+    pub native: &'a Path,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Variant {
@@ -29,14 +44,17 @@ pub enum Variant {
     NoopWasm,
     JwtAuthnRbac,
     Portcullis,
+    /// The same filter as Envoy's dynamic module (filter/native).
+    Native,
 }
 
 impl Variant {
-    pub const ALL: [Self; 4] = [
+    pub const ALL: [Self; 5] = [
         Self::NoFilter,
         Self::NoopWasm,
         Self::JwtAuthnRbac,
         Self::Portcullis,
+        Self::Native,
     ];
 
     pub fn name(self) -> &'static str {
@@ -45,34 +63,31 @@ impl Variant {
             Self::NoopWasm => "envoy + no-op wasm",
             Self::JwtAuthnRbac => "envoy + jwt_authn+RBAC",
             Self::Portcullis => "envoy + portcullis",
+            Self::Native => "envoy + portcullis native",
         }
     }
 
-    pub fn config(
-        self,
-        ports: Ports,
-        wasm: &Path,
-        noop: &Path,
-        issuer: &DevIssuer,
-    ) -> Result<String> {
+    pub fn config(self, ports: Ports, modules: Modules<'_>, issuer: &DevIssuer) -> Result<String> {
+        // The demo configuration without its debug response header: what a deployment runs,
+        // and no more work than the jwt_authn+RBAC variant does.
+        let deployed = || {
+            let mut plugin = demo::plugin_config(issuer);
+            if let Some(o) = plugin.as_object_mut() {
+                o.insert("debugHeaders".into(), false.into());
+            }
+            plugin
+        };
         match self {
             Self::NoFilter => envoy::baseline_config(ports),
-            Self::NoopWasm => envoy::config(ports, noop, &"noop".into()),
+            Self::NoopWasm => envoy::config(ports, modules.noop, &"noop".into()),
             Self::JwtAuthnRbac => envoy::jwt_authn_rbac_config(
                 ports,
                 &issuer.issuer,
                 &issuer.audience,
                 &issuer.jwks(),
             ),
-            Self::Portcullis => {
-                // The demo configuration without its debug response header: what a deployment
-                // runs, and no more work than the native variant does.
-                let mut plugin = demo::plugin_config(issuer);
-                if let Some(o) = plugin.as_object_mut() {
-                    o.insert("debugHeaders".into(), false.into());
-                }
-                envoy::config(ports, wasm, &plugin)
-            }
+            Self::Portcullis => envoy::config(ports, modules.wasm, &deployed()),
+            Self::Native => envoy::native_config(ports, modules.native, &deployed()),
         }
         .map_err(|e| e.to_string())
     }
@@ -92,6 +107,11 @@ impl Variant {
                 ALLOWED_STAT.as_str(),
                 TOKEN_CACHE_HITS_STAT.as_str(),
                 DECISION_CACHE_HITS_STAT.as_str(),
+            ],
+            Self::Native => vec![
+                NATIVE_ALLOWED_STAT.as_str(),
+                NATIVE_TOKEN_CACHE_HITS_STAT.as_str(),
+                NATIVE_DECISION_CACHE_HITS_STAT.as_str(),
             ],
         }
     }
