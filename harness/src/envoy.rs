@@ -178,6 +178,27 @@ pub fn config_following(
     render(&without_block(TEMPLATE, "native-module")?, &vars)
 }
 
+/// [`native_config`] with the `policy-sync` cluster on 127.0.0.1:`policy_sync`: the native
+/// module following policy-sync.
+pub fn native_config_following(
+    ports: Ports,
+    native: &Path,
+    plugin_config: &Value,
+    policy_sync: u16,
+) -> Result<String> {
+    render(
+        &without_block(TEMPLATE, "portcullis")?,
+        &[
+            ("ADMIN_PORT", ports.admin.to_string()),
+            ("PORT", ports.listener.to_string()),
+            ("UPSTREAM_PORT", ports.upstream.to_string()),
+            ("NATIVE", native.display().to_string()),
+            ("PLUGIN_CONFIG", quoted(plugin_config)?),
+            ("POLICY_SYNC_PORT", policy_sync.to_string()),
+        ],
+    )
+}
+
 fn filter_vars(
     ports: Ports,
     wasm: &Path,

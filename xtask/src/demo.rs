@@ -37,6 +37,7 @@ pub fn run(port: u16, live: bool, native: bool) -> Result {
         .as_ref()
         .map_or_else(|| demo::plugin_config(&issuer), |l| l.plugin_config.clone());
     let config = match &live {
+        Some(l) if native => envoy::native_config_following(ports, &module, &plugin_config, l.port),
         Some(l) => envoy::config_following(ports, &module, &plugin_config, l.port),
         None if native => envoy::native_config(ports, &module, &plugin_config),
         None => envoy::config(ports, &module, &plugin_config),

@@ -41,7 +41,7 @@ enum Task {
         port: u16,
         /// Also start Postgres (a private cluster) and policy-sync, store the demo policies
         /// there and configure the filter from the document policy-sync publishes.
-        #[arg(long, conflicts_with = "native")]
+        #[arg(long)]
         live: bool,
         /// Run the native module (Envoy's dynamic-module filter) instead of the Wasm module.
         #[arg(long)]

@@ -42,9 +42,13 @@ pub const DECISION_LOG_DROPPED: &str = "portcullis.decision_log.dropped_total";
 
 /// Denies per determining policy: the family [`denied_by_policy`] names (label `policy_id`).
 pub const DENIED_BY_POLICY: &str = "portcullis.denied_by_policy_total";
-const SYNC_FAILURES: &str = "portcullis.sync.failures_total";
-const SYNC_BUNDLE_VERSION: &str = "portcullis.sync.bundle_version";
-const SYNC_SECONDS_SINCE_SUCCESS: &str = "portcullis.sync.seconds_since_success";
+/// Failed syncs: the family [`sync_failures`] names (label `cause`).
+pub const SYNC_FAILURES: &str = "portcullis.sync.failures_total";
+/// Gauge family: the bundle version in force per tenant ([`sync_bundle_version`]).
+pub const SYNC_BUNDLE_VERSION: &str = "portcullis.sync.bundle_version";
+/// Gauge family: seconds since policy-sync last answered per tenant
+/// ([`sync_seconds_since_success`]).
+pub const SYNC_SECONDS_SINCE_SUCCESS: &str = "portcullis.sync.seconds_since_success";
 
 /// Every stat the filter defines, as (name, label): a plain stat's name, or a labelled family's
 /// name before the part [`TAGS`] makes its label. The metrics table in docs/deployment.md lists

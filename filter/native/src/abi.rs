@@ -21,6 +21,9 @@ pub const ABI_VERSION: &CStr = c"v0.2.0";
 pub type FilterEnvoyPtr = *mut c_void;
 /// Envoy's filter configuration (`envoy_dynamic_module_type_http_filter_config_envoy_ptr`).
 pub type ConfigEnvoyPtr = *mut c_void;
+/// A scheduler that runs `on_http_filter_config_scheduled` on Envoy's main thread
+/// (`envoy_dynamic_module_type_http_filter_config_scheduler_module_ptr`).
+pub type ConfigSchedulerPtr = *mut c_void;
 
 /// Bytes owned by Envoy, valid for the hook or callback that hands them over.
 #[repr(C)]
@@ -113,6 +116,10 @@ pub const REQUEST_HEADERS: u32 = 0;
 pub const ATTRIBUTE_SOURCE_ADDRESS: u32 = 24;
 /// `envoy_dynamic_module_type_metrics_result_Success`.
 pub const METRICS_SUCCESS: u32 = 0;
+/// `envoy_dynamic_module_type_http_callout_init_result_Success`.
+pub const CALLOUT_INIT_SUCCESS: u32 = 0;
+/// `envoy_dynamic_module_type_http_callout_result_Success`.
+pub const CALLOUT_SUCCESS: u32 = 0;
 
 /// `envoy_dynamic_module_type_log_level`: spdlog's levels.
 pub mod level {
@@ -179,6 +186,53 @@ unsafe extern "C" {
         label_names_length: usize,
         histogram_id: *mut usize,
     ) -> u32;
+    pub fn envoy_dynamic_module_callback_http_filter_config_define_gauge(
+        config: ConfigEnvoyPtr,
+        name: ModuleBuffer,
+        label_names: *const ModuleBuffer,
+        label_names_length: usize,
+        gauge_id: *mut usize,
+    ) -> u32;
+    pub fn envoy_dynamic_module_callback_http_filter_config_increment_counter(
+        config: ConfigEnvoyPtr,
+        id: usize,
+        label_values: *const ModuleBuffer,
+        label_values_length: usize,
+        value: u64,
+    ) -> u32;
+    pub fn envoy_dynamic_module_callback_http_filter_config_set_gauge(
+        config: ConfigEnvoyPtr,
+        id: usize,
+        label_values: *const ModuleBuffer,
+        label_values_length: usize,
+        value: u64,
+    ) -> u32;
+
+    pub fn envoy_dynamic_module_callback_http_filter_config_scheduler_new(
+        config: ConfigEnvoyPtr,
+    ) -> ConfigSchedulerPtr;
+    /// Callable from any thread: Envoy runs `on_http_filter_config_scheduled` with
+    /// `event_id` on its main thread (nothing once the configuration is gone).
+    pub fn envoy_dynamic_module_callback_http_filter_config_scheduler_commit(
+        scheduler: ConfigSchedulerPtr,
+        event_id: u64,
+    );
+    pub fn envoy_dynamic_module_callback_http_filter_config_scheduler_delete(
+        scheduler: ConfigSchedulerPtr,
+    );
+    /// Main thread only: a call to `cluster_name`, answered in
+    /// `on_http_filter_config_http_callout_done` (`headers` must hold `:method`, `:path` and
+    /// `host`).
+    pub fn envoy_dynamic_module_callback_http_filter_config_http_callout(
+        config: ConfigEnvoyPtr,
+        callout_id: *mut u64,
+        cluster_name: ModuleBuffer,
+        headers: *const ModuleHeader,
+        headers_size: usize,
+        body: ModuleBuffer,
+        timeout_milliseconds: u64,
+    ) -> u32;
+
     pub fn envoy_dynamic_module_callback_http_filter_increment_counter(
         filter: FilterEnvoyPtr,
         id: usize,

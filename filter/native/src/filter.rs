@@ -5,14 +5,32 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use portcullis_core::effects::{self, HeaderEdit};
-use portcullis_core::{HeaderMap, RequestView};
+use portcullis_core::metrics;
+use portcullis_core::{AuthError, HeaderMap, RequestView, Verdict};
 
 use crate::abi;
-use crate::config::SharedConfig;
+use crate::config::{NoEngine, SharedConfig};
 use crate::host::Stream;
 
 /// The body of every 503 the filter sends.
 const UNAVAILABLE: &[u8] = b"authorization unavailable\n";
+
+/// `Retry-After` of the 503 sent while there is no bundle the filter may decide with.
+const RETRY_AFTER: &str = "5";
+
+/// Refuses the request while the filter has nothing it may decide with (no document from
+/// policy-sync yet, or the one in force is stale): 503 with `Retry-After`, never allow.
+fn retry_later(config: &SharedConfig, stream: Stream) -> u32 {
+    if let Some(id) = config.stats.counter(metrics::SYNC_REFUSED_REQUESTS) {
+        stream.count(id, None, 1);
+    }
+    stream.send_response(
+        503,
+        &[("content-type", "text/plain"), ("retry-after", RETRY_AFTER)],
+        UNAVAILABLE,
+    );
+    abi::status::STOP_ITERATION
+}
 
 /// The request as the core sees it: Envoy's headers read in place, the client address on
 /// demand.
@@ -34,7 +52,7 @@ impl RequestView for EnvoyRequest<'_> {
 /// Fails the request closed: 503, counted as an error, logged without detail for the client.
 pub fn unavailable(config: Option<&SharedConfig>, stream: Stream, why: &str) -> u32 {
     log::warn!("portcullis: {why}; denying");
-    if let Some(id) = config.and_then(|c| c.stats.counter(portcullis_core::metrics::ERRORS)) {
+    if let Some(id) = config.and_then(|c| c.stats.counter(metrics::ERRORS)) {
         stream.count(id, None, 1);
     }
     stream.send_response(503, &[("content-type", "text/plain")], UNAVAILABLE);
@@ -44,8 +62,15 @@ pub fn unavailable(config: Option<&SharedConfig>, stream: Stream, why: &str) -> 
 /// Decides the request whose headers Envoy has: lets it continue (with the upstream edits) or
 /// answers it; the hook's status.
 pub fn on_request_headers(config: &Arc<SharedConfig>, stream: Stream) -> u32 {
-    let Some(engine) = config.engine() else {
-        return unavailable(Some(config), stream, "the worker's engine is busy");
+    if config.sync.as_ref().is_some_and(|s| s.refusing()) {
+        return retry_later(config, stream);
+    }
+    let engine = match config.engine() {
+        Ok(engine) => engine,
+        Err(NoEngine::Pending) => return retry_later(config, stream),
+        Err(NoEngine::Busy) => {
+            return unavailable(Some(config), stream, "the worker's engine is busy");
+        }
     };
     let started = Instant::now();
     let now = SystemTime::now()
@@ -94,7 +119,19 @@ pub fn on_request_headers(config: &Arc<SharedConfig>, stream: Stream) -> u32 {
     for policy in effects::denied_by(&outcome) {
         stream.count(config.stats.denied_by_policy, Some(policy), 1);
     }
-    match outcome.local_reply(engine.debug_headers()) {
+    let reply = outcome.local_reply(engine.debug_headers());
+    if let Some(sync) = &config.sync {
+        if let Verdict::Unauthenticated(AuthError::NoKey { issuer, .. }) = &outcome.verdict {
+            sync.want_refresh(issuer);
+        }
+        let status = reply.as_ref().map_or(200, |r| r.status);
+        if !sync.log_decision(&engine, &outcome, &request.headers, status)
+            && let Some(id) = config.stats.counter(metrics::DECISION_LOG_DROPPED)
+        {
+            stream.count(id, None, 1);
+        }
+    }
+    match reply {
         None => {
             // Every edit is worked out before the first one: an edit may move the bytes the
             // header map borrows.

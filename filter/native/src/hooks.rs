@@ -59,11 +59,13 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
         let (json, envoy) = unsafe { (config.bytes(), ConfigHandle::new(config_envoy)) };
         match SharedConfig::compile(json, envoy) {
             Ok(shared) => {
-                log::info!(
-                    "portcullis: configured (native) with {} issuer(s), bundle version {}",
-                    shared.snapshot().issuers().len(),
-                    shared.snapshot().bundle_version()
-                );
+                if let Some(snapshot) = shared.current() {
+                    log::info!(
+                        "portcullis: configured (native) with {} issuer(s), bundle version {}",
+                        snapshot.issuers().len(),
+                        snapshot.bundle_version()
+                    );
+                }
                 Box::into_raw(Box::new(Arc::new(shared)))
                     .cast_const()
                     .cast()
@@ -75,6 +77,65 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
             }
         }
     })
+}
+
+/// The sync's tick, on Envoy's main thread (committed by the sync's own timer thread).
+#[unsafe(no_mangle)]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_config_scheduled(
+    _config_envoy: ConfigEnvoyPtr,
+    config: *const c_void,
+    _event_id: u64,
+) {
+    guarded("the sync's tick", (), || {
+        // SAFETY: `config` is the configuration `config_new` made, alive while Envoy schedules.
+        if let Some(shared) = unsafe { config_ref(config) }
+            && let Some(sync) = &shared.sync
+        {
+            sync.on_tick(shared);
+        }
+    });
+}
+
+/// An answer from policy-sync to one of the sync's calls, on Envoy's main thread.
+#[unsafe(no_mangle)]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_config_http_callout_done(
+    _config_envoy: ConfigEnvoyPtr,
+    config: *const c_void,
+    callout_id: u64,
+    result: u32,
+    headers: *const EnvoyHeader,
+    headers_size: usize,
+    body_chunks: *const EnvoyBuffer,
+    body_chunks_size: usize,
+) {
+    guarded("policy-sync's answer", (), || {
+        // SAFETY: `config` is the configuration `config_new` made; Envoy cancels a call whose
+        // configuration is gone. The arrays hold the given counts of entries (or are null).
+        let (shared, headers, chunks) = unsafe {
+            (
+                config_ref(config),
+                slice_of(headers, headers_size),
+                slice_of(body_chunks, body_chunks_size),
+            )
+        };
+        if let Some(shared) = shared
+            && let Some(sync) = &shared.sync
+        {
+            sync.on_answer(shared, callout_id, result, headers, chunks);
+        }
+    });
+}
+
+/// `len` entries at `ptr` (none for a null pointer).
+///
+/// # Safety
+/// A non-null `ptr` must point at `len` initialised entries alive for the hook.
+unsafe fn slice_of<'a, T>(ptr: *const T, len: usize) -> &'a [T] {
+    if ptr.is_null() || len == 0 {
+        return &[];
+    }
+    // SAFETY: the caller's promise.
+    unsafe { std::slice::from_raw_parts(ptr, len) }
 }
 
 #[unsafe(no_mangle)]

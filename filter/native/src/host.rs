@@ -128,10 +128,19 @@ impl Stream {
     }
 }
 
-/// Envoy's filter configuration while `on_http_filter_config_new` runs (metrics can only be
-/// defined then).
+/// Envoy's filter configuration: alive as long as the module's configuration is, used on
+/// Envoy's main thread only (`config_new`, the scheduled and callout hooks). Stats can be
+/// defined only while `config_new` runs.
 #[derive(Debug, Clone, Copy)]
 pub struct ConfigHandle(ConfigEnvoyPtr);
+
+/// Labels as the ABI takes them.
+fn buffers(labels: &[&str]) -> Vec<ModuleBuffer> {
+    labels
+        .iter()
+        .map(|l| ModuleBuffer::of(l.as_bytes()))
+        .collect()
+}
 
 #[expect(
     unsafe_code,
@@ -162,6 +171,98 @@ impl ConfigHandle {
             )
         };
         (result == abi::METRICS_SUCCESS).then_some(id)
+    }
+
+    /// Defines a gauge labelled by `labels`; `None` if Envoy refuses.
+    pub fn gauge(&self, name: &str, labels: &[&str]) -> Option<usize> {
+        let labels = buffers(labels);
+        let mut id = 0usize;
+        // SAFETY: name and labels are alive for the call; `id` is a live local.
+        let result = unsafe {
+            abi::envoy_dynamic_module_callback_http_filter_config_define_gauge(
+                self.0,
+                ModuleBuffer::of(name.as_bytes()),
+                labels.as_ptr(),
+                labels.len(),
+                &raw mut id,
+            )
+        };
+        (result == abi::METRICS_SUCCESS).then_some(id)
+    }
+
+    /// Adds `n` to counter `id` (outside any stream: the sync's counters).
+    pub fn count(&self, id: usize, labels: &[&str], n: u64) {
+        let labels = buffers(labels);
+        // SAFETY: the label buffers are alive for the call.
+        let _ = unsafe {
+            abi::envoy_dynamic_module_callback_http_filter_config_increment_counter(
+                self.0,
+                id,
+                labels.as_ptr(),
+                labels.len(),
+                n,
+            )
+        };
+    }
+
+    /// Sets gauge `id`.
+    pub fn set_gauge(&self, id: usize, labels: &[&str], value: u64) {
+        let labels = buffers(labels);
+        // SAFETY: the label buffers are alive for the call.
+        let _ = unsafe {
+            abi::envoy_dynamic_module_callback_http_filter_config_set_gauge(
+                self.0,
+                id,
+                labels.as_ptr(),
+                labels.len(),
+                value,
+            )
+        };
+    }
+
+    /// A scheduler for this configuration's main-thread events.
+    pub fn scheduler(&self) -> Option<Scheduler> {
+        // SAFETY: the configuration pointer is live.
+        let ptr =
+            unsafe { abi::envoy_dynamic_module_callback_http_filter_config_scheduler_new(self.0) };
+        (!ptr.is_null()).then_some(Scheduler(ptr))
+    }
+
+    /// Starts a call to `cluster`; its id, or why Envoy would not start it.
+    pub fn callout(
+        &self,
+        cluster: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+        timeout_ms: u64,
+    ) -> Result<u64, u32> {
+        let headers: Vec<abi::ModuleHeader> = headers
+            .iter()
+            .map(|(k, v)| abi::ModuleHeader {
+                key_ptr: k.as_ptr(),
+                key_length: k.len(),
+                value_ptr: v.as_ptr(),
+                value_length: v.len(),
+            })
+            .collect();
+        let mut id = 0u64;
+        // SAFETY: every buffer is alive for the call (Envoy copies them); `id` is a live local.
+        let result = unsafe {
+            abi::envoy_dynamic_module_callback_http_filter_config_http_callout(
+                self.0,
+                &raw mut id,
+                ModuleBuffer::of(cluster.as_bytes()),
+                headers.as_ptr(),
+                headers.len(),
+                ModuleBuffer::of(body),
+                timeout_ms,
+            )
+        };
+        if result == abi::CALLOUT_INIT_SUCCESS {
+            Ok(id)
+        } else {
+            Err(result)
+        }
     }
 
     /// Defines a histogram; `None` if Envoy refuses.
@@ -217,4 +318,41 @@ impl log::Log for EnvoyLog {
     }
 
     fn flush(&self) {}
+}
+
+/// Envoy's scheduler for a configuration's main-thread events. Committing is the one thing
+/// the ABI allows from any thread; it is deleted once, when the configuration goes.
+#[derive(Debug)]
+pub struct Scheduler(abi::ConfigSchedulerPtr);
+
+// SAFETY: the ABI documents `..._config_scheduler_commit` as callable from any thread; the
+// pointer is deleted only by `delete`, which takes the scheduler by value after the thread
+// that commits has stopped.
+#[expect(
+    unsafe_code,
+    reason = "the scheduler's commit is documented thread-safe"
+)]
+unsafe impl Send for Scheduler {}
+// SAFETY: as above; `commit` is the only method taking `&self`.
+#[expect(
+    unsafe_code,
+    reason = "the scheduler's commit is documented thread-safe"
+)]
+unsafe impl Sync for Scheduler {}
+
+#[expect(unsafe_code, reason = "Envoy's scheduler callbacks")]
+impl Scheduler {
+    /// Asks Envoy to run `on_http_filter_config_scheduled` on its main thread.
+    pub fn commit(&self, event: u64) {
+        // SAFETY: the scheduler is live until `delete`.
+        unsafe {
+            abi::envoy_dynamic_module_callback_http_filter_config_scheduler_commit(self.0, event)
+        }
+    }
+
+    /// Gives the scheduler back to Envoy.
+    pub fn delete(self) {
+        // SAFETY: deleted once; nothing commits to it any more.
+        unsafe { abi::envoy_dynamic_module_callback_http_filter_config_scheduler_delete(self.0) }
+    }
 }

@@ -334,9 +334,12 @@ impl RootContext for Root {
             self.apply(change);
         }
         let now = self.get_current_time();
-        let due = self
-            .flushed
-            .is_none_or(|t| now.duration_since(t).unwrap_or(METRICS_FLUSH) >= METRICS_FLUSH);
+        // Without a sync the tick is the flush period itself: every tick flushes (a tick that
+        // comes a little early must not push the counts a whole period later).
+        let due = self.sync.is_none()
+            || self
+                .flushed
+                .is_none_or(|t| now.duration_since(t).unwrap_or(METRICS_FLUSH) >= METRICS_FLUSH);
         if due {
             self.flushed = Some(now);
             Metrics::flush();

@@ -7,14 +7,12 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
-use log::{debug, error, info, warn};
-use portcullis_core::bundle::signed::BundleDocument;
 use portcullis_core::metrics;
-use portcullis_core::sync::agent::{Agent, Answer, Call, Event, SyncHost};
-use portcullis_core::sync::decision_log::{LogEntry, LogEvent};
+use portcullis_core::sync::agent::{Answer, Call, SyncHost};
+use portcullis_core::sync::follow::{Follower, SyncStats, decision_entry};
 use portcullis_core::sync::lease::SharedStore;
 use portcullis_core::sync::{SyncFailure, SyncSettings};
-use portcullis_core::{Engine, FilterConfig, HeaderMap, Outcome, Snapshot, Start, Verdict};
+use portcullis_core::{Engine, FilterConfig, HeaderMap, Outcome, Snapshot};
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{MapType, MetricType, Status};
 
@@ -102,13 +100,8 @@ impl SyncHost for EnvoyHost {
 /// The sync's stats (`wasmcustom.portcullis.sync.*`).
 #[derive(Debug, Default)]
 struct SyncMetrics {
-    successes: u32,
+    counters: Vec<(&'static str, u32)>,
     failures: Vec<(&'static str, u32)>,
-    takeovers: u32,
-    refused: u32,
-    applied: u32,
-    shipped: u32,
-    dropped: u32,
     /// Per tenant: the version in force, and seconds since policy-sync last answered.
     versions: Vec<(String, u32, u32)>,
 }
@@ -118,16 +111,21 @@ impl SyncMetrics {
         let counter = |name: &str| hostcalls::define_metric(MetricType::Counter, name).unwrap_or(0);
         let gauge = |name: &str| hostcalls::define_metric(MetricType::Gauge, name).unwrap_or(0);
         Self {
-            successes: counter(metrics::SYNC_SUCCESSES),
+            counters: [
+                metrics::SYNC_SUCCESSES,
+                metrics::SYNC_LEASE_TAKEOVERS,
+                metrics::SYNC_REFUSED_REQUESTS,
+                metrics::SYNC_DOCUMENTS_APPLIED,
+                metrics::DECISION_LOG_SHIPPED,
+                metrics::DECISION_LOG_DROPPED,
+            ]
+            .into_iter()
+            .map(|name| (name, counter(name)))
+            .collect(),
             failures: SyncFailure::CAUSES
                 .iter()
                 .map(|c| (*c, counter(&metrics::sync_failures(c))))
                 .collect(),
-            takeovers: counter(metrics::SYNC_LEASE_TAKEOVERS),
-            refused: counter(metrics::SYNC_REFUSED_REQUESTS),
-            applied: counter(metrics::SYNC_DOCUMENTS_APPLIED),
-            shipped: counter(metrics::DECISION_LOG_SHIPPED),
-            dropped: counter(metrics::DECISION_LOG_DROPPED),
             versions: tenants
                 .iter()
                 .map(|t| {
@@ -140,33 +138,47 @@ impl SyncMetrics {
                 .collect(),
         }
     }
+}
 
-    fn failure(&self, cause: &str) {
-        if let Some((_, id)) = self.failures.iter().find(|(c, _)| *c == cause) {
-            Metrics::add(*id, 1);
+impl SyncStats for SyncMetrics {
+    fn count(&self, metric: &'static str, label: Option<&str>, n: u64) {
+        let id = if metric == metrics::SYNC_FAILURES {
+            self.failures
+                .iter()
+                .find(|(c, _)| Some(*c) == label)
+                .map(|(_, id)| *id)
+        } else {
+            self.counters
+                .iter()
+                .find(|(name, _)| *name == metric)
+                .map(|(_, id)| *id)
+        };
+        if let Some(id) = id {
+            Metrics::add(id, n);
         }
     }
 
-    fn version(&self, tenant: &str, version: u64) {
-        if let Some((_, id, _)) = self.versions.iter().find(|(t, _, _)| t == tenant) {
-            let _ = hostcalls::record_metric(*id, version);
-        }
+    fn gauge(&self, metric: &'static str, tenant: &str, value: u64) {
+        let Some((_, version, since)) = self.versions.iter().find(|(t, _, _)| t == tenant) else {
+            return;
+        };
+        let id = if metric == metrics::SYNC_BUNDLE_VERSION {
+            *version
+        } else {
+            *since
+        };
+        let _ = hostcalls::record_metric(id, value);
     }
 }
 
-/// A root context's sync: the agent, Envoy as its host, and the configuration a filter that
-/// started without bundles completes from documents.
+/// A root context's sync: the core's follower, with Envoy as its host.
 #[derive(Debug)]
 pub struct Sync {
-    agent: Agent,
+    follower: Follower,
     host: EnvoyHost,
     metrics: SyncMetrics,
-    pending: Option<FilterConfig>,
-    /// Whether requests are refused for staleness (refreshed every tick).
-    stale: Cell<bool>,
-    /// Issuers whose keys a request found wanting, asked for at the next tick.
+    /// Issuers whose keys a request found wanting (requests see the sync shared, not mutable).
     refresh: std::cell::RefCell<Vec<String>>,
-    last_gauges_ms: u64,
 }
 
 /// What a tick or an answer changed for the root context.
@@ -186,38 +198,23 @@ impl Sync {
         let host = EnvoyHost::new(settings.cluster.clone());
         let metrics = SyncMetrics::define(&settings.tenants);
         let snapshot = engine.map(Engine::snapshot);
-        let agent = Agent::new(settings, &host, |tenant| {
-            snapshot
-                .as_ref()
-                .and_then(|s| s.policy_sets().get(tenant).map(|set| set.version()))
-        })?;
-        for t in agent.tenants() {
-            if let Some(v) = snapshot
-                .as_ref()
-                .and_then(|s| s.policy_sets().get(t).map(|set| set.version()))
-            {
-                metrics.version(t, v);
-            }
-        }
+        let follower = Follower::new(settings, cfg, snapshot.as_deref(), &host, &metrics)?;
         Some(Self {
-            agent,
+            follower,
             host,
             metrics,
-            pending: engine.is_none().then(|| cfg.clone()),
-            stale: Cell::new(false),
             refresh: std::cell::RefCell::default(),
-            last_gauges_ms: 0,
         })
     }
 
     /// Whether requests are refused now (stale, `failClosed`).
     pub fn refusing(&self) -> bool {
-        self.stale.get()
+        self.follower.refusing()
     }
 
     /// Counts a request refused for staleness or for want of a first document.
     pub fn count_refused(&self) {
-        Metrics::add(self.metrics.refused, 1);
+        self.metrics.count(metrics::SYNC_REFUSED_REQUESTS, None, 1);
     }
 
     /// Keeps a decision for policy-sync: every denial, and the configured share of allows.
@@ -228,35 +225,18 @@ impl Sync {
         headers: &HeaderMap<'_>,
         status: u16,
     ) {
-        let share = self.agent.settings().sample_allows;
-        if outcome.verdict == Verdict::Allow {
-            if share <= 0.0 {
-                return;
-            }
-            #[expect(clippy::cast_precision_loss, reason = "a share, not an exact count")]
-            let pick = self.host.random() as f64 / u64::MAX as f64;
-            if pick >= share {
-                return;
-            }
-        }
-        // Headers are read only for a request that is logged.
-        let (method, path) = (
-            headers.get(":method").unwrap_or_default(),
-            headers.get(":path").unwrap_or_default(),
-        );
-        let (action, resource) = engine
-            .cedar_target(&outcome.policy_set, method, path)
-            .unwrap_or_else(|| (method.to_owned(), path.to_owned()));
-        let entry = LogEntry::new(
+        let entry = decision_entry(
+            self.follower.settings(),
+            || self.host.random(),
+            |method, path| engine.cedar_target(&outcome.policy_set, method, path),
             outcome,
-            (&action, &resource),
-            headers.get("x-request-id"),
-            headers.get("traceparent"),
-            self.host.now_ms(),
-            status,
+            headers,
+            (self.host.now_ms(), status),
         );
         // A full buffer drops the entry and counts it (reported at the next tick).
-        let _ = self.agent.record(entry);
+        if let Some(entry) = entry {
+            let _ = self.follower.record(entry);
+        }
     }
 
     /// A request's token named a key its issuer does not have.
@@ -275,24 +255,14 @@ impl Sync {
         engine: Option<&Rc<Engine>>,
         make: &dyn Fn(Arc<Snapshot>) -> Engine,
     ) -> Option<Change> {
-        let mut events = self.agent.tick(&self.host);
-        let wanted = self.refresh.take();
-        for issuer in wanted {
-            events.extend(self.agent.refresh_keys(&self.host, &issuer));
+        for issuer in self.refresh.take() {
+            self.follower.want_refresh(&issuer);
         }
-        let change = self.handle(events, engine, make);
-        self.stale.set(self.agent.refuse_stale(&self.host));
-        let now = self.host.now_ms();
-        if now.saturating_sub(self.last_gauges_ms) >= 1000 {
-            self.last_gauges_ms = now;
-            for (tenant, _, since) in &self.metrics.versions {
-                let _ = hostcalls::record_metric(
-                    *since,
-                    self.agent.since_sync_ms(&self.host, tenant) / 1000,
-                );
-            }
-        }
-        change
+        let in_force = engine.map(|e| e.snapshot());
+        let next = self
+            .follower
+            .tick(&self.host, in_force.as_ref(), &self.metrics);
+        put_in_force(next, engine, make)
     }
 
     /// An answer to one of the root context's calls.
@@ -326,170 +296,39 @@ impl Sync {
             .flatten()
             .unwrap_or_default()
         };
-        let events = self.agent.on_answer(
+        let in_force = engine.map(|e| e.snapshot());
+        let next = self.follower.on_answer(
             &self.host,
             token,
             Answer {
                 status,
                 body: &body,
             },
+            in_force.as_ref(),
+            &self.metrics,
         );
-        self.handle(events, engine, make)
-    }
-
-    fn handle(
-        &mut self,
-        events: Vec<Event>,
-        engine: Option<&Rc<Engine>>,
-        make: &dyn Fn(Arc<Snapshot>) -> Engine,
-    ) -> Option<Change> {
-        let mut change = None;
-        for e in events {
-            match e {
-                Event::LeaseTaken { took_over } => {
-                    info!(
-                        "portcullis: this worker now polls policy-sync for the Envoy{}",
-                        if took_over {
-                            " (the previous poller stopped renewing)"
-                        } else {
-                            ""
-                        }
-                    );
-                    if took_over {
-                        Metrics::add(self.metrics.takeovers, 1);
-                    }
-                }
-                Event::LeaseLost => info!("portcullis: another worker polls policy-sync now"),
-                Event::Polling { tenant, after } => {
-                    debug!("portcullis: polling policy-sync for {tenant} after version {after}")
-                }
-                Event::Accepted { tenant, version } => {
-                    info!("portcullis: policy-sync version {version} for {tenant} verified");
-                    Metrics::add(self.metrics.successes, 1);
-                }
-                Event::Unchanged { tenant } => {
-                    debug!("portcullis: nothing newer for {tenant}");
-                    Metrics::add(self.metrics.successes, 1);
-                }
-                Event::Failed {
-                    tenant,
-                    failure,
-                    first,
-                } => {
-                    self.metrics.failure(failure.cause());
-                    if first {
-                        warn!(
-                            "portcullis: following policy-sync for {tenant} failed: {failure}; the bundle in force stays, retrying with backoff"
-                        );
-                    } else {
-                        debug!("portcullis: policy-sync for {tenant} still failing: {failure}");
-                    }
-                }
-                Event::Recovered { tenant, failures } => info!(
-                    "portcullis: policy-sync for {tenant} answers again after {failures} failed attempt(s)"
-                ),
-                Event::Document(doc) => {
-                    change = self.apply(&doc, engine, make).or(change);
-                }
-                Event::KeyRefresh { issuer } => {
-                    info!("portcullis: asked policy-sync to refresh the keys of {issuer:?}")
-                }
-                Event::KeyRefreshFailed { issuer, why } => {
-                    warn!("portcullis: key refresh for {issuer:?} failed: {why}");
-                }
-                Event::DecisionLog(LogEvent::Shipped(n)) => {
-                    Metrics::add(self.metrics.shipped, u64::try_from(n).unwrap_or(u64::MAX));
-                }
-                Event::DecisionLog(LogEvent::Dropped(n)) => {
-                    warn!(
-                        "portcullis: {n} decision-log entries dropped (buffer full or refused by policy-sync)"
-                    );
-                    Metrics::add(self.metrics.dropped, u64::try_from(n).unwrap_or(u64::MAX));
-                }
-                Event::DecisionLog(LogEvent::Retrying { entries, why }) => {
-                    debug!(
-                        "portcullis: {entries} decision-log entries not shipped ({why}); sending again"
-                    );
-                }
-            }
-        }
-        change
-    }
-
-    /// Compiles a document into this worker's snapshot (or its first one).
-    fn apply(
-        &mut self,
-        doc: &BundleDocument,
-        engine: Option<&Rc<Engine>>,
-        make: &dyn Fn(Arc<Snapshot>) -> Engine,
-    ) -> Option<Change> {
-        let started = self.host.now_ms();
-        let done = |what: &str| {
-            let ms = self.host.now_ms().saturating_sub(started);
-            info!(
-                "portcullis: {} version {} {what} (compiled in {ms} ms)",
-                doc.tenant, doc.version
-            );
-        };
-        let compiled = self.agent.take_compiled(&doc.tenant, doc.version);
-        if let Some(engine) = engine {
-            match engine.snapshot().with_document_compiled(doc, compiled) {
-                Ok(next) => {
-                    engine.swap(Arc::new(next));
-                    done("in force");
-                    Metrics::add(self.metrics.applied, 1);
-                    self.metrics.version(&doc.tenant, doc.version);
-                }
-                Err(e) => {
-                    error!(
-                        "portcullis: {} version {} refused: {e}; the bundle in force stays",
-                        doc.tenant, doc.version
-                    );
-                    self.metrics.failure("policies");
-                }
-            }
-            return None;
-        }
-        let cfg = self.pending.as_mut()?;
-        if let Err(e) = cfg.apply_document(doc) {
-            error!(
-                "portcullis: {} version {} refused: {e}",
-                doc.tenant, doc.version
-            );
-            self.metrics.failure("policies");
-            return None;
-        }
-        self.metrics.version(&doc.tenant, doc.version);
-        match Start::new(cfg) {
-            Ok(Start::Ready(snapshot)) => {
-                self.pending = None;
-                done("in force: the filter now decides");
-                Metrics::add(self.metrics.applied, 1);
-                Some(Change::Engine(Rc::new(make(snapshot))))
-            }
-            Ok(Start::Pending { bundles, issuers }) => {
-                info!(
-                    "portcullis: {} version {} received; still waiting for {}{}",
-                    doc.tenant,
-                    doc.version,
-                    bundles.join(", "),
-                    if issuers { " and the issuers" } else { "" }
-                );
-                None
-            }
-            Err(e) => {
-                error!(
-                    "portcullis: {} version {} cannot start the filter: {e}",
-                    doc.tenant, doc.version
-                );
-                self.metrics.failure("policies");
-                None
-            }
-        }
+        put_in_force(next, engine, make)
     }
 
     /// The VM stops: hand the lease over.
     pub fn stop(&self) {
-        self.agent.stop(&self.host);
+        self.follower.stop(&self.host);
+    }
+}
+
+/// A snapshot the follower made, put in force: swapped into this worker's engine (whose
+/// caches know it is new), or the worker's first engine.
+fn put_in_force(
+    next: Option<Arc<Snapshot>>,
+    engine: Option<&Rc<Engine>>,
+    make: &dyn Fn(Arc<Snapshot>) -> Engine,
+) -> Option<Change> {
+    let next = next?;
+    match engine {
+        Some(engine) => {
+            engine.swap(next);
+            None
+        }
+        None => Some(Change::Engine(Rc::new(make(next)))),
     }
 }

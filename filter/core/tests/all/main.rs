@@ -8,6 +8,7 @@ mod decision_cache;
 mod engine;
 mod entity_slice;
 mod index;
+mod native_crypto;
 mod snapshot;
 mod sync_agent;
 mod vectors;

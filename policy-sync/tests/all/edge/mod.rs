@@ -94,6 +94,13 @@ fn sync_section(addr: SocketAddr, token: &str) -> serde_json::Value {
     })
 }
 
+/// Which build of the filter an Envoy runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Build {
+    Wasm,
+    Native,
+}
+
 /// A real Envoy of `workers` workers running the built filter with `plugin`, its `policy-sync`
 /// cluster reaching 127.0.0.1:`port`; serving, and its ports.
 fn envoy_following(
@@ -101,8 +108,28 @@ fn envoy_following(
     port: u16,
     workers: u32,
 ) -> Res<(Envoy, harness::envoy::Ports)> {
+    envoy_following_with(Build::Wasm, plugin, port, workers)
+}
+
+/// [`envoy_following`] with either build.
+fn envoy_following_with(
+    build: Build,
+    plugin: &serde_json::Value,
+    port: u16,
+    workers: u32,
+) -> Res<(Envoy, harness::envoy::Ports)> {
     let ports = harness::envoy::Ports::free()?;
-    let config = harness::envoy::config_following(ports, &harness::paths::wasm()?, plugin, port)?;
+    let config = match build {
+        Build::Wasm => {
+            harness::envoy::config_following(ports, &harness::paths::wasm()?, plugin, port)?
+        }
+        Build::Native => harness::envoy::native_config_following(
+            ports,
+            &harness::paths::native()?,
+            plugin,
+            port,
+        )?,
+    };
     harness::envoy::validate(&config)?;
     let mut envoy = Envoy::start(&config, ports, workers)?;
     envoy.wait_ready(Duration::from_secs(30))?;

@@ -1,0 +1,133 @@
+//! The stats the native module defines on its configuration (all in `config_new`, the only
+//! time Envoy lets a module define them), and the sync's view of them.
+
+use portcullis_core::metrics;
+use portcullis_core::sync::follow::SyncStats;
+
+use crate::host::ConfigHandle;
+
+/// The counters a decision adds to (`effects::counts`) and the signature-check counters.
+const COUNTERS: [&str; 12] = [
+    metrics::ALLOWED,
+    metrics::DENIED,
+    metrics::UNAUTHENTICATED,
+    metrics::ERRORS,
+    metrics::TOKEN_CACHE_HITS,
+    metrics::TOKEN_CACHE_MISSES,
+    metrics::DECISION_CACHE_HITS,
+    metrics::DECISION_CACHE_MISSES,
+    metrics::HOST_VERIFY_CONFIRMED,
+    metrics::HOST_VERIFY_DECLINED,
+    metrics::DRY_RUN_WOULD_DENY,
+    metrics::SHADOW_DISAGREEMENTS,
+];
+
+/// The sync's counters, defined when the configuration follows policy-sync.
+const SYNC_COUNTERS: [&str; 6] = [
+    metrics::SYNC_SUCCESSES,
+    metrics::SYNC_LEASE_TAKEOVERS,
+    metrics::SYNC_REFUSED_REQUESTS,
+    metrics::SYNC_DOCUMENTS_APPLIED,
+    metrics::DECISION_LOG_SHIPPED,
+    metrics::DECISION_LOG_DROPPED,
+];
+
+/// Envoy refused to define a stat (the configuration is then refused).
+#[derive(Debug, thiserror::Error)]
+#[error("Envoy refused to define stat {0}")]
+pub struct StatRefused(pub &'static str);
+
+/// The labelled families of a configuration that follows policy-sync.
+#[derive(Debug)]
+struct SyncFamilies {
+    /// `cause`.
+    failures: usize,
+    /// `tenant`.
+    bundle_version: usize,
+    /// `tenant`.
+    seconds_since_success: usize,
+}
+
+/// Stat ids Envoy gave one configuration. Labelled families carry their label as Envoy's own
+/// tag (`policy_id`, `cause`, `tenant`), so they need no `stats_tags` rule.
+#[derive(Debug)]
+pub struct Stats {
+    counters: Vec<(&'static str, usize)>,
+    /// `portcullis.denied_by_policy_total`, labelled `policy_id`.
+    pub denied_by_policy: usize,
+    pub decision_us: usize,
+    sync: Option<SyncFamilies>,
+}
+
+impl Stats {
+    /// Defines every stat; with `sync`, the sync's too.
+    pub fn define(envoy: ConfigHandle, sync: bool) -> Result<Self, StatRefused> {
+        let counter = |name: &'static str, labels: &[&str]| {
+            envoy.counter(name, labels).ok_or(StatRefused(name))
+        };
+        let gauge = |name: &'static str| envoy.gauge(name, &["tenant"]).ok_or(StatRefused(name));
+        let names = COUNTERS.iter().chain(SYNC_COUNTERS.iter().filter(|_| sync));
+        let counters = names
+            .map(|&name| counter(name, &[]).map(|id| (name, id)))
+            .collect::<Result<_, _>>()?;
+        let sync = if sync {
+            Some(SyncFamilies {
+                failures: counter(metrics::SYNC_FAILURES, &["cause"])?,
+                bundle_version: gauge(metrics::SYNC_BUNDLE_VERSION)?,
+                seconds_since_success: gauge(metrics::SYNC_SECONDS_SINCE_SUCCESS)?,
+            })
+        } else {
+            None
+        };
+        Ok(Self {
+            counters,
+            denied_by_policy: counter(metrics::DENIED_BY_POLICY, &["policy_id"])?,
+            decision_us: envoy
+                .histogram(metrics::DECISION_MICROSECONDS)
+                .ok_or(StatRefused(metrics::DECISION_MICROSECONDS))?,
+            sync,
+        })
+    }
+
+    /// The id of counter `name`, if this configuration defines it.
+    pub fn counter(&self, name: &str) -> Option<usize> {
+        self.counters
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, id)| *id)
+    }
+}
+
+/// The sync's stats, set from Envoy's main thread through the configuration.
+#[derive(Debug)]
+pub struct MainThreadStats<'a> {
+    pub envoy: ConfigHandle,
+    pub stats: &'a Stats,
+}
+
+impl SyncStats for MainThreadStats<'_> {
+    fn count(&self, metric: &'static str, label: Option<&str>, n: u64) {
+        match (metric, label, &self.stats.sync) {
+            (metrics::SYNC_FAILURES, Some(cause), Some(families)) => {
+                self.envoy.count(families.failures, &[cause], n);
+            }
+            _ => {
+                if let Some(id) = self.stats.counter(metric) {
+                    self.envoy.count(id, &[], n);
+                }
+            }
+        }
+    }
+
+    fn gauge(&self, metric: &'static str, tenant: &str, value: u64) {
+        let Some(families) = &self.stats.sync else {
+            return;
+        };
+        let id = if metric == metrics::SYNC_BUNDLE_VERSION {
+            families.bundle_version
+        } else {
+            families.seconds_since_success
+        };
+        self.envoy.set_gauge(id, &[tenant], value);
+    }
+}
