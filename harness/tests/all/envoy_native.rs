@@ -187,7 +187,7 @@ const HOOK_TYPES: [(&str, &str); 13] = [
         "envoy_dynamic_module_type_on_http_filter_response_headers_status (*)(void *, const void *, bool)",
     ),
     (
-        "on_http_filter_http_callout_done",
+        "on_http_filter_http_callout_done, _config_http_callout_done",
         "void (*)(void *, const void *, unsigned long, envoy_dynamic_module_type_http_callout_result, envoy_dynamic_module_type_envoy_http_header *, unsigned long, envoy_dynamic_module_type_envoy_buffer *, unsigned long)",
     ),
     (
@@ -203,7 +203,7 @@ const HOOK_TYPES: [(&str, &str); 13] = [
         "void (*)(void *, const void *, unsigned long, envoy_dynamic_module_type_http_stream_reset_reason)",
     ),
     (
-        "on_http_filter_scheduled, _http_stream_complete",
+        "on_http_filter_scheduled, _config_scheduled, _http_stream_complete",
         "void (*)(void *, const void *, unsigned long)",
     ),
 ];

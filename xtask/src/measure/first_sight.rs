@@ -66,11 +66,12 @@ pub fn run(
     opts: &Options,
     issuer: &DevIssuer,
     wasm: &Path,
+    native: &Path,
 ) -> Result<FirstSight> {
     // The script and its tokens stay on disk (in `_dir`) until the runs are over.
     let (_dir, script) = write_script(issuer, opts.first_sight_tokens)?;
     let pinning = cpu::pinning();
-    let extra = start_uncached(issuer, wasm, pinning.as_ref())?;
+    let extra = start_uncached(issuer, wasm, native, pinning.as_ref())?;
     let auth = format!("@{}", script.display());
     let generator = Wrk {
         path: wrk,
@@ -86,13 +87,18 @@ pub fn run(
             Variant::NoopWasm => None,
             Variant::JwtAuthnRbac => Some((v.name(), p, &["http.ingress.rbac.allowed"][..])),
             Variant::Portcullis => None,
-            // Its token cache holds fewer tokens than the script cycles: every request is new.
-            Variant::Native => Some((v.name(), p, &NATIVE_VERIFIED_BY_RING[..])),
+            // Measured with its token cache off, like Portcullis (below).
+            Variant::Native => None,
         })
         .collect();
-    if let [host, in_wasm] = extra.as_slice() {
+    if let [host, in_wasm, native] = extra.as_slice() {
         runs.push(("portcullis, verify_signature", host, &VERIFIED_BY_HOST[..]));
         runs.push(("portcullis, RSA in wasm", in_wasm, &ALLOWED_ONLY[..]));
+        runs.push((
+            "portcullis native, ring",
+            native,
+            &NATIVE_VERIFIED_BY_RING[..],
+        ));
     }
     for (name, proxy, counters) in runs {
         let r = measure_one(name, proxy, counters, &generator, opts.seconds)?;
@@ -141,15 +147,16 @@ fn write_script(issuer: &DevIssuer, n: u32) -> Result<(tempfile::TempDir, PathBu
     Ok((dir, script))
 }
 
-/// Two more Portcullis instances with the token cache off (every request verifies a
-/// signature): one lets Envoy verify RSA, one verifies in wasm.
+/// Three more Portcullis instances with the token cache off (every request verifies a
+/// signature): one lets Envoy verify RSA, one verifies in wasm, and the native module (ring).
 fn start_uncached(
     issuer: &DevIssuer,
     wasm: &Path,
+    native: &Path,
     pinning: Option<&Pinning>,
 ) -> Result<Vec<Envoy>> {
     let mut extra = Vec::new();
-    for host_crypto in [true, false] {
+    for (host_crypto, module) in [(true, Some(wasm)), (false, Some(wasm)), (true, None)] {
         let ports = Ports::free().map_err(|e| e.to_string())?;
         let mut plugin = demo::plugin_config(issuer);
         if let Some(o) = plugin.as_object_mut() {
@@ -157,7 +164,11 @@ fn start_uncached(
             o.insert("hostCrypto".into(), host_crypto.into());
             o.insert("tokenCache".into(), serde_json::json!({"capacity": 0}));
         }
-        let cfg = envoy::config(ports, wasm, &plugin).map_err(|e| e.to_string())?;
+        let cfg = match module {
+            Some(wasm) => envoy::config(ports, wasm, &plugin),
+            None => envoy::native_config(ports, native, &plugin),
+        }
+        .map_err(|e| e.to_string())?;
         let mut proxy = Envoy::start(&cfg, ports, 1).map_err(|e| e.to_string())?;
         proxy
             .wait_ready(Duration::from_secs(120))

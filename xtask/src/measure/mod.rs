@@ -117,7 +117,7 @@ pub fn run(opts: &Options) -> Result {
             }
         }
         if opts.first_sight_tokens > 0 {
-            let first_sight = first_sight::run(&proxies, wrk, opts, &issuer, &wasm)?;
+            let first_sight = first_sight::run(&proxies, wrk, opts, &issuer, &wasm, &native)?;
             report::first_sight(&first_sight.rows, opts);
             first_sight.signature_check_times()?;
         }

@@ -256,6 +256,22 @@ pub fn first_sight(rows: &[(&str, WrkResult)], opts: &Options) {
         "(one round of wrk -t1 -c{} -d{}s per variant after a {WARMUP_SECONDS} s warm-up, {} tokens cycled; filter µs/request = 1/req/s − 1/req/s without filter, one pinned worker)",
         opts.connections, opts.seconds, opts.first_sight_tokens
     );
+    let cost = |name: &str| {
+        rows.iter()
+            .find(|(n, _)| *n == name)
+            .filter(|(_, r)| base > 0.0 && r.per_second > 0.0)
+            .map(|(_, r)| 1e6 / r.per_second - 1e6 / base)
+    };
+    if let (Some(native), Some(jwt)) = (
+        cost("portcullis native, ring"),
+        cost(Variant::JwtAuthnRbac.name()),
+    ) {
+        let met = if native <= jwt { "met" } else { "not met" };
+        println!(
+            "first sight, cost portcullis native / jwt_authn+RBAC: {:.2} ({native:.1} µs / {jwt:.1} µs); goal <= 1.00: {met}",
+            native / jwt
+        );
+    }
 }
 
 /// The median; NaN for no values.

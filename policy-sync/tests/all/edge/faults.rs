@@ -10,24 +10,19 @@ use std::time::Duration;
 
 use deadpool_postgres::Pool;
 use harness::devkeys::DevIssuer;
-use harness::envoy::{self, Envoy};
+use harness::envoy::Envoy;
 use harness::postgres::Cluster;
 use policy_sync::source::PolicyRow;
 use policy_sync::store::{self, Role};
-use portcullis_core::metrics;
 use serde_json::json;
 
 use super::fault_proxy::{Fault, FaultProxy};
 use super::follow::{ALLOW, DENY};
 use super::{
-    Serve, Watch, envoy_following, eventually, failures, key_file, signing_key, stat, until_all,
+    Build, Serve, Watch, envoy_following_with, eventually, failures, key_file, refused,
+    signing_key, until_all,
 };
 use crate::support::{Res, TestResult};
-
-/// Envoy's name of the filter's refused-requests counter.
-fn refused_stat() -> String {
-    envoy::stat_name(metrics::SYNC_REFUSED_REQUESTS)
-}
 
 /// Flips the `deny` policy (present → removed, absent → stored); the status `/api` gets once
 /// the commit is in force.
@@ -94,6 +89,16 @@ async fn setup() -> Res<(Setup, Pool, String)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn no_fault_lets_a_denied_request_through() -> TestResult {
+    through_faults(Build::Wasm).await
+}
+
+/// The same with the native module.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn native_no_fault_lets_a_denied_request_through() -> TestResult {
+    through_faults(Build::Native).await
+}
+
+async fn through_faults(build: Build) -> TestResult {
     let (s, mut pool, filter) = setup().await?;
     let mut serve = Some(Serve::start(&s.url, s.addr, &s.key).await?);
     let proxy = FaultProxy::start(s.addr).await?;
@@ -111,13 +116,13 @@ async fn no_fault_lets_a_denied_request_through() -> TestResult {
             "retry": {"initial": "100ms", "max": "500ms"},
         },
     });
-    let (envoy, _) = envoy_following(&plugin, proxy.addr.port(), 4)?;
+    let (envoy, _) = envoy_following_with(build, &plugin, proxy.addr.port(), 4)?;
     let token = issuer.token("bob", &[]);
     until_all(&envoy, &token, 403, Duration::from_secs(15)).await?;
     // Before the first document, requests were refused (503): counted from here on, once
     // the filter's next once-a-second flush has reported them.
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    let refused = stat(&envoy, &refused_stat()).await?;
+    let refused_before = refused(&envoy).await?;
     let watch = Watch::start(&envoy, &token, 403, 4)?;
     let mut denying = true;
 
@@ -198,8 +203,8 @@ async fn no_fault_lets_a_denied_request_through() -> TestResult {
     eprintln!("{checked} answers checked, none wrong");
     assert!(checked > 200, "only {checked} answers were checked");
     assert_eq!(
-        stat(&envoy, &refused_stat()).await?,
-        refused,
+        refused(&envoy).await?,
+        refused_before,
         "requests refused as stale during the faults"
     );
     drop(serve);

@@ -16,7 +16,9 @@ use harness::envoy::Envoy;
 use serde_json::{Value, json};
 
 use super::follow::ALLOW;
-use super::{Seeded, Serve, add_issuer, envoy_following, get_api, sync_section, until_all};
+use super::{
+    Build, Seeded, Serve, add_issuer, envoy_following_with, get_api, sync_section, until_all,
+};
 use crate::support::{Res, TestResult};
 
 /// Serves `/jwks` from a value the test replaces; counts the fetches.
@@ -61,6 +63,17 @@ async fn answer(envoy: &Envoy, token: &str) -> Res<(u16, String)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn issuer_rotates_its_keys() -> TestResult {
+    rotation(Build::Wasm).await
+}
+
+/// The same with the native module: a worker's request for a refresh reaches the follower on
+/// Envoy's main thread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn native_issuer_rotates_its_keys() -> TestResult {
+    rotation(Build::Native).await
+}
+
+async fn rotation(build: Build) -> TestResult {
     let old = DevIssuer::generate()?;
     let new = DevIssuer::generate()?;
     let (jwks, jwks_addr) = Jwks::start(old.jwks()).await?;
@@ -84,7 +97,7 @@ async fn issuer_rotates_its_keys() -> TestResult {
 
     // The filter has no keys of its own: the document's keys are the only ones it knows.
     let plugin = json!({ "sync": sync_section(addr, &setup.filter) });
-    let (envoy, _) = envoy_following(&plugin, addr.port(), 4)?;
+    let (envoy, _) = envoy_following_with(build, &plugin, addr.port(), 4)?;
     let old_token = old.token("bob", &[]);
     until_all(&envoy, &old_token, 200, Duration::from_secs(15)).await?;
     assert_eq!(jwks.fetches(), 1, "policy-sync fetched the key set once");

@@ -319,24 +319,43 @@ async fn get_api(envoy: &Envoy, token: &str, name: &str) -> Res<(u16, Option<Str
     Ok((r.status().as_u16(), value))
 }
 
-/// A counter of the filter's in Envoy's stats (0 while it has not been flushed yet).
-async fn stat(envoy: &Envoy, name: &str) -> Res<u64> {
-    let name = name.to_owned();
-    let value = tokio::task::block_in_place(|| envoy.stat(&name))?;
-    Ok(value.unwrap_or(0))
+/// The sum of the sync failure counters for `causes`, by the Prometheus names both builds
+/// export (`portcullis_sync_failures_total{cause="..."}`).
+async fn failures(envoy: &Envoy, causes: &[&str]) -> Res<u64> {
+    let text = tokio::task::block_in_place(|| envoy.admin("/stats/prometheus"))?;
+    Ok(causes
+        .iter()
+        .map(|cause| {
+            prometheus_value(
+                &text,
+                "portcullis_sync_failures_total",
+                Some(("cause", cause)),
+            )
+        })
+        .sum())
 }
 
-/// The sum of the sync failure counters for `causes`.
-async fn failures(envoy: &Envoy, causes: &[&str]) -> Res<u64> {
-    let mut sum = 0;
-    for cause in causes {
-        sum += stat(
-            envoy,
-            &format!("wasmcustom.portcullis.sync.failures_total.{cause}"),
-        )
-        .await?;
-    }
-    Ok(sum)
+/// A counter of Envoy's Prometheus text: family `name`, with `label` when given (0 when absent).
+fn prometheus_value(text: &str, name: &str, label: Option<(&str, &str)>) -> u64 {
+    let want = label.map(|(k, v)| format!("{k}=\"{v}\""));
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter(|l| want.as_ref().is_none_or(|w| l.contains(w.as_str())))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// The requests refused for want of a bundle or for staleness, from either build.
+async fn refused(envoy: &Envoy) -> Res<u64> {
+    let text = tokio::task::block_in_place(|| envoy.admin("/stats/prometheus"))?;
+    Ok(prometheus_value(
+        &text,
+        "portcullis_sync_refused_requests_total",
+        None,
+    ))
 }
 
 /// A stream of requests for `/api` (each on a new connection, so spread over the workers),
