@@ -61,8 +61,8 @@ fn ring_engine(cfg: &Value) -> Option<Engine> {
 }
 
 /// OpenSSL's time for one verification (µs) of RS256 with a 2,048-bit key, ES256 and ES384, from
-/// `openssl speed -mr` on this CPU: `+F2:<i>:<bits>:<sign s>:<verify s>...` for RSA and
-/// `+F4:<i>:<bits>:<sign s>:<verify s>` for ECDSA. `None` without the binary.
+/// `openssl speed -mr` on this CPU: `+F2:<i>:<bits>:<signs/s>:<verifies/s>` for RSA and
+/// `+F4:<i>:<bits>:<signs/s>:<verifies/s>` for ECDSA. `None` without the binary.
 fn openssl_verify_us() -> Option<Vec<(&'static str, f64)>> {
     let out = Command::new("openssl")
         .args([
@@ -90,8 +90,10 @@ fn openssl_verify_us() -> Option<Vec<(&'static str, f64)>> {
             ("+F4", "384") => "ES384",
             _ => continue,
         };
-        if let Ok(seconds) = verify.parse::<f64>() {
-            found.push((alg, seconds * 1e6));
+        if let Ok(per_second) = verify.parse::<f64>()
+            && per_second > 0.0
+        {
+            found.push((alg, 1e6 / per_second));
         }
     }
     (!found.is_empty()).then_some(found)

@@ -66,6 +66,14 @@ pub struct LocalReply {
     pub body: String,
 }
 
+impl LocalReply {
+    /// The headers as (name, value) pairs, as hosts take them.
+    #[must_use]
+    pub fn header_pairs(&self) -> Vec<(&str, &str)> {
+        self.headers.iter().map(|(k, v)| (*k, v.as_str())).collect()
+    }
+}
+
 /// Realm named in `WWW-Authenticate`.
 pub const REALM: &str = "portcullis";
 /// Response header naming the determining policies, sent only when debug headers are on.

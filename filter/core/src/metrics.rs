@@ -50,6 +50,17 @@ pub const SYNC_BUNDLE_VERSION: &str = "portcullis.sync.bundle_version";
 /// ([`sync_seconds_since_success`]).
 pub const SYNC_SECONDS_SINCE_SUCCESS: &str = "portcullis.sync.seconds_since_success";
 
+/// The sync's plain counters (beside its labelled families), defined by a filter that follows
+/// policy-sync.
+pub const SYNC_COUNTERS: [&str; 6] = [
+    SYNC_SUCCESSES,
+    SYNC_LEASE_TAKEOVERS,
+    SYNC_REFUSED_REQUESTS,
+    SYNC_DOCUMENTS_APPLIED,
+    DECISION_LOG_SHIPPED,
+    DECISION_LOG_DROPPED,
+];
+
 /// Every stat the filter defines, as (name, label): a plain stat's name, or a labelled family's
 /// name before the part [`TAGS`] makes its label. The metrics table in docs/deployment.md lists
 /// exactly these (a test compares them).

@@ -145,12 +145,7 @@ pub fn on_request_headers(config: &Arc<SharedConfig>, stream: Stream) -> u32 {
             abi::status::CONTINUE
         }
         Some(reply) => {
-            let headers: Vec<(&str, &str)> = reply
-                .headers
-                .iter()
-                .map(|(k, v)| (*k, v.as_str()))
-                .collect();
-            stream.send_response(reply.status, &headers, reply.body.as_bytes());
+            stream.send_response(reply.status, &reply.header_pairs(), reply.body.as_bytes());
             abi::status::STOP_ITERATION
         }
     }

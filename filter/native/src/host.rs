@@ -134,6 +134,19 @@ impl Stream {
 #[derive(Debug, Clone, Copy)]
 pub struct ConfigHandle(ConfigEnvoyPtr);
 
+/// Envoy's definition of a counter, gauge or histogram on a configuration.
+type DefineStat = unsafe extern "C" fn(
+    abi::ConfigEnvoyPtr,
+    ModuleBuffer,
+    *const ModuleBuffer,
+    usize,
+    *mut usize,
+) -> u32;
+
+/// Envoy's update of a counter or gauge on a configuration.
+type UpdateStat =
+    unsafe extern "C" fn(abi::ConfigEnvoyPtr, usize, *const ModuleBuffer, usize, u64) -> u32;
+
 /// Labels as the ABI takes them.
 fn buffers(labels: &[&str]) -> Vec<ModuleBuffer> {
     labels
@@ -153,16 +166,14 @@ impl ConfigHandle {
         Self(ptr)
     }
 
-    /// Defines a counter (labelled by `labels`); `None` if Envoy refuses.
-    pub fn counter(&self, name: &str, labels: &[&str]) -> Option<usize> {
-        let labels: Vec<ModuleBuffer> = labels
-            .iter()
-            .map(|l| ModuleBuffer::of(l.as_bytes()))
-            .collect();
+    /// Defines a stat with `define` (Envoy's counter, gauge or histogram definition), labelled
+    /// by `labels`; `None` if Envoy refuses.
+    fn define(&self, define: DefineStat, name: &str, labels: &[&str]) -> Option<usize> {
+        let labels = buffers(labels);
         let mut id = 0usize;
         // SAFETY: name and labels are alive for the call; `id` is a live local.
         let result = unsafe {
-            abi::envoy_dynamic_module_callback_http_filter_config_define_counter(
+            define(
                 self.0,
                 ModuleBuffer::of(name.as_bytes()),
                 labels.as_ptr(),
@@ -171,53 +182,61 @@ impl ConfigHandle {
             )
         };
         (result == abi::METRICS_SUCCESS).then_some(id)
+    }
+
+    /// Defines a counter (labelled by `labels`); `None` if Envoy refuses.
+    pub fn counter(&self, name: &str, labels: &[&str]) -> Option<usize> {
+        self.define(
+            abi::envoy_dynamic_module_callback_http_filter_config_define_counter,
+            name,
+            labels,
+        )
     }
 
     /// Defines a gauge labelled by `labels`; `None` if Envoy refuses.
     pub fn gauge(&self, name: &str, labels: &[&str]) -> Option<usize> {
+        self.define(
+            abi::envoy_dynamic_module_callback_http_filter_config_define_gauge,
+            name,
+            labels,
+        )
+    }
+
+    /// Defines a histogram; `None` if Envoy refuses.
+    pub fn histogram(&self, name: &str) -> Option<usize> {
+        self.define(
+            abi::envoy_dynamic_module_callback_http_filter_config_define_histogram,
+            name,
+            &[],
+        )
+    }
+
+    /// Applies `update` (Envoy's counter increment or gauge set on a configuration) to stat
+    /// `id` with `labels` and `value`.
+    fn update(&self, update: UpdateStat, id: usize, labels: &[&str], value: u64) {
         let labels = buffers(labels);
-        let mut id = 0usize;
-        // SAFETY: name and labels are alive for the call; `id` is a live local.
-        let result = unsafe {
-            abi::envoy_dynamic_module_callback_http_filter_config_define_gauge(
-                self.0,
-                ModuleBuffer::of(name.as_bytes()),
-                labels.as_ptr(),
-                labels.len(),
-                &raw mut id,
-            )
-        };
-        (result == abi::METRICS_SUCCESS).then_some(id)
+        // SAFETY: the label buffers are alive for the call.
+        let _ = unsafe { update(self.0, id, labels.as_ptr(), labels.len(), value) };
     }
 
     /// Adds `n` to counter `id` (outside any stream: the sync's counters).
     pub fn count(&self, id: usize, labels: &[&str], n: u64) {
-        let labels = buffers(labels);
-        // SAFETY: the label buffers are alive for the call.
-        let _ = unsafe {
-            abi::envoy_dynamic_module_callback_http_filter_config_increment_counter(
-                self.0,
-                id,
-                labels.as_ptr(),
-                labels.len(),
-                n,
-            )
-        };
+        self.update(
+            abi::envoy_dynamic_module_callback_http_filter_config_increment_counter,
+            id,
+            labels,
+            n,
+        );
     }
 
     /// Sets gauge `id`.
     pub fn set_gauge(&self, id: usize, labels: &[&str], value: u64) {
-        let labels = buffers(labels);
-        // SAFETY: the label buffers are alive for the call.
-        let _ = unsafe {
-            abi::envoy_dynamic_module_callback_http_filter_config_set_gauge(
-                self.0,
-                id,
-                labels.as_ptr(),
-                labels.len(),
-                value,
-            )
-        };
+        self.update(
+            abi::envoy_dynamic_module_callback_http_filter_config_set_gauge,
+            id,
+            labels,
+            value,
+        );
     }
 
     /// A scheduler for this configuration's main-thread events.
@@ -263,22 +282,6 @@ impl ConfigHandle {
         } else {
             Err(result)
         }
-    }
-
-    /// Defines a histogram; `None` if Envoy refuses.
-    pub fn histogram(&self, name: &str) -> Option<usize> {
-        let mut id = 0usize;
-        // SAFETY: the name is alive for the call; `id` is a live local.
-        let result = unsafe {
-            abi::envoy_dynamic_module_callback_http_filter_config_define_histogram(
-                self.0,
-                ModuleBuffer::of(name.as_bytes()),
-                std::ptr::null(),
-                0,
-                &raw mut id,
-            )
-        };
-        (result == abi::METRICS_SUCCESS).then_some(id)
     }
 }
 

@@ -22,16 +22,6 @@ const COUNTERS: [&str; 12] = [
     metrics::SHADOW_DISAGREEMENTS,
 ];
 
-/// The sync's counters, defined when the configuration follows policy-sync.
-const SYNC_COUNTERS: [&str; 6] = [
-    metrics::SYNC_SUCCESSES,
-    metrics::SYNC_LEASE_TAKEOVERS,
-    metrics::SYNC_REFUSED_REQUESTS,
-    metrics::SYNC_DOCUMENTS_APPLIED,
-    metrics::DECISION_LOG_SHIPPED,
-    metrics::DECISION_LOG_DROPPED,
-];
-
 /// Envoy refused to define a stat (the configuration is then refused).
 #[derive(Debug, thiserror::Error)]
 #[error("Envoy refused to define stat {0}")]
@@ -66,7 +56,9 @@ impl Stats {
             envoy.counter(name, labels).ok_or(StatRefused(name))
         };
         let gauge = |name: &'static str| envoy.gauge(name, &["tenant"]).ok_or(StatRefused(name));
-        let names = COUNTERS.iter().chain(SYNC_COUNTERS.iter().filter(|_| sync));
+        let names = COUNTERS
+            .iter()
+            .chain(metrics::SYNC_COUNTERS.iter().filter(|_| sync));
         let counters = names
             .map(|&name| counter(name, &[]).map(|id| (name, id)))
             .collect::<Result<_, _>>()?;

@@ -18,7 +18,7 @@ use portcullis_core::sync::SyncSettings;
 use portcullis_core::sync::accept::MAX_DOCUMENT_BYTES;
 use portcullis_core::sync::agent::{Answer, Call, SyncHost};
 use portcullis_core::sync::decision_log::LogEntry;
-use portcullis_core::sync::follow::{Follower, decision_entry};
+use portcullis_core::sync::follow::{Follower, decision_entry, next_random};
 use portcullis_core::sync::lease::{MemoryStore, SharedStore};
 use portcullis_core::{Engine, FilterConfig, HeaderMap, Outcome, Snapshot};
 
@@ -56,16 +56,6 @@ fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-/// xorshift64, seeded from the clock: enough to spread retries and sample allows.
-fn next_random(state: &Cell<u64>) -> u64 {
-    let mut x = state.get();
-    x ^= x << 13;
-    x ^= x >> 7;
-    x ^= x << 17;
-    state.set(x);
-    x
 }
 
 impl SyncHost for MainHost {

@@ -541,14 +541,9 @@ impl HttpContext for Http {
                 Action::Continue
             }
             Some(reply) => {
-                let headers: Vec<(&str, &str)> = reply
-                    .headers
-                    .iter()
-                    .map(|(k, v)| (*k, v.as_str()))
-                    .collect();
                 self.send_http_response(
                     u32::from(reply.status),
-                    headers,
+                    reply.header_pairs(),
                     Some(reply.body.as_bytes()),
                 );
                 Action::Pause

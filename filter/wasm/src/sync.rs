@@ -9,7 +9,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use portcullis_core::metrics;
 use portcullis_core::sync::agent::{Answer, Call, SyncHost};
-use portcullis_core::sync::follow::{Follower, SyncStats, decision_entry};
+use portcullis_core::sync::follow::{self, Follower, SyncStats, decision_entry};
 use portcullis_core::sync::lease::SharedStore;
 use portcullis_core::sync::{SyncFailure, SyncSettings};
 use portcullis_core::{Engine, FilterConfig, HeaderMap, Outcome, Snapshot};
@@ -67,13 +67,7 @@ impl SyncHost for EnvoyHost {
     }
 
     fn random(&self) -> u64 {
-        // xorshift64: enough to spread retries.
-        let mut x = self.rng.get();
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.rng.set(x);
-        x
+        follow::next_random(&self.rng)
     }
 
     fn dispatch(&self, call: &Call) -> Result<u32, String> {
@@ -111,17 +105,10 @@ impl SyncMetrics {
         let counter = |name: &str| hostcalls::define_metric(MetricType::Counter, name).unwrap_or(0);
         let gauge = |name: &str| hostcalls::define_metric(MetricType::Gauge, name).unwrap_or(0);
         Self {
-            counters: [
-                metrics::SYNC_SUCCESSES,
-                metrics::SYNC_LEASE_TAKEOVERS,
-                metrics::SYNC_REFUSED_REQUESTS,
-                metrics::SYNC_DOCUMENTS_APPLIED,
-                metrics::DECISION_LOG_SHIPPED,
-                metrics::DECISION_LOG_DROPPED,
-            ]
-            .into_iter()
-            .map(|name| (name, counter(name)))
-            .collect(),
+            counters: metrics::SYNC_COUNTERS
+                .into_iter()
+                .map(|name| (name, counter(name)))
+                .collect(),
             failures: SyncFailure::CAUSES
                 .iter()
                 .map(|c| (*c, counter(&metrics::sync_failures(c))))

@@ -119,16 +119,22 @@ fn decisions_through_real_envoy() -> TestResult {
     Ok(())
 }
 
-#[test]
-fn invalid_configuration_fails_closed() -> TestResult {
+/// A filter configuration whose policies do not parse, and Envoy's configuration for it
+/// (`render`: the Wasm or the native module's).
+#[expect(
+    clippy::indexing_slicing,
+    reason = "test code: the demo configuration has a bundle"
+)]
+pub fn refused_at_start(
+    render: impl Fn(Ports, &serde_json::Value) -> Result<String, Box<dyn Error>>,
+) -> TestResult {
     let issuer = DevIssuer::generate()?;
     let mut cfg = demo::plugin_config(&issuer);
     cfg["bundle"]["policies"] = json!("permit(principal, action, resource"); // does not parse
     let ports = Ports::free()?;
-    let yaml = envoy::config(ports, &paths::wasm()?, &cfg)?;
-    let mut proxy = Envoy::start(&yaml, ports, 1)?;
+    let mut proxy = Envoy::start(&render(ports, &cfg)?, ports, 1)?;
     // With a static listener, Envoy refuses to start rather than serve without the filter
-    // (the plugin fails closed): no request can get through a broken configuration.
+    // (the filter fails closed): no request can get through a broken configuration.
     let err = proxy
         .wait_ready(Duration::from_secs(60))
         .err()
@@ -142,6 +148,11 @@ fn invalid_configuration_fails_closed() -> TestResult {
         proxy.log()
     );
     Ok(())
+}
+
+#[test]
+fn invalid_configuration_fails_closed() -> TestResult {
+    refused_at_start(|ports, cfg| Ok(envoy::config(ports, &paths::wasm()?, cfg)?))
 }
 
 /// Issue-4 features inside real Envoy: a tenant selected by host in dry run (the deny it

@@ -11,9 +11,8 @@ use harness::fixtures::UPSTREAM_BODY;
 use harness::serve::Static;
 use harness::{demo, http, paths};
 use portcullis_core::metrics;
-use serde_json::json;
 
-use crate::envoy_e2e::decide_demo_cases;
+use crate::envoy_e2e::{decide_demo_cases, refused_at_start};
 
 type TestResult = Result<(), Box<dyn Error>>;
 
@@ -73,25 +72,7 @@ fn decisions_through_the_native_module() -> TestResult {
 /// rather than serve without it.
 #[test]
 fn invalid_configuration_fails_closed_natively() -> TestResult {
-    let issuer = DevIssuer::generate()?;
-    let mut cfg = demo::plugin_config(&issuer);
-    cfg["bundle"]["policies"] = json!("permit(principal, action, resource"); // does not parse
-    let ports = Ports::free()?;
-    let yaml = envoy::native_config(ports, &paths::native()?, &cfg)?;
-    let mut proxy = Envoy::start(&yaml, ports, 1)?;
-    let err = proxy
-        .wait_ready(Duration::from_secs(60))
-        .err()
-        .ok_or("Envoy served with a broken filter configuration")?;
-    assert!(err.to_string().contains("exited"), "{err}");
-    assert!(
-        proxy
-            .log()
-            .contains("configuration refused: bundle refused: policies do not parse"),
-        "log: {}",
-        proxy.log()
-    );
-    Ok(())
+    refused_at_start(|ports, cfg| Ok(envoy::native_config(ports, &paths::native()?, cfg)?))
 }
 
 /// A process without Envoy's dynamic-module callbacks (this test binary, as an Envoy of

@@ -311,6 +311,16 @@ fn report(e: Event, stats: &dyn SyncStats) {
     }
 }
 
+/// xorshift64 over `state` (seeded non-zero): enough to spread retries and sample allows.
+pub fn next_random(state: &std::cell::Cell<u64>) -> u64 {
+    let mut x = state.get();
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    state.set(x);
+    x
+}
+
 /// The decision-log entry for a decision, if it is logged: every denial, and the configured
 /// share of allows (`pick` draws a uniform random value, only for an allow). `cedar_target` maps the request's
 /// method and path to the Cedar action and resource of the set that decided.
