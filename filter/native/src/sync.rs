@@ -10,7 +10,7 @@
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, PoisonError, TryLockError};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -29,6 +29,9 @@ use crate::stats::{MainThreadStats, Stats};
 
 /// How often the follower ticks (polls start, retries fall due, staleness is judged).
 pub const SYNC_TICK: Duration = Duration::from_millis(50);
+
+/// How often the workers' decision-log entries go to the follower (as often as it ships).
+const DECISION_LOG_HANDOFF_MS: u64 = 1000;
 
 /// The most key refreshes requests may ask for between two ticks.
 const MAX_REFRESHES: usize = 64;
@@ -87,6 +90,12 @@ impl SyncHost for MainHost {
                 2 => format!("Envoy has no cluster {:?}", self.cluster),
                 other => format!("Envoy refused the call (callout result {other})"),
             })?;
+        log::debug!(
+            "portcullis: call {id} to {:?}: {} {}",
+            self.cluster,
+            call.method,
+            call.path
+        );
         u32::try_from(id).map_err(|_| format!("callout id {id} out of range"))
     }
 }
@@ -95,6 +104,8 @@ impl SyncHost for MainHost {
 struct Main {
     follower: Follower,
     host: MainHost,
+    /// When decision-log entries were last handed to the follower.
+    handed_ms: u64,
 }
 
 // SAFETY: `Main` holds Envoy's configuration pointer, which only Envoy's main thread uses
@@ -162,6 +173,13 @@ impl std::fmt::Debug for Ticker {
     }
 }
 
+/// An answer waiting for the follower.
+struct Queued {
+    token: u32,
+    status: Option<u16>,
+    body: Vec<u8>,
+}
+
 /// One configuration's sync.
 pub struct Sync {
     main: Mutex<Main>,
@@ -172,6 +190,8 @@ pub struct Sync {
     entries: Mutex<Vec<LogEntry>>,
     /// Issuers whose keys a request found wanting.
     refresh: Mutex<Vec<String>>,
+    /// Answers to the follower's calls, taken in order on the main thread.
+    answers: Mutex<Vec<Queued>>,
     /// Last, so that it stops before the rest goes.
     _ticker: Ticker,
 }
@@ -217,11 +237,16 @@ impl Sync {
             settings.tenants.join(", ")
         );
         Ok(Self {
-            main: Mutex::new(Main { follower, host }),
+            main: Mutex::new(Main {
+                follower,
+                host,
+                handed_ms: 0,
+            }),
             settings,
             refusing: AtomicBool::new(false),
             entries: Mutex::new(Vec::new()),
             refresh: Mutex::new(Vec::new()),
+            answers: Mutex::new(Vec::new()),
             _ticker: ticker,
         })
     }
@@ -270,17 +295,29 @@ impl Sync {
     /// The periodic step, on the main thread (`on_http_filter_config_scheduled`).
     pub fn on_tick(&self, config: &SharedConfig) {
         let mut main = self.main.lock().unwrap_or_else(PoisonError::into_inner);
-        let Main { follower, host } = &mut *main;
+        let Main {
+            follower,
+            host,
+            handed_ms,
+        } = &mut *main;
         let wanted =
             std::mem::take(&mut *self.refresh.lock().unwrap_or_else(PoisonError::into_inner));
         for issuer in wanted {
             follower.want_refresh(&issuer);
         }
-        let entries =
-            std::mem::take(&mut *self.entries.lock().unwrap_or_else(PoisonError::into_inner));
-        for entry in entries {
-            // A full buffer drops the entry; the agent counts it.
-            let _ = follower.record(entry);
+        // The agent writes its whole buffer on every tick it is handed entries (the Wasm
+        // build's shared-data slot), so entries are handed over once a period, not per tick:
+        // under a stream of denials, per-tick hand-overs kept Envoy's main thread busy enough
+        // to delay the calls to policy-sync past their timeouts.
+        let now = now_ms();
+        if now.saturating_sub(*handed_ms) >= DECISION_LOG_HANDOFF_MS {
+            *handed_ms = now;
+            let entries =
+                std::mem::take(&mut *self.entries.lock().unwrap_or_else(PoisonError::into_inner));
+            for entry in entries {
+                // A full buffer drops the entry; the agent counts it.
+                let _ = follower.record(entry);
+            }
         }
         let stats = MainThreadStats {
             envoy: host.envoy,
@@ -288,6 +325,35 @@ impl Sync {
         };
         if let Some(next) = follower.tick(host, config.current().as_ref(), &stats) {
             config.publish(next);
+        }
+        self.drain(follower, host, config);
+    }
+
+    /// Hands the follower the answers queued for it (Envoy may answer a call from inside the
+    /// call that started it, while the follower is busy), and every answer that comes in
+    /// meanwhile.
+    fn drain(&self, follower: &mut Follower, host: &MainHost, config: &SharedConfig) {
+        let stats = MainThreadStats {
+            envoy: host.envoy,
+            stats: &config.stats,
+        };
+        loop {
+            let answers =
+                std::mem::take(&mut *self.answers.lock().unwrap_or_else(PoisonError::into_inner));
+            if answers.is_empty() {
+                break;
+            }
+            for a in answers {
+                let answer = Answer {
+                    status: a.status,
+                    body: &a.body,
+                };
+                if let Some(next) =
+                    follower.on_answer(host, a.token, answer, config.current().as_ref(), &stats)
+                {
+                    config.publish(next);
+                }
+            }
         }
         self.refusing.store(follower.refusing(), Ordering::Relaxed);
     }
@@ -305,6 +371,7 @@ impl Sync {
         let Ok(token) = u32::try_from(callout) else {
             return;
         };
+        log::debug!("portcullis: call {callout} answered (result {result})");
         let status = (result == abi::CALLOUT_SUCCESS)
             .then(|| {
                 headers.iter().find_map(|h| {
@@ -342,22 +409,23 @@ impl Sync {
             let room = (MAX_DOCUMENT_BYTES + 1).saturating_sub(bytes.len());
             bytes.extend_from_slice(chunk.get(..room.min(chunk.len())).unwrap_or_default());
         }
-        let mut main = self.main.lock().unwrap_or_else(PoisonError::into_inner);
-        let Main { follower, host } = &mut *main;
-        let stats = MainThreadStats {
-            envoy: host.envoy,
-            stats: &config.stats,
+        self.answers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(Queued {
+                token,
+                status,
+                body: bytes,
+            });
+        // Busy means this answer came from inside one of the follower's own calls: the
+        // follower takes it as soon as that call returns.
+        let mut main = match self.main.try_lock() {
+            Ok(main) => main,
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(TryLockError::WouldBlock) => return,
         };
-        let answer = Answer {
-            status,
-            body: &bytes,
-        };
-        if let Some(next) =
-            follower.on_answer(host, token, answer, config.current().as_ref(), &stats)
-        {
-            config.publish(next);
-        }
-        self.refusing.store(follower.refusing(), Ordering::Relaxed);
+        let Main { follower, host, .. } = &mut *main;
+        self.drain(follower, host, config);
     }
 }
 

@@ -160,6 +160,22 @@ fn invalid_configuration_fails_closed() -> TestResult {
 /// `source.address` property in the Cedar context, and the evaluation-time histogram.
 #[test]
 fn tenants_dry_run_and_source_address_in_envoy() -> TestResult {
+    tenants_dry_run_and_source_address(
+        |ports, cfg| Ok(envoy::config(ports, &paths::wasm()?, cfg)?),
+        envoy::stat_name,
+    )
+}
+
+/// Tenants, dry run, the client address and the histogram, through an Envoy rendered by
+/// `render` (either build), whose stats `stat_name` names.
+#[expect(
+    clippy::indexing_slicing,
+    reason = "test code: the demo configuration has a bundle"
+)]
+pub fn tenants_dry_run_and_source_address(
+    render: impl Fn(Ports, &serde_json::Value) -> Result<String, Box<dyn Error>>,
+    stat_name: fn(&str) -> String,
+) -> TestResult {
     let issuer = DevIssuer::generate()?;
     let mut cfg = demo::plugin_config(&issuer);
     let demo_policies = cfg["bundle"]["policies"]
@@ -178,7 +194,7 @@ fn tenants_dry_run_and_source_address_in_envoy() -> TestResult {
         "bundle": {"version": 2, "policies": "@id(\"nothing-yet\") forbid (principal, action, resource);"},
     }]);
     let ports = Ports::free()?;
-    let mut proxy = Envoy::start(&envoy::config(ports, &paths::wasm()?, &cfg)?, ports, 1)?;
+    let mut proxy = Envoy::start(&render(ports, &cfg)?, ports, 1)?;
     proxy.wait_ready(Duration::from_secs(60))?;
     let agent = http::agent(Duration::from_secs(10));
     let bob = format!("Bearer {}", issuer.token("bob", &["staff"]));
@@ -199,13 +215,10 @@ fn tenants_dry_run_and_source_address_in_envoy() -> TestResult {
     // The source address reached Cedar: loopback callers get /internal.
     assert_eq!(send("GET", "api.example.com", "/internal")?, 200);
     assert_eq!(
-        proxy.wait_stat(&envoy::stat_name(metrics::DRY_RUN_WOULD_DENY), 2)?,
+        proxy.wait_stat(&stat_name(metrics::DRY_RUN_WOULD_DENY), 2)?,
         Some(2)
     );
-    assert_eq!(
-        proxy.wait_stat(&envoy::stat_name(metrics::DENIED), 1)?,
-        Some(1)
-    );
+    assert_eq!(proxy.wait_stat(&stat_name(metrics::DENIED), 1)?, Some(1));
     // The histogram exists (Envoy lists histograms with their quantiles, not a count).
     let stats = http::text(
         agent
@@ -216,7 +229,7 @@ fn tenants_dry_run_and_source_address_in_envoy() -> TestResult {
             .call()?,
     );
     assert!(
-        stats.contains(&envoy::stat_name(metrics::DECISION_MICROSECONDS)),
+        stats.contains(&stat_name(metrics::DECISION_MICROSECONDS)),
         "{stats}"
     );
     Ok(())

@@ -12,7 +12,7 @@ use harness::serve::Static;
 use harness::{demo, http, paths};
 use portcullis_core::metrics;
 
-use crate::envoy_e2e::{decide_demo_cases, refused_at_start};
+use crate::envoy_e2e::{decide_demo_cases, refused_at_start, tenants_dry_run_and_source_address};
 
 type TestResult = Result<(), Box<dyn Error>>;
 
@@ -66,6 +66,16 @@ fn decisions_through_the_native_module() -> TestResult {
         assert!(prom.lines().any(|l| l == line), "{line} not in {prom}");
     }
     Ok(())
+}
+
+/// Tenants, dry run, the client address (Envoy's `source.address` attribute) in the Cedar
+/// context and the decision-time histogram, with the native module.
+#[test]
+fn tenants_dry_run_and_source_address_natively() -> TestResult {
+    tenants_dry_run_and_source_address(
+        |ports, cfg| Ok(envoy::native_config(ports, &paths::native()?, cfg)?),
+        envoy::native_stat_name,
+    )
 }
 
 /// A configuration the core refuses makes Envoy refuse the filter: Envoy does not start
