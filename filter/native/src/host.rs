@@ -5,6 +5,19 @@ use std::ffi::c_void;
 
 use crate::abi::{self, ConfigEnvoyPtr, EnvoyBuffer, EnvoyHeader, FilterEnvoyPtr, ModuleBuffer};
 
+/// Headers as the ABI takes them (borrowing the names and values).
+fn module_headers(headers: &[(&str, &str)]) -> Vec<abi::ModuleHeader> {
+    headers
+        .iter()
+        .map(|(k, v)| abi::ModuleHeader {
+            key_ptr: k.as_ptr(),
+            key_length: k.len(),
+            value_ptr: v.as_ptr(),
+            value_length: v.len(),
+        })
+        .collect()
+}
+
 /// The stream a hook was called for; valid for that hook only (Envoy's pointer).
 #[derive(Debug, Clone, Copy)]
 pub struct Stream(FilterEnvoyPtr);
@@ -55,15 +68,7 @@ impl Stream {
 
     /// Answers the request locally; the hook then stops the filter chain.
     pub fn send_response(&self, status: u16, headers: &[(&str, &str)], body: &[u8]) {
-        let headers: Vec<abi::ModuleHeader> = headers
-            .iter()
-            .map(|(k, v)| abi::ModuleHeader {
-                key_ptr: k.as_ptr(),
-                key_length: k.len(),
-                value_ptr: v.as_ptr(),
-                value_length: v.len(),
-            })
-            .collect();
+        let headers = module_headers(headers);
         // SAFETY: every pointer is to bytes alive for the call; Envoy copies them.
         unsafe {
             abi::envoy_dynamic_module_callback_http_send_response(
@@ -255,15 +260,7 @@ impl ConfigHandle {
         body: &[u8],
         timeout_ms: u64,
     ) -> Result<u64, u32> {
-        let headers: Vec<abi::ModuleHeader> = headers
-            .iter()
-            .map(|(k, v)| abi::ModuleHeader {
-                key_ptr: k.as_ptr(),
-                key_length: k.len(),
-                value_ptr: v.as_ptr(),
-                value_length: v.len(),
-            })
-            .collect();
+        let headers = module_headers(headers);
         let mut id = 0u64;
         // SAFETY: every buffer is alive for the call (Envoy copies them); `id` is a live local.
         let result = unsafe {
