@@ -143,26 +143,13 @@ pub fn render(template: &str, vars: &[(&str, String)]) -> Result<String> {
 
 /// The Envoy configuration for `ports`, the filter at `wasm`, configured with `plugin_config`.
 pub fn config(ports: Ports, wasm: &Path, plugin_config: &Value) -> Result<String> {
-    render(
-        &without_block(&without_block(TEMPLATE, "native-module")?, "policy-sync")?,
-        &filter_vars(ports, wasm, plugin_config)?,
-    )
+    filter_config(Module::Wasm(wasm), ports, plugin_config, None)
 }
 
 /// [`config`] with the native module at `native` (Envoy's dynamic-module filter) in place of
 /// the Wasm module.
 pub fn native_config(ports: Ports, native: &Path, plugin_config: &Value) -> Result<String> {
-    let template = without_block(&without_block(TEMPLATE, "portcullis")?, "policy-sync")?;
-    render(
-        &template,
-        &[
-            ("ADMIN_PORT", ports.admin.to_string()),
-            ("PORT", ports.listener.to_string()),
-            ("UPSTREAM_PORT", ports.upstream.to_string()),
-            ("NATIVE", native.display().to_string()),
-            ("PLUGIN_CONFIG", quoted(plugin_config)?),
-        ],
-    )
+    filter_config(Module::Native(native), ports, plugin_config, None)
 }
 
 /// [`config`] with the `policy-sync` cluster, reaching policy-sync on 127.0.0.1:`policy_sync`:
@@ -173,9 +160,7 @@ pub fn config_following(
     plugin_config: &Value,
     policy_sync: u16,
 ) -> Result<String> {
-    let mut vars = filter_vars(ports, wasm, plugin_config)?;
-    vars.push(("POLICY_SYNC_PORT", policy_sync.to_string()));
-    render(&without_block(TEMPLATE, "native-module")?, &vars)
+    filter_config(Module::Wasm(wasm), ports, plugin_config, Some(policy_sync))
 }
 
 /// [`native_config`] with the `policy-sync` cluster on 127.0.0.1:`policy_sync`: the native
@@ -186,31 +171,46 @@ pub fn native_config_following(
     plugin_config: &Value,
     policy_sync: u16,
 ) -> Result<String> {
-    render(
-        &without_block(TEMPLATE, "portcullis")?,
-        &[
-            ("ADMIN_PORT", ports.admin.to_string()),
-            ("PORT", ports.listener.to_string()),
-            ("UPSTREAM_PORT", ports.upstream.to_string()),
-            ("NATIVE", native.display().to_string()),
-            ("PLUGIN_CONFIG", quoted(plugin_config)?),
-            ("POLICY_SYNC_PORT", policy_sync.to_string()),
-        ],
+    filter_config(
+        Module::Native(native),
+        ports,
+        plugin_config,
+        Some(policy_sync),
     )
 }
 
-fn filter_vars(
+/// Which build of the filter the template's Envoy loads, and from where.
+#[derive(Debug, Clone, Copy)]
+enum Module<'a> {
+    Wasm(&'a Path),
+    Native(&'a Path),
+}
+
+/// The template with the filter block of `module` (the other one left out), and the
+/// `policy-sync` cluster when `policy_sync` gives its port.
+fn filter_config(
+    module: Module<'_>,
     ports: Ports,
-    wasm: &Path,
     plugin_config: &Value,
-) -> Result<Vec<(&'static str, String)>> {
-    Ok(vec![
+    policy_sync: Option<u16>,
+) -> Result<String> {
+    let (other_block, (var, path)) = match module {
+        Module::Wasm(path) => ("native-module", ("WASM", path)),
+        Module::Native(path) => ("portcullis", ("NATIVE", path)),
+    };
+    let mut template = without_block(TEMPLATE, other_block)?;
+    let mut vars = vec![
         ("ADMIN_PORT", ports.admin.to_string()),
         ("PORT", ports.listener.to_string()),
         ("UPSTREAM_PORT", ports.upstream.to_string()),
-        ("WASM", wasm.display().to_string()),
+        (var, path.display().to_string()),
         ("PLUGIN_CONFIG", quoted(plugin_config)?),
-    ])
+    ];
+    match policy_sync {
+        Some(port) => vars.push(("POLICY_SYNC_PORT", port.to_string())),
+        None => template = without_block(&template, "policy-sync")?,
+    }
+    render(&template, &vars)
 }
 
 /// The plugin configuration as a YAML scalar: a JSON string literal is a valid YAML

@@ -2,10 +2,9 @@
 //! (filter/native), for the Envoy the project ships.
 
 use std::path::PathBuf;
-use std::time::Instant;
 
 use crate::Result;
-use crate::process::{cargo, run, target_dir};
+use crate::process::{cargo_build, target_dir};
 
 const PACKAGE: &str = "portcullis-native";
 const ARTIFACT: &str = "libportcullis_native.so";
@@ -44,26 +43,9 @@ pub fn build(profile: Profile) -> Result<PathBuf> {
         "xtask: building the native module (profile {})",
         profile.name()
     );
-    let started = Instant::now();
-    run(
-        cargo().args([
-            "build",
-            "--quiet",
-            "--profile",
-            profile.name(),
-            "-p",
-            PACKAGE,
-        ]),
-        "cargo build (native module)",
-    )?;
-    let path = target_dir().join(profile.dir()).join(ARTIFACT);
-    if !path.is_file() {
-        return Err(format!("{} was not built", path.display()));
-    }
-    eprintln!(
-        "xtask: native module built in {:.0?}: {}",
-        started.elapsed(),
-        path.display()
-    );
-    Ok(path)
+    cargo_build(
+        "the native module",
+        &["--profile", profile.name(), "-p", PACKAGE],
+        target_dir().join(profile.dir()).join(ARTIFACT),
+    )
 }

@@ -63,3 +63,22 @@ pub fn find_on_path(program: &str) -> Option<PathBuf> {
             .find(|p| p.is_file())
     })
 }
+
+/// `cargo build --quiet` with `args` (the profile, target and package), then the artifact it
+/// must have made at `artifact`; says how long it took.
+pub fn cargo_build(what: &str, args: &[&str], artifact: PathBuf) -> Result<PathBuf> {
+    let started = std::time::Instant::now();
+    run(
+        cargo().args(["build", "--quiet"]).args(args),
+        &format!("cargo build ({what})"),
+    )?;
+    if !artifact.is_file() {
+        return Err(format!("cargo built no {}", artifact.display()));
+    }
+    eprintln!(
+        "xtask: {what} built in {:.1?}: {}",
+        started.elapsed(),
+        artifact.display()
+    );
+    Ok(artifact)
+}

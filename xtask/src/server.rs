@@ -5,11 +5,10 @@
 //! instead of minutes.
 
 use std::path::PathBuf;
-use std::time::Instant;
 
 use crate::Result;
 use crate::install;
-use crate::process::{cargo, run, target_dir};
+use crate::process::{cargo_build, target_dir};
 
 /// The musl target for this machine's architecture.
 fn target() -> String {
@@ -52,30 +51,19 @@ pub fn build(profile: Profile) -> Result<PathBuf> {
         "xtask: building policy-sync for {target} (profile {})",
         profile.name()
     );
-    let started = Instant::now();
-    run(
-        cargo().args([
-            "build",
-            "--quiet",
+    cargo_build(
+        "static policy-sync",
+        &[
             "--profile",
             profile.name(),
             "--target",
             &target,
             "-p",
             "policy-sync",
-        ]),
-        "cargo build (static policy-sync)",
-    )?;
-    let binary = target_dir()
-        .join(&target)
-        .join(profile.name())
-        .join("policy-sync");
-    if !binary.is_file() {
-        return Err(format!("cargo built no {}", binary.display()));
-    }
-    eprintln!(
-        "xtask: static policy-sync built in {:.1?}",
-        started.elapsed()
-    );
-    Ok(binary)
+        ],
+        target_dir()
+            .join(&target)
+            .join(profile.name())
+            .join("policy-sync"),
+    )
 }

@@ -2,6 +2,8 @@
 //! log lines it writes, and the edits to the request that goes upstream. The glue crates
 //! (Wasm, native) only carry these out with their host's calls.
 
+use std::borrow::Cow;
+
 use crate::decision::{BUNDLE_HEADER, Outcome, Verdict};
 use crate::engine::{CacheUse, Decided};
 use crate::http::header_map::HeaderMap;
@@ -56,11 +58,12 @@ pub fn denied_by(outcome: &Outcome) -> &[String] {
     }
 }
 
-/// One change to the request before it goes upstream.
+/// One change to the request before it goes upstream (claim values borrowed from the outcome;
+/// only the bundle label is made for the request).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HeaderEdit<'a> {
     Remove(&'a str),
-    Set(&'a str, String),
+    Set(&'a str, Cow<'a, str>),
 }
 
 /// The edits an allowed request needs: the client's copies of headers the filter owns removed
@@ -83,10 +86,13 @@ pub fn upstream_edits<'a>(
         outcome
             .set_headers
             .iter()
-            .map(|(name, value)| HeaderEdit::Set(name, value.clone())),
+            .map(|(name, value)| HeaderEdit::Set(name, Cow::Borrowed(value.as_str()))),
     );
     if debug_headers {
-        edits.push(HeaderEdit::Set(BUNDLE_HEADER, outcome.bundle_label()));
+        edits.push(HeaderEdit::Set(
+            BUNDLE_HEADER,
+            Cow::Owned(outcome.bundle_label()),
+        ));
     } else if request.contains(BUNDLE_HEADER) {
         edits.push(HeaderEdit::Remove(BUNDLE_HEADER));
     }

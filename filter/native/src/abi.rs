@@ -101,6 +101,10 @@ pub struct EnvoyHeader {
     pub value_length: usize,
 }
 
+#[expect(
+    unsafe_code,
+    reason = "reading a header Envoy owns, within the hook that got it"
+)]
 impl EnvoyHeader {
     pub const EMPTY: Self = Self {
         key_ptr: std::ptr::null(),
@@ -108,6 +112,26 @@ impl EnvoyHeader {
         value_ptr: std::ptr::null(),
         value_length: 0,
     };
+
+    /// The name and the value.
+    ///
+    /// # Safety
+    /// `self` must be a header Envoy filled in and still owns (within the hook that got it,
+    /// before any header is changed).
+    pub unsafe fn parts<'a>(self) -> (&'a [u8], &'a [u8]) {
+        let (name, value) = (
+            EnvoyBuffer {
+                ptr: self.key_ptr,
+                length: self.key_length,
+            },
+            EnvoyBuffer {
+                ptr: self.value_ptr,
+                length: self.value_length,
+            },
+        );
+        // SAFETY: the caller's promise, for both buffers.
+        unsafe { (name.bytes(), value.bytes()) }
+    }
 }
 
 /// `envoy_dynamic_module_type_http_header_type_RequestHeader`.

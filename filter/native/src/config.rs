@@ -25,6 +25,10 @@ pub enum ConfigRefused {
     Stat(#[from] StatRefused),
     #[error("Envoy refused the scheduler that following policy-sync needs")]
     Scheduler,
+    #[error("the sync could not take its place in the process's store")]
+    Store,
+    #[error("the sync's timer thread could not start: {0}")]
+    Thread(#[from] std::io::Error),
 }
 
 /// Why a worker has no engine for a request.

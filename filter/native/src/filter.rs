@@ -83,25 +83,10 @@ pub fn on_request_headers(config: &Arc<SharedConfig>, stream: Stream) -> u32 {
             "Envoy did not hand over the request headers",
         );
     };
-    let headers = HeaderMap::from_pairs(raw.iter().map(|h| {
-        #[expect(unsafe_code, reason = "reading the header slices Envoy handed over")]
-        // SAFETY: Envoy filled these entries in this hook and owns the bytes until it returns
-        // or a header is changed (changes come after the last read below).
-        unsafe {
-            (
-                abi::EnvoyBuffer {
-                    ptr: h.key_ptr,
-                    length: h.key_length,
-                }
-                .bytes(),
-                abi::EnvoyBuffer {
-                    ptr: h.value_ptr,
-                    length: h.value_length,
-                }
-                .bytes(),
-            )
-        }
-    }));
+    #[expect(unsafe_code, reason = "reading the header slices Envoy handed over")]
+    // SAFETY: Envoy filled these entries in this hook and owns the bytes until it returns or a
+    // header is changed (changes come after the last read below).
+    let headers = HeaderMap::from_pairs(raw.iter().map(|h| unsafe { h.parts() }));
     let request = EnvoyRequest { stream, headers };
     let decided = engine.decide(&request, now);
     if decided.evaluated {

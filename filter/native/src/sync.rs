@@ -228,9 +228,9 @@ impl Sync {
         };
         let main_stats = MainThreadStats { envoy, stats };
         let follower = Follower::new(settings.clone(), cfg, in_force, &host, &main_stats)
-            .ok_or(ConfigRefused::Scheduler)?;
+            .ok_or(ConfigRefused::Store)?;
         let scheduler = envoy.scheduler().ok_or(ConfigRefused::Scheduler)?;
-        let ticker = Ticker::start(scheduler).map_err(|_| ConfigRefused::Scheduler)?;
+        let ticker = Ticker::start(scheduler)?;
         log::info!(
             "portcullis: following policy-sync through cluster {:?} for {} (native: one poller for the process)",
             settings.cluster,
@@ -372,33 +372,11 @@ impl Sync {
             return;
         };
         log::debug!("portcullis: call {callout} answered (result {result})");
+        #[expect(unsafe_code, reason = "reading the answer's headers Envoy handed over")]
+        // SAFETY: Envoy filled these entries for this hook.
+        let headers = HeaderMap::from_pairs(headers.iter().map(|h| unsafe { h.parts() }));
         let status = (result == abi::CALLOUT_SUCCESS)
-            .then(|| {
-                headers.iter().find_map(|h| {
-                    #[expect(
-                        unsafe_code,
-                        reason = "reading the answer's headers Envoy handed over"
-                    )]
-                    // SAFETY: Envoy filled these entries for this hook.
-                    let (name, value) = unsafe {
-                        (
-                            EnvoyBuffer {
-                                ptr: h.key_ptr,
-                                length: h.key_length,
-                            }
-                            .bytes(),
-                            EnvoyBuffer {
-                                ptr: h.value_ptr,
-                                length: h.value_length,
-                            }
-                            .bytes(),
-                        )
-                    };
-                    (name == b":status")
-                        .then(|| std::str::from_utf8(value).ok()?.parse::<u16>().ok())
-                        .flatten()
-                })
-            })
+            .then(|| headers.get(":status")?.parse::<u16>().ok())
             .flatten();
         // One byte past the limit is enough for the core to refuse the answer as too large.
         let mut bytes = Vec::new();

@@ -262,11 +262,16 @@ impl HostCrypto for RecordingHost {
 
 /// An engine over `cfg` whose signature checks may go to `host`.
 fn with_host(cfg: &Value, host: RecordingHost) -> Result<Engine, Box<dyn Error>> {
+    engine_with_crypto(cfg, Box::new(host))
+}
+
+/// An engine over `cfg` whose signature checks may go to `crypto` (also the native module's).
+pub fn engine_with_crypto(
+    cfg: &Value,
+    crypto: Box<dyn HostCrypto>,
+) -> Result<Engine, Box<dyn Error>> {
     let snapshot = Snapshot::from_json(cfg.to_string().as_bytes())?;
-    Ok(Engine::new(
-        std::sync::Arc::new(snapshot),
-        Some(Box::new(host)),
-    ))
+    Ok(Engine::new(std::sync::Arc::new(snapshot), Some(crypto)))
 }
 
 #[test]

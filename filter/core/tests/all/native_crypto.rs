@@ -5,14 +5,15 @@
 use std::cell::Cell;
 use std::error::Error;
 use std::rc::Rc;
-use std::sync::Arc;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use harness::devkeys::{DevIssuer, now};
 use portcullis_core::auth::native_crypto::{RingCrypto, ring_verify};
-use portcullis_core::{AuthError, Digest, Engine, Snapshot, StaticRequest, Verdict};
+use portcullis_core::{AuthError, Digest, Engine, StaticRequest, Verdict};
 use serde_json::{Value, json};
+
+use crate::algorithms::engine_with_crypto;
 
 type TestResult = Result<(), Box<dyn Error>>;
 
@@ -27,11 +28,7 @@ fn ring_engine(cfg: &Value) -> Result<(Engine, Counts), Box<dyn Error>> {
         let (r, c) = seen.get();
         seen.set(if ring { (r + 1, c) } else { (r, c + 1) });
     }));
-    let snapshot = Snapshot::from_json(cfg.to_string().as_bytes())?;
-    Ok((
-        Engine::new(Arc::new(snapshot), Some(Box::new(crypto))),
-        counts,
-    ))
+    Ok((engine_with_crypto(cfg, Box::new(crypto))?, counts))
 }
 
 fn verdict(e: &Engine, token: &str, t: u64) -> Verdict {

@@ -12,8 +12,8 @@ use serde_json::json;
 use policy_sync::store::{self, Role};
 
 use super::{
-    Build, Serve, envoy_following_with, get_api, key_file, most_parked, statuses, sync_section,
-    until_all,
+    Build, Serve, envoy_following_with, eventually, failures, get_api, key_file, most_parked,
+    statuses, sync_section, until_all,
 };
 use crate::support::{self, Res, TestResult};
 
@@ -25,17 +25,6 @@ pub(super) const DENY: &str =
 async fn bundle_header(envoy: &Envoy, token: &str) -> Res<(u16, String)> {
     let (status, label) = get_api(envoy, token, "x-portcullis-bundle").await?;
     Ok((status, label.unwrap_or_else(|| "none".to_owned())))
-}
-
-/// The sync failures Envoy counted, by the Prometheus names both builds export
-/// (`portcullis_sync_failures_total{cause="..."}`).
-fn sync_failures(envoy: &Envoy) -> Res<u64> {
-    let text = envoy.admin("/stats/prometheus")?;
-    Ok(text
-        .lines()
-        .filter(|l| l.starts_with("portcullis_sync_failures_total{"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -157,11 +146,11 @@ async fn follows(build: Build) -> TestResult {
     if build == Build::Wasm {
         envoy.wait_stat(&envoy::stat_name(&metrics::sync_failures("unreachable")), 1)?;
     }
-    let started = Instant::now();
-    while sync_failures(&envoy)? == 0 && started.elapsed() < Duration::from_secs(5) {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(sync_failures(&envoy)? >= 1, "the outage was counted");
+    let outage = ["unreachable", "timeout", "status"];
+    eventually(Duration::from_secs(5), "the outage counted", || async {
+        Ok(failures(&envoy, &outage).await? >= 1)
+    })
+    .await?;
     assert_eq!(most_parked(addr).await?, 1);
     drop(back);
     Ok(())
