@@ -32,10 +32,10 @@
 //! holds template-linked policies (bundles have none); an index of a bundle's policies
 //! ([`PolicyIndex::of`]) holds no whole set, and denies such a request (`undecided`).
 
-use crate::bundle::policies::{CompiledPolicy, Policies};
+use crate::bundle::policies::{CompiledPolicy, Policies, Shared};
 use cedar_policy::{
-    ActionConstraint, AuthorizationError, Authorizer, Decision, Effect, Entities, EntityTypeName,
-    EntityUid, PolicyId, PolicySet, PrincipalConstraint, Request, ResourceConstraint, Response,
+    AuthorizationError, Authorizer, Decision, Effect, Entities, EntityUid, PolicyId, PolicySet,
+    Request, Response,
 };
 use cedar_policy_core::ast;
 use cedar_policy_core::authorizer;
@@ -55,7 +55,9 @@ pub struct IndexedResponse {
     /// The policies that determined the decision, sorted.
     pub reasons: Vec<PolicyId>,
     /// The policies that failed to evaluate (and were skipped, as Cedar specifies), sorted by
-    /// policy id. Each is Cedar's own error, so it renders exactly as Cedar's would.
+    /// policy id. Each is Cedar's own error, so it renders exactly as Cedar's would; its source
+    /// location is that of the condition's first occurrence when a bundle's policies share one
+    /// (see `bundle::policies`).
     pub errors: Vec<AuthorizationError>,
     /// True when the index could not decide and holds no whole set to ask Cedar (an index of
     /// a bundle's policies, for a request with unknowns, which the filter never makes): the
@@ -150,32 +152,46 @@ enum Key {
 }
 
 /// The entity uids and types that policy scopes name, numbered: levels are keyed by number,
-/// so each uid is held once, however many levels name it.
+/// so each uid is held once, however many levels name it (and shared with the policies).
 #[derive(Debug, Clone, Default)]
 struct Names {
-    uids: HashMap<EntityUid, u32>,
-    types: HashMap<EntityTypeName, u32>,
+    uids: HashMap<Arc<ast::EntityUID>, u32>,
+    types: HashMap<Arc<ast::EntityType>, u32>,
 }
 
 impl Names {
     /// The number of `uid`, numbering it if new; `None` only past `u32::MAX` uids.
-    fn uid(&mut self, uid: &EntityUid) -> Option<u32> {
-        if let Some(n) = self.uids.get(uid) {
+    fn uid(&mut self, uid: &Arc<ast::EntityUID>) -> Option<u32> {
+        if let Some(n) = self.uids.get(uid.as_ref()) {
             return Some(*n);
         }
         let next = u32::try_from(self.uids.len()).ok()?;
-        self.uids.insert(uid.clone(), next);
+        self.uids.insert(Arc::clone(uid), next);
         Some(next)
     }
 
     /// The number of `ty`, numbering it if new.
-    fn ty(&mut self, ty: &EntityTypeName) -> Option<u32> {
-        if let Some(n) = self.types.get(ty) {
+    fn ty(&mut self, ty: &Arc<ast::EntityType>) -> Option<u32> {
+        if let Some(n) = self.types.get(ty.as_ref()) {
             return Some(*n);
         }
         let next = u32::try_from(self.types.len()).ok()?;
-        self.types.insert(ty.clone(), next);
+        self.types.insert(Arc::clone(ty), next);
         Some(next)
+    }
+
+    /// The key of a principal or resource scope.
+    fn key(&mut self, scope: &ast::PrincipalOrResourceConstraint) -> Option<Key> {
+        use ast::EntityReference::EUID;
+        use ast::PrincipalOrResourceConstraint as C;
+        Some(match scope {
+            C::Any => Key::Any,
+            C::Eq(EUID(uid)) => Key::Eq(self.uid(uid)?),
+            C::In(EUID(uid)) | C::IsIn(_, EUID(uid)) => Key::In(self.uid(uid)?),
+            C::Is(ty) => Key::Is(self.ty(ty)?),
+            // A slot: only templates have them, and they are not indexed.
+            C::Eq(_) | C::In(_) | C::IsIn(..) => return None,
+        })
     }
 }
 
@@ -251,12 +267,15 @@ struct Scope {
 impl Scope {
     fn new(names: &Names, uid: &EntityUid, entities: &Entities, with_ancestors: bool) -> Self {
         let ancestors = match with_ancestors.then(|| entities.ancestors(uid)).flatten() {
-            Some(a) => a.filter_map(|a| names.uids.get(a).copied()).collect(),
+            Some(a) => a
+                .filter_map(|a| names.uids.get(a.as_ref()).copied())
+                .collect(),
             None => Vec::new(),
         };
+        let uid: &ast::EntityUID = uid.as_ref();
         Self {
             uid: names.uids.get(uid).copied(),
-            of_type: names.types.get(uid.type_name()).copied(),
+            of_type: names.types.get(uid.entity_type()).copied(),
             ancestors,
         }
     }
@@ -309,8 +328,11 @@ impl PolicyIndex {
     /// evaluates all of it).
     #[must_use]
     pub fn shared(policies: Arc<PolicySet>) -> Self {
-        let compiled: Option<Vec<CompiledPolicy>> =
-            policies.policies().map(CompiledPolicy::new).collect();
+        let mut shared = Shared::default();
+        let compiled: Option<Vec<CompiledPolicy>> = policies
+            .policies()
+            .map(|p| CompiledPolicy::new(p, &mut shared))
+            .collect();
         let count = policies.policies().count();
         match compiled {
             Some(compiled) => Self::build(compiled.iter(), count, Some(policies)),
@@ -373,28 +395,14 @@ impl PolicyIndex {
     /// Files `policy` under its keys; `None` past `u32::MAX` names.
     fn place(&mut self, policy: &CompiledPolicy) -> Option<()> {
         let names = &mut self.names;
-        let principal = match policy.principal() {
-            PrincipalConstraint::Any => Key::Any,
-            PrincipalConstraint::Eq(uid) => Key::Eq(names.uid(uid)?),
-            PrincipalConstraint::In(uid) | PrincipalConstraint::IsIn(_, uid) => {
-                Key::In(names.uid(uid)?)
-            }
-            PrincipalConstraint::Is(ty) => Key::Is(names.ty(ty)?),
-        };
-        let resource = match policy.resource() {
-            ResourceConstraint::Any => Key::Any,
-            ResourceConstraint::Eq(uid) => Key::Eq(names.uid(uid)?),
-            ResourceConstraint::In(uid) | ResourceConstraint::IsIn(_, uid) => {
-                Key::In(names.uid(uid)?)
-            }
-            ResourceConstraint::Is(ty) => Key::Is(names.ty(ty)?),
-        };
+        let principal = names.key(policy.principal())?;
+        let resource = names.key(policy.resource())?;
         let mut actions: Vec<Key> = Vec::new();
         match policy.action() {
-            ActionConstraint::Any => actions.push(Key::Any),
-            ActionConstraint::Eq(uid) => actions.push(Key::Eq(names.uid(uid)?)),
+            ast::ActionConstraint::Any => actions.push(Key::Any),
+            ast::ActionConstraint::Eq(uid) => actions.push(Key::Eq(names.uid(uid)?)),
             // `action in []` matches nothing: filed nowhere.
-            ActionConstraint::In(uids) => {
+            ast::ActionConstraint::In(uids) => {
                 for uid in uids {
                     let key = Key::In(names.uid(uid)?);
                     if !actions.contains(&key) {
@@ -407,7 +415,7 @@ impl PolicyIndex {
         self.ancestors_used.resource |= matches!(resource, Key::In(_));
         self.ancestors_used.action |= matches!(actions.first(), Some(Key::In(_)));
         // Decided by the scope when reached: no clause, and no type test left to Cedar.
-        let evaluated: Option<&ast::Policy> = policy.evaluated().map(AsRef::as_ref);
+        let evaluated: Option<&ast::Policy> = policy.evaluated();
         for action in &actions {
             let at = self.actions.slot(0, *action)?;
             let at = self.principals.slot(at, principal)?;

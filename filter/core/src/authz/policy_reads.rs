@@ -110,7 +110,7 @@ impl PolicyReads {
     /// compare entity uids).
     #[must_use]
     pub fn of(policies: &PolicySet) -> Self {
-        Self::of_conditions(policies.policies())
+        Self::of_conditions(policies.policies().map(AsRef::as_ref))
     }
 
     /// What a bundle's policies read: only those not decided by their scope have conditions.
@@ -119,12 +119,13 @@ impl PolicyReads {
         Self::of_conditions(policies.iter().filter_map(CompiledPolicy::evaluated))
     }
 
-    fn of_conditions<'p>(policies: impl Iterator<Item = &'p cedar_policy::Policy>) -> Self {
+    fn of_conditions<'p>(
+        policies: impl Iterator<Item = &'p cedar_policy_core::ast::Policy>,
+    ) -> Self {
         let mut context = ContextReads::default();
         let mut literals: HashSet<EntityUID> = HashSet::new();
         for p in policies {
-            let core: &cedar_policy_core::ast::Policy = p.as_ref();
-            if let Some(conditions) = core.non_scope_constraints() {
+            if let Some(conditions) = p.non_scope_constraints() {
                 context_reads(conditions, &mut context);
                 dereferenced_literals(conditions, &mut |u| {
                     literals.insert(u.clone());

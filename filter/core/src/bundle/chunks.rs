@@ -7,8 +7,9 @@
 //! carries unchanged, if its schema is the same. A live update of one policy in a bundle of
 //! thousands then parses and validates one policy.
 //!
-//! The chunks not held are parsed together, in batches of up to 64 KiB of text, one call to
-//! Cedar's parser each (its lexer starts cold at every call), and each policy goes to the chunk
+//! The chunks not held are parsed together, in batches of up to 16 KiB of text, one call to
+//! Cedar's parser each (its lexer starts cold at every call; a batch's syntax tree, some 30
+//! times its text, is the largest thing held while compiling), and each policy goes to the chunk
 //! its source span lies in. The result is the one parsing the whole text gives, or nothing (and
 //! the caller parses the whole text): a cut can only fall inside a token if it falls inside a
 //! string literal, and then a policy's span crosses the cut. Every
@@ -24,7 +25,7 @@ use cedar_policy::{Policy, PolicyId, PolicySet};
 use sha2::{Digest, Sha256};
 
 use crate::bundle::policies::id_annotation;
-use crate::bundle::policies::{CompiledPolicy, Policies};
+use crate::bundle::policies::{CompiledPolicy, Policies, Shared};
 
 /// A chunk's text, or a schema's, by its SHA-256.
 pub(crate) type Key = [u8; 32];
@@ -118,7 +119,7 @@ fn parse_together(chunks: &[&str]) -> Option<Vec<Vec<Policy>>> {
 }
 
 /// Text parsed per call to Cedar's parser, at most (a chunk longer than this is one batch).
-const BATCH_BYTES: usize = 64 * 1024;
+const BATCH_BYTES: usize = 16 * 1024;
 
 /// `chunks` in consecutive batches of at most [`BATCH_BYTES`] of text (and at least one chunk).
 fn batches<'c, 't>(chunks: &'c [&'t str]) -> impl Iterator<Item = &'c [&'t str]> + 'c {
@@ -178,14 +179,17 @@ pub(crate) fn parse(
     // In batches: one call per batch warms the lexer once, and only one batch's syntax trees
     // are held at a time (the high-water mark of a worker's memory is what it keeps).
     let mut batch_keys = missing_keys.into_iter();
+    let mut shared = Shared::default();
     for batch in batches(&missing) {
         let parsed = parse_together(batch)?;
         if !check(&parsed) {
             return None;
         }
         for (k, in_chunk) in batch_keys.by_ref().take(batch.len()).zip(parsed) {
-            let compiled: Option<Vec<CompiledPolicy>> =
-                in_chunk.iter().map(CompiledPolicy::new).collect();
+            let compiled: Option<Vec<CompiledPolicy>> = in_chunk
+                .iter()
+                .map(|p| CompiledPolicy::new(p, &mut shared))
+                .collect();
             by_key.insert(k, compiled?.into());
         }
     }

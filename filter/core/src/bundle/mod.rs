@@ -8,7 +8,7 @@ use cedar_policy::{Entities, Policy, PolicyId, PolicySet, Schema, ValidationMode
 use serde::{Deserialize, Serialize};
 
 use crate::bundle::chunks::Chunks;
-use crate::bundle::policies::{CompiledPolicy, Policies};
+use crate::bundle::policies::{CompiledPolicy, Policies, Shared};
 
 pub(crate) mod chunks;
 pub mod policies;
@@ -155,10 +155,12 @@ impl Bundle {
         };
         let entities = Entities::from_json_value(wire.entities.clone(), schema.as_ref())
             .map_err(|e| BundleError::Entities(render(&e)))?;
+        let mut shared = Shared::default();
         let compiled: Vec<CompiledPolicy> = policies
             .policies()
             .map(|p| {
-                CompiledPolicy::new(p).ok_or_else(|| BundleError::Template(p.id().to_string()))
+                CompiledPolicy::new(p, &mut shared)
+                    .ok_or_else(|| BundleError::Template(p.id().to_string()))
             })
             .collect::<Result<_, _>>()?;
         Ok(Self {

@@ -1,49 +1,151 @@
-//! The policies of a bundle as a worker keeps them: for each policy its id, effect and scope,
-//! and Cedar's compiled policy only where the scope alone does not decide it.
+//! The policies of a bundle as a worker keeps them: for each policy its id and a lean copy of
+//! Cedar's compiled policy, and whether the scope alone decides it.
 //!
 //! A bundle is checked with Cedar's whole machinery (parse, validation against the schema),
-//! but a worker keeps less than Cedar's `PolicySet` holds: most policies of a large bundle
-//! (one grant per user or per document) have no `when`/`unless` clause, and the policy index
-//! decides them by their scope alone (see `index`), so their syntax trees, annotations, source
-//! text and the set's maps would be memory every worker holds for nothing.
+//! but a worker keeps less than Cedar's `PolicySet` holds. Each policy keeps Cedar's compiled
+//! form rebuilt without what deciding never reads: its annotations (the `@id` is the policy's
+//! id; the map was the largest part of a small policy), its source text and location, and its
+//! own copies of the uids and types its scope names (one copy each for the policies compiled
+//! together). Most policies of a large bundle (one grant per user or per document) have no
+//! `when`/`unless` clause: the policy index decides them by their scope alone (see `index`),
+//! and evaluates the others with Cedar's evaluator on this form.
 
 use std::sync::Arc;
 
-use cedar_policy::{
-    ActionConstraint, Effect, Policy, PolicyId, PrincipalConstraint, ResourceConstraint,
-};
+use cedar_policy::{Effect, Policy, PolicyId};
+use cedar_policy_core::ast;
+use hashbrown::HashSet;
 
 /// One policy of a bundle.
 #[derive(Debug, Clone)]
 pub struct CompiledPolicy {
     id: PolicyId,
-    effect: Effect,
-    principal: PrincipalConstraint,
-    action: ActionConstraint,
-    resource: ResourceConstraint,
-    /// Cedar's policy, kept when the index must evaluate it (see [`Self::decided_by_scope`]).
-    evaluated: Option<Policy>,
+    /// Cedar's compiled policy, lean (see the module's comment); named `id`.
+    policy: ast::Policy,
+    /// Satisfied whenever its scope matches (see [`Self::decided_by_scope`]).
+    by_scope: bool,
+}
+
+/// What the policies compiled together share: one empty annotation map, one copy of each
+/// entity uid and type their scopes name (without source locations), and one of each distinct
+/// condition (a large bundle is mostly grants written from one pattern, whose conditions are
+/// the same expression: Cedar compares expressions by structure, not by source location).
+#[derive(Debug)]
+pub struct Shared {
+    annotations: Arc<ast::Annotations>,
+    uids: HashSet<Arc<ast::EntityUID>>,
+    types: HashSet<Arc<ast::EntityType>>,
+    conditions: HashSet<Arc<ast::Expr>>,
+}
+
+impl Default for Shared {
+    fn default() -> Self {
+        Self {
+            annotations: Arc::new(ast::Annotations::new()),
+            uids: HashSet::new(),
+            types: HashSet::new(),
+            conditions: HashSet::new(),
+        }
+    }
+}
+
+impl Shared {
+    fn uid(&mut self, uid: &Arc<ast::EntityUID>) -> Arc<ast::EntityUID> {
+        if let Some(held) = self.uids.get(uid.as_ref()) {
+            return Arc::clone(held);
+        }
+        let ty = self.ty_of(uid.entity_type());
+        let lean = Arc::new(ast::EntityUID::from_components(ty, uid.eid().clone(), None));
+        self.uids.insert(Arc::clone(&lean));
+        lean
+    }
+
+    /// The held copy of `ty`, by value (a clone shares its name's parts).
+    fn ty_of(&mut self, ty: &ast::EntityType) -> ast::EntityType {
+        if let Some(held) = self.types.get(ty) {
+            return held.as_ref().clone();
+        }
+        self.types.insert(Arc::new(ty.clone()));
+        ty.clone()
+    }
+
+    fn condition(&mut self, c: &Arc<ast::Expr>) -> Arc<ast::Expr> {
+        if let Some(held) = self.conditions.get(c.as_ref()) {
+            return Arc::clone(held);
+        }
+        self.conditions.insert(Arc::clone(c));
+        Arc::clone(c)
+    }
+
+    fn ty(&mut self, ty: &Arc<ast::EntityType>) -> Arc<ast::EntityType> {
+        if let Some(held) = self.types.get(ty.as_ref()) {
+            return Arc::clone(held);
+        }
+        self.types.insert(Arc::clone(ty));
+        Arc::clone(ty)
+    }
+
+    fn reference(&mut self, r: &ast::EntityReference) -> ast::EntityReference {
+        match r {
+            ast::EntityReference::EUID(uid) => ast::EntityReference::EUID(self.uid(uid)),
+            slot @ ast::EntityReference::Slot(_) => slot.clone(),
+        }
+    }
+
+    fn scope(
+        &mut self,
+        c: &ast::PrincipalOrResourceConstraint,
+    ) -> ast::PrincipalOrResourceConstraint {
+        use ast::PrincipalOrResourceConstraint as C;
+        match c {
+            C::Any => C::Any,
+            C::In(r) => C::In(self.reference(r)),
+            C::Eq(r) => C::Eq(self.reference(r)),
+            C::Is(ty) => C::Is(self.ty(ty)),
+            C::IsIn(ty, r) => C::IsIn(self.ty(ty), self.reference(r)),
+        }
+    }
+
+    fn action(&mut self, c: &ast::ActionConstraint) -> ast::ActionConstraint {
+        match c {
+            ast::ActionConstraint::Any => ast::ActionConstraint::Any,
+            ast::ActionConstraint::Eq(uid) => ast::ActionConstraint::Eq(self.uid(uid)),
+            ast::ActionConstraint::In(uids) => {
+                ast::ActionConstraint::In(uids.iter().map(|u| self.uid(u)).collect())
+            }
+        }
+    }
 }
 
 impl CompiledPolicy {
-    /// `policy` as a bundle keeps it; `None` for a template-linked policy (bundles have none).
+    /// `policy` as a bundle keeps it, sharing what it can with the other policies compiled
+    /// with `shared`; `None` for a template-linked policy (bundles have none).
     #[must_use]
-    pub fn new(policy: &Policy) -> Option<Self> {
+    pub fn new(policy: &Policy, shared: &mut Shared) -> Option<Self> {
         if !policy.is_static() {
             return None;
         }
-        let principal = policy.principal_constraint();
-        let resource = policy.resource_constraint();
-        let by_scope = !policy.has_non_scope_constraint()
-            && !matches!(principal, PrincipalConstraint::IsIn(..))
-            && !matches!(resource, ResourceConstraint::IsIn(..));
+        let cedar: &ast::Policy = policy.as_ref();
+        let t = cedar.template();
+        let principal = shared.scope(t.principal_constraint().as_inner());
+        let resource = shared.scope(t.resource_constraint().as_inner());
+        let by_scope = t.non_scope_constraints().is_none()
+            && !matches!(principal, ast::PrincipalOrResourceConstraint::IsIn(..))
+            && !matches!(resource, ast::PrincipalOrResourceConstraint::IsIn(..));
+        let lean = ast::Template::new_shared(
+            cedar.id().clone(),
+            None,
+            Arc::clone(&shared.annotations),
+            t.effect(),
+            ast::PrincipalConstraint::new(principal),
+            shared.action(t.action_constraint()),
+            ast::ResourceConstraint::new(resource),
+            t.non_scope_constraints_arc().map(|c| shared.condition(c)),
+        );
         Some(Self {
             id: policy.id().clone(),
-            effect: policy.effect(),
-            principal,
-            action: policy.action_constraint(),
-            resource,
-            evaluated: (!by_scope).then(|| policy.clone()),
+            policy: ast::StaticPolicy::try_from(lean).ok()?.into(),
+            by_scope,
         })
     }
 
@@ -54,35 +156,38 @@ impl CompiledPolicy {
 
     #[must_use]
     pub fn effect(&self) -> Effect {
-        self.effect
+        match self.policy.effect() {
+            ast::Effect::Permit => Effect::Permit,
+            ast::Effect::Forbid => Effect::Forbid,
+        }
     }
 
     #[must_use]
-    pub fn principal(&self) -> &PrincipalConstraint {
-        &self.principal
+    pub fn principal(&self) -> &ast::PrincipalOrResourceConstraint {
+        self.policy.template().principal_constraint().as_inner()
     }
 
     #[must_use]
-    pub fn action(&self) -> &ActionConstraint {
-        &self.action
+    pub fn action(&self) -> &ast::ActionConstraint {
+        self.policy.action_constraint()
     }
 
     #[must_use]
-    pub fn resource(&self) -> &ResourceConstraint {
-        &self.resource
+    pub fn resource(&self) -> &ast::PrincipalOrResourceConstraint {
+        self.policy.template().resource_constraint().as_inner()
     }
 
     /// Whether the policy is satisfied whenever its scope matches: no `when`/`unless` clause
     /// and no `is T in E` scope (whose type test is left to Cedar).
     #[must_use]
     pub fn decided_by_scope(&self) -> bool {
-        self.evaluated.is_none()
+        self.by_scope
     }
 
     /// Cedar's policy, for the policies not decided by their scope.
     #[must_use]
-    pub fn evaluated(&self) -> Option<&Policy> {
-        self.evaluated.as_ref()
+    pub fn evaluated(&self) -> Option<&ast::Policy> {
+        (!self.by_scope).then_some(&self.policy)
     }
 }
 
@@ -153,10 +258,11 @@ mod tests {
                permit(principal, action in [Action::"a", Action::"b"], resource is Doc);"#,
         )
         .unwrap();
+        let mut shared = Shared::default();
         let mut by_scope: Vec<(String, bool)> = set
             .policies()
             .map(|p| {
-                let c = CompiledPolicy::new(p).unwrap();
+                let c = CompiledPolicy::new(p, &mut shared).unwrap();
                 assert_eq!(c.evaluated().is_some(), !c.decided_by_scope());
                 (p.id().to_string(), c.decided_by_scope())
             })
@@ -170,6 +276,53 @@ mod tests {
                 ("policy2".to_owned(), false),
                 ("policy3".to_owned(), true)
             ]
+        );
+    }
+
+    #[test]
+    fn keeps_no_annotations_and_one_copy_of_each_scope_uid_and_condition() {
+        let set = cedar_policy::PolicySet::from_str(
+            r#"@id("a") @note("x") permit(principal == User::"u", action == Action::"GET", resource) when { context.x };
+               @id("b") forbid(principal == User::"u", action in [Action::"GET"], resource is Doc);
+               permit(principal, action, resource) when {
+                 context.x
+               };"#,
+        )
+        .unwrap();
+        let mut shared = Shared::default();
+        let mut kept: Vec<CompiledPolicy> = set
+            .policies()
+            .map(|p| CompiledPolicy::new(p, &mut shared).unwrap())
+            .collect();
+        kept.sort_by(|x, y| x.id().cmp(y.id()));
+        let uid = |c: &CompiledPolicy| match c.principal() {
+            ast::PrincipalOrResourceConstraint::Eq(ast::EntityReference::EUID(u)) => Arc::clone(u),
+            other => panic!("unexpected scope {other:?}"),
+        };
+        let [a, b, c] = kept.as_slice() else {
+            panic!("three policies expected")
+        };
+        let condition =
+            |p: &CompiledPolicy| Arc::clone(p.policy.non_scope_constraints_arc().unwrap());
+        assert!(Arc::ptr_eq(&condition(a), &condition(c)));
+        assert!(Arc::ptr_eq(&uid(a), &uid(b)));
+        let action = |c: &CompiledPolicy| match c.action() {
+            ast::ActionConstraint::Eq(u) => Arc::clone(u),
+            ast::ActionConstraint::In(us) => Arc::clone(&us[0]),
+            ast::ActionConstraint::Any => panic!("unexpected action scope"),
+        };
+        assert!(Arc::ptr_eq(&action(a), &action(b)));
+        for p in &kept {
+            assert_eq!(p.policy.annotations().count(), 0);
+            assert!(p.policy.loc().is_none());
+            assert_eq!(p.policy.id(), p.id().as_ref());
+        }
+        assert!(uid(a).loc().is_none());
+        // The condition is Cedar's own, unchanged.
+        let original: &ast::Policy = set.policy(a.id()).unwrap().as_ref();
+        assert_eq!(
+            a.evaluated().unwrap().condition().to_string(),
+            original.condition().to_string()
         );
     }
 }

@@ -7,10 +7,8 @@
 
 use std::error::Error;
 
-use cedar_policy::{
-    ActionConstraint, Effect, EntityTypeName, EntityUid, PolicySet, PrincipalConstraint,
-    ResourceConstraint,
-};
+use cedar_policy::{Effect, PolicySet};
+use cedar_policy_core::ast;
 use portcullis_core::bundle::{Bundle, BundleWire};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -45,35 +43,28 @@ fn policy(rng: &mut StdRng, n: usize, trouble: Option<u8>) -> String {
 /// A policy's effect and scope, written out.
 fn scope(
     effect: Effect,
-    principal: &PrincipalConstraint,
-    action: &ActionConstraint,
-    resource: &ResourceConstraint,
+    principal: &ast::PrincipalOrResourceConstraint,
+    action: &ast::ActionConstraint,
+    resource: &ast::PrincipalOrResourceConstraint,
 ) -> String {
-    let entity = |c: String, uid: Option<&EntityUid>, ty: Option<&EntityTypeName>| {
-        format!(
-            "{c} {} {}",
-            ty.map(ToString::to_string).unwrap_or_default(),
-            uid.map(ToString::to_string).unwrap_or_default()
-        )
-    };
-    let p = match principal {
-        PrincipalConstraint::Any => entity("any".into(), None, None),
-        PrincipalConstraint::Eq(u) => entity("==".into(), Some(u), None),
-        PrincipalConstraint::In(u) => entity("in".into(), Some(u), None),
-        PrincipalConstraint::Is(t) => entity("is".into(), None, Some(t)),
-        PrincipalConstraint::IsIn(t, u) => entity("is in".into(), Some(u), Some(t)),
-    };
-    let r = match resource {
-        ResourceConstraint::Any => entity("any".into(), None, None),
-        ResourceConstraint::Eq(u) => entity("==".into(), Some(u), None),
-        ResourceConstraint::In(u) => entity("in".into(), Some(u), None),
-        ResourceConstraint::Is(t) => entity("is".into(), None, Some(t)),
-        ResourceConstraint::IsIn(t, u) => entity("is in".into(), Some(u), Some(t)),
+    use ast::PrincipalOrResourceConstraint as C;
+    let entity = |c: &C| {
+        let uid = |r: &ast::EntityReference| match r {
+            ast::EntityReference::EUID(u) => u.to_string(),
+            ast::EntityReference::Slot(_) => "?slot".to_owned(),
+        };
+        match c {
+            C::Any => "any".to_owned(),
+            C::Eq(r) => format!("== {}", uid(r)),
+            C::In(r) => format!("in {}", uid(r)),
+            C::Is(t) => format!("is {t}"),
+            C::IsIn(t, r) => format!("is {t} in {}", uid(r)),
+        }
     };
     let a = match action {
-        ActionConstraint::Any => "any".to_owned(),
-        ActionConstraint::Eq(u) => format!("== {u}"),
-        ActionConstraint::In(us) => {
+        ast::ActionConstraint::Any => "any".to_owned(),
+        ast::ActionConstraint::Eq(u) => format!("== {u}"),
+        ast::ActionConstraint::In(us) => {
             format!(
                 "in {}",
                 us.iter()
@@ -83,7 +74,11 @@ fn scope(
             )
         }
     };
-    format!("{effect:?}({p}; {a}; {r})")
+    format!(
+        "{effect:?}({}; {a}; {})",
+        entity(principal),
+        entity(resource)
+    )
 }
 
 /// What a bundle holds of a policy: (id, scope, text where its scope does not decide it).
@@ -99,7 +94,7 @@ fn outcome(b: &Result<Bundle, portcullis_core::bundle::BundleError>) -> Option<V
             (
                 p.id().to_string(),
                 scope(p.effect(), p.principal(), p.action(), p.resource()),
-                p.evaluated().map(ToString::to_string),
+                p.evaluated().map(|c| c.condition().to_string()),
             )
         })
         .collect();
@@ -121,13 +116,15 @@ fn whole(text: &str) -> Option<Vec<Kept>> {
                 .annotations()
                 .find(|(k, _)| *k == "id")
                 .map_or_else(|| p.id().to_string(), |(_, v)| v.to_owned());
-            let (principal, resource) = (p.principal_constraint(), p.resource_constraint());
+            let cedar: &ast::Policy = p.as_ref();
+            let principal = cedar.template().principal_constraint().as_inner();
+            let resource = cedar.template().resource_constraint().as_inner();
             // Cedar's policy is kept where a condition or an `is T in E` scope remains.
             let evaluated = p.has_non_scope_constraint()
-                || matches!(principal, PrincipalConstraint::IsIn(..))
-                || matches!(resource, ResourceConstraint::IsIn(..));
-            let s = scope(p.effect(), &principal, &p.action_constraint(), &resource);
-            (id, s, evaluated.then(|| p.to_string()))
+                || matches!(principal, ast::PrincipalOrResourceConstraint::IsIn(..))
+                || matches!(resource, ast::PrincipalOrResourceConstraint::IsIn(..));
+            let s = scope(p.effect(), principal, cedar.action_constraint(), resource);
+            (id, s, evaluated.then(|| cedar.condition().to_string()))
         })
         .collect();
     out.sort();
