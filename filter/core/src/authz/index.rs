@@ -392,7 +392,8 @@ impl PolicyIndex {
         }
     }
 
-    /// Files `policy` under its keys; `None` past `u32::MAX` names.
+    /// Files `policy` under its keys; `None` past `u32::MAX` names, or for a scope with a
+    /// template slot (static policies, all a bundle holds, have none).
     fn place(&mut self, policy: &CompiledPolicy) -> Option<()> {
         let names = &mut self.names;
         let principal = names.key(policy.principal())?;
