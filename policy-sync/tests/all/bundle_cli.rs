@@ -6,12 +6,9 @@ use std::process::Command;
 type TestResult = Result<(), Box<dyn Error>>;
 
 fn validate(contents: &str) -> Result<(bool, String, String), Box<dyn Error>> {
-    let dir = std::env::temp_dir().join(format!("policy-sync-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let file = dir.join(format!(
-        "{:x}.json",
-        contents.len() * 31 + contents.bytes().map(usize::from).sum::<usize>()
-    ));
+    // Removed when it drops, after the command has run.
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("bundle.json");
     std::fs::write(&file, contents)?;
     let out = Command::new(env!("CARGO_BIN_EXE_policy-sync"))
         .args(["bundle", "validate"])
