@@ -4,11 +4,13 @@
 //! A bundle is checked with Cedar's whole machinery (parse, validation against the schema),
 //! but a worker keeps less than Cedar's `PolicySet` holds. Each policy keeps Cedar's compiled
 //! form rebuilt without what deciding never reads: its annotations (the `@id` is the policy's
-//! id; the map was the largest part of a small policy), its source text and location, and its
-//! own copies of the uids and types its scope names (one copy each for the policies compiled
-//! together). Most policies of a large bundle (one grant per user or per document) have no
-//! `when`/`unless` clause: the policy index decides them by their scope alone (see `index`),
-//! and evaluates the others with Cedar's evaluator on this form.
+//! id; the map was the largest part of a small policy), its own text and location, and its
+//! own copies of the uids and types its scope names (one copy each, without source locations,
+//! for the policies compiled together). Conditions are Cedar's own expressions, one copy of each
+//! distinct one; they keep their source locations, and with them the text of the parse batch
+//! they came from. Most policies of a large bundle (one grant per user or per document) have
+//! no `when`/`unless` clause: the policy index decides them by their scope alone (see
+//! `index`), and evaluates the others with Cedar's evaluator on this form.
 
 use std::sync::Arc;
 
@@ -54,19 +56,11 @@ impl Shared {
         if let Some(held) = self.uids.get(uid.as_ref()) {
             return Arc::clone(held);
         }
-        let ty = self.ty_of(uid.entity_type());
+        // By value: a clone shares the held name's parts.
+        let ty = self.ty(uid.entity_type()).as_ref().clone();
         let lean = Arc::new(ast::EntityUID::from_components(ty, uid.eid().clone(), None));
         self.uids.insert(Arc::clone(&lean));
         lean
-    }
-
-    /// The held copy of `ty`, by value (a clone shares its name's parts).
-    fn ty_of(&mut self, ty: &ast::EntityType) -> ast::EntityType {
-        if let Some(held) = self.types.get(ty) {
-            return held.as_ref().clone();
-        }
-        self.types.insert(Arc::new(ty.clone()));
-        ty.clone()
     }
 
     fn condition(&mut self, c: &Arc<ast::Expr>) -> Arc<ast::Expr> {
@@ -77,12 +71,13 @@ impl Shared {
         Arc::clone(c)
     }
 
-    fn ty(&mut self, ty: &Arc<ast::EntityType>) -> Arc<ast::EntityType> {
-        if let Some(held) = self.types.get(ty.as_ref()) {
+    fn ty(&mut self, ty: &ast::EntityType) -> Arc<ast::EntityType> {
+        if let Some(held) = self.types.get(ty) {
             return Arc::clone(held);
         }
-        self.types.insert(Arc::clone(ty));
-        Arc::clone(ty)
+        let lean = Arc::new(ty.with_loc(None));
+        self.types.insert(Arc::clone(&lean));
+        lean
     }
 
     fn reference(&mut self, r: &ast::EntityReference) -> ast::EntityReference {
@@ -318,6 +313,7 @@ mod tests {
             assert_eq!(p.policy.id(), p.id().as_ref());
         }
         assert!(uid(a).loc().is_none());
+        assert!(uid(a).entity_type().loc().is_none());
         // The condition is Cedar's own, unchanged.
         let original: &ast::Policy = set.policy(a.id()).unwrap().as_ref();
         assert_eq!(
