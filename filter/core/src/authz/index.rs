@@ -162,22 +162,12 @@ struct Names {
 impl Names {
     /// The number of `uid`, numbering it if new; `None` only past `u32::MAX` uids.
     fn uid(&mut self, uid: &Arc<ast::EntityUID>) -> Option<u32> {
-        if let Some(n) = self.uids.get(uid.as_ref()) {
-            return Some(*n);
-        }
-        let next = u32::try_from(self.uids.len()).ok()?;
-        self.uids.insert(Arc::clone(uid), next);
-        Some(next)
+        number(&mut self.uids, uid)
     }
 
     /// The number of `ty`, numbering it if new.
     fn ty(&mut self, ty: &Arc<ast::EntityType>) -> Option<u32> {
-        if let Some(n) = self.types.get(ty.as_ref()) {
-            return Some(*n);
-        }
-        let next = u32::try_from(self.types.len()).ok()?;
-        self.types.insert(Arc::clone(ty), next);
-        Some(next)
+        number(&mut self.types, ty)
     }
 
     /// The key of a principal or resource scope.
@@ -193,6 +183,19 @@ impl Names {
             C::Eq(_) | C::In(_) | C::IsIn(..) => return None,
         })
     }
+}
+
+/// The number of `key` in `numbers`, numbering it next if new; `None` only past `u32::MAX`.
+fn number<T: std::hash::Hash + Eq>(
+    numbers: &mut HashMap<Arc<T>, u32>,
+    key: &Arc<T>,
+) -> Option<u32> {
+    if let Some(n) = numbers.get(key.as_ref()) {
+        return Some(*n);
+    }
+    let next = u32::try_from(numbers.len()).ok()?;
+    numbers.insert(Arc::clone(key), next);
+    Some(next)
 }
 
 /// One scope dimension, for every node of the dimension before it (the actions have one
@@ -331,7 +334,7 @@ impl PolicyIndex {
         let mut shared = Shared::default();
         let compiled: Option<Vec<CompiledPolicy>> = policies
             .policies()
-            .map(|p| CompiledPolicy::new(p, &mut shared))
+            .map(|p| CompiledPolicy::new(p, p.id().clone(), &mut shared))
             .collect();
         let count = policies.policies().count();
         match compiled {

@@ -21,7 +21,7 @@ use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 use std::sync::Arc;
 
-use cedar_policy::{Policy, PolicyId, PolicySet};
+use cedar_policy::{PolicyId, PolicySet};
 use sha2::{Digest, Sha256};
 
 use crate::bundle::policies::id_annotation;
@@ -82,40 +82,52 @@ fn cut(text: &str) -> Vec<&str> {
     out
 }
 
-/// The chunks parsed in one call, their policies named by their `@id`s, in the order of
-/// `chunks`; `None` if the text does not parse, holds a template, or holds a policy without an
-/// `@id` or one that does not lie inside one chunk.
-fn parse_together(chunks: &[&str]) -> Option<Vec<Vec<Policy>>> {
+/// The chunks of a batch parsed in one call: Cedar's set (its policies under Cedar's
+/// positional ids), and for each chunk in order the ids of its policies, as (`@id`, id in
+/// the set).
+struct Parsed {
+    set: PolicySet,
+    chunks: Vec<Vec<(PolicyId, PolicyId)>>,
+}
+
+/// `chunks` parsed in one call; `None` if the text does not parse, holds a template, or holds
+/// a policy without an `@id` or one that does not lie inside one chunk.
+fn parse_together(chunks: &[&str]) -> Option<Parsed> {
     let mut joined = String::with_capacity(chunks.iter().map(|c| c.len()).sum());
     let mut ends = Vec::with_capacity(chunks.len());
     for chunk in chunks {
         joined.push_str(chunk);
         ends.push(joined.len());
     }
-    let parsed = PolicySet::from_str(&joined).ok()?;
-    if parsed.templates().next().is_some() {
+    let set = PolicySet::from_str(&joined).ok()?;
+    if set.templates().next().is_some() {
         return None;
     }
-    let mut placed: Vec<Vec<(usize, Policy)>> = chunks.iter().map(|_| Vec::new()).collect();
-    for p in parsed.policies() {
-        let loc = parsed.as_ref().get(p.id().as_ref())?.loc()?;
+    let mut placed: Vec<Vec<(usize, PolicyId, PolicyId)>> =
+        chunks.iter().map(|_| Vec::new()).collect();
+    for p in set.policies() {
+        let loc = set.as_ref().get(p.id().as_ref())?.loc()?;
         let i = ends.partition_point(|end| *end <= loc.start());
         let start = if i == 0 { 0 } else { *ends.get(i - 1)? };
         if loc.start() < start || loc.end() > *ends.get(i)? {
             return None;
         }
-        let named = p.new_id(PolicyId::new(id_annotation(p)?));
-        placed.get_mut(i)?.push((loc.start(), named));
-    }
-    Some(
+        let named = PolicyId::new(id_annotation(p)?);
         placed
-            .into_iter()
-            .map(|mut in_chunk| {
-                in_chunk.sort_unstable_by_key(|(at, _)| *at);
-                in_chunk.into_iter().map(|(_, p)| p).collect()
-            })
-            .collect(),
-    )
+            .get_mut(i)?
+            .push((loc.start(), named, p.id().clone()));
+    }
+    let chunks = placed
+        .into_iter()
+        .map(|mut in_chunk| {
+            in_chunk.sort_unstable_by_key(|(at, _, _)| *at);
+            in_chunk
+                .into_iter()
+                .map(|(_, named, id)| (named, id))
+                .collect()
+        })
+        .collect();
+    Some(Parsed { set, chunks })
 }
 
 /// Text parsed per call to Cedar's parser, at most (a chunk longer than this is one batch).
@@ -145,15 +157,15 @@ fn batches<'c, 't>(chunks: &'c [&'t str]) -> impl Iterator<Item = &'c [&'t str]>
 
 /// The policies of `text` in order, reusing `previous` for unchanged chunks when it was checked
 /// against the same `schema` (its SHA-256), and the chunks of this text for the next version.
-/// `check` is given every batch of policies parsed (named by their `@id`s) before they are
-/// kept, and refuses them by returning false. `None` when the whole text must be parsed and
+/// `check` is given every batch of policies parsed, as Cedar's set (under Cedar's positional
+/// ids), before they are kept, and refuses them by returning false. `None` when the whole text must be parsed and
 /// checked instead: it does not parse in chunks, a batch is refused, or two policies share an
 /// id.
 pub(crate) fn parse(
     text: &str,
     previous: &Chunks,
     schema: Option<Key>,
-    check: &mut dyn FnMut(&[Vec<Policy>]) -> bool,
+    check: &mut dyn FnMut(&PolicySet) -> bool,
 ) -> Option<(Policies, Chunks)> {
     let chunks = cut(text);
     let keys: Vec<Key> = chunks.iter().map(|c| key(c)).collect();
@@ -182,13 +194,13 @@ pub(crate) fn parse(
     let mut shared = Shared::default();
     for batch in batches(&missing) {
         let parsed = parse_together(batch)?;
-        if !check(&parsed) {
+        if !check(&parsed.set) {
             return None;
         }
-        for (k, in_chunk) in batch_keys.by_ref().take(batch.len()).zip(parsed) {
+        for (k, in_chunk) in batch_keys.by_ref().take(batch.len()).zip(parsed.chunks) {
             let compiled: Option<Vec<CompiledPolicy>> = in_chunk
-                .iter()
-                .map(|p| CompiledPolicy::new(p, &mut shared))
+                .into_iter()
+                .map(|(named, id)| CompiledPolicy::new(parsed.set.policy(&id)?, named, &mut shared))
                 .collect();
             by_key.insert(k, compiled?.into());
         }
@@ -255,7 +267,7 @@ mod tests {
         let compile = |text: &str, previous: &Chunks, schema: Option<Key>| {
             let mut parsed = 0;
             let (policies, chunks) = parse(text, previous, schema, &mut |batch| {
-                parsed += batch.len();
+                parsed += batch.policies().count();
                 true
             })
             .unwrap();

@@ -109,10 +109,11 @@ impl Bundle {
             },
         };
         let validator = schema.as_ref().map(|(s, _)| Validator::new(s.clone()));
-        let mut check = |batch: &[Vec<Policy>]| match &validator {
+        let mut check = |batch: &PolicySet| match &validator {
             None => true,
-            Some(v) => PolicySet::from_policies(batch.iter().flatten().cloned())
-                .is_ok_and(|set| v.validate(&set, ValidationMode::Strict).validation_passed()),
+            Some(v) => v
+                .validate(batch, ValidationMode::Strict)
+                .validation_passed(),
         };
         let schema_key = schema.as_ref().map(|(_, k)| *k);
         let Some((policies, chunks)) =
@@ -159,7 +160,7 @@ impl Bundle {
         let compiled: Vec<CompiledPolicy> = policies
             .policies()
             .map(|p| {
-                CompiledPolicy::new(p, &mut shared)
+                CompiledPolicy::new(p, p.id().clone(), &mut shared)
                     .ok_or_else(|| BundleError::Template(p.id().to_string()))
             })
             .collect::<Result<_, _>>()?;

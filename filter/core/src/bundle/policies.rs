@@ -12,6 +12,7 @@
 //! no `when`/`unless` clause: the policy index decides them by their scope alone (see
 //! `index`), and evaluates the others with Cedar's evaluator on this form.
 
+use std::hash::Hash;
 use std::sync::Arc;
 
 use cedar_policy::{Effect, Policy, PolicyId};
@@ -51,33 +52,42 @@ impl Default for Shared {
     }
 }
 
+/// The copy of `value` that `set` holds, or the one `make` gives, held from now on.
+fn held<T: Hash + Eq>(
+    set: &mut HashSet<Arc<T>>,
+    value: &T,
+    make: impl FnOnce() -> Arc<T>,
+) -> Arc<T> {
+    if let Some(held) = set.get(value) {
+        return Arc::clone(held);
+    }
+    let made = make();
+    set.insert(Arc::clone(&made));
+    made
+}
+
 impl Shared {
     fn uid(&mut self, uid: &Arc<ast::EntityUID>) -> Arc<ast::EntityUID> {
-        if let Some(held) = self.uids.get(uid.as_ref()) {
-            return Arc::clone(held);
-        }
-        // By value: a clone shares the held name's parts.
-        let ty = self.ty(uid.entity_type()).as_ref().clone();
-        let lean = Arc::new(ast::EntityUID::from_components(ty, uid.eid().clone(), None));
-        self.uids.insert(Arc::clone(&lean));
-        lean
+        let Self { uids, types, .. } = self;
+        held(uids, uid, || {
+            // By value: a clone shares the held name's parts.
+            let ty = held(types, uid.entity_type(), || {
+                Arc::new(uid.entity_type().with_loc(None))
+            });
+            Arc::new(ast::EntityUID::from_components(
+                ty.as_ref().clone(),
+                uid.eid().clone(),
+                None,
+            ))
+        })
     }
 
     fn condition(&mut self, c: &Arc<ast::Expr>) -> Arc<ast::Expr> {
-        if let Some(held) = self.conditions.get(c.as_ref()) {
-            return Arc::clone(held);
-        }
-        self.conditions.insert(Arc::clone(c));
-        Arc::clone(c)
+        held(&mut self.conditions, c, || Arc::clone(c))
     }
 
     fn ty(&mut self, ty: &ast::EntityType) -> Arc<ast::EntityType> {
-        if let Some(held) = self.types.get(ty) {
-            return Arc::clone(held);
-        }
-        let lean = Arc::new(ty.with_loc(None));
-        self.types.insert(Arc::clone(&lean));
-        lean
+        held(&mut self.types, ty, || Arc::new(ty.with_loc(None)))
     }
 
     fn reference(&mut self, r: &ast::EntityReference) -> ast::EntityReference {
@@ -113,10 +123,10 @@ impl Shared {
 }
 
 impl CompiledPolicy {
-    /// `policy` as a bundle keeps it, sharing what it can with the other policies compiled
-    /// with `shared`; `None` for a template-linked policy (bundles have none).
+    /// `policy` as a bundle keeps it, named `id`, sharing what it can with the other policies
+    /// compiled with `shared`; `None` for a template-linked policy (bundles have none).
     #[must_use]
-    pub fn new(policy: &Policy, shared: &mut Shared) -> Option<Self> {
+    pub fn new(policy: &Policy, id: PolicyId, shared: &mut Shared) -> Option<Self> {
         if !policy.is_static() {
             return None;
         }
@@ -128,7 +138,7 @@ impl CompiledPolicy {
             && !matches!(principal, ast::PrincipalOrResourceConstraint::IsIn(..))
             && !matches!(resource, ast::PrincipalOrResourceConstraint::IsIn(..));
         let lean = ast::Template::new_shared(
-            cedar.id().clone(),
+            AsRef::<ast::PolicyID>::as_ref(&id).clone(),
             None,
             Arc::clone(&shared.annotations),
             t.effect(),
@@ -138,7 +148,7 @@ impl CompiledPolicy {
             t.non_scope_constraints_arc().map(|c| shared.condition(c)),
         );
         Some(Self {
-            id: policy.id().clone(),
+            id,
             policy: ast::StaticPolicy::try_from(lean).ok()?.into(),
             by_scope,
         })
@@ -257,7 +267,7 @@ mod tests {
         let mut by_scope: Vec<(String, bool)> = set
             .policies()
             .map(|p| {
-                let c = CompiledPolicy::new(p, &mut shared).unwrap();
+                let c = CompiledPolicy::new(p, p.id().clone(), &mut shared).unwrap();
                 assert_eq!(c.evaluated().is_some(), !c.decided_by_scope());
                 (p.id().to_string(), c.decided_by_scope())
             })
@@ -287,7 +297,7 @@ mod tests {
         let mut shared = Shared::default();
         let mut kept: Vec<CompiledPolicy> = set
             .policies()
-            .map(|p| CompiledPolicy::new(p, &mut shared).unwrap())
+            .map(|p| CompiledPolicy::new(p, p.id().clone(), &mut shared).unwrap())
             .collect();
         kept.sort_by(|x, y| x.id().cmp(y.id()));
         let uid = |c: &CompiledPolicy| match c.principal() {
