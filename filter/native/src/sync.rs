@@ -71,12 +71,7 @@ impl SyncHost for MainHost {
     }
 
     fn dispatch(&self, call: &Call) -> Result<u32, String> {
-        let mut headers: Vec<(&str, &str)> = vec![
-            (":method", call.method),
-            (":path", &call.path),
-            ("host", &call.authority),
-        ];
-        headers.extend(call.headers.iter().map(|(k, v)| (*k, v.as_str())));
+        let headers = call.header_pairs("host");
         let timeout = u64::try_from(call.timeout.as_millis()).unwrap_or(u64::MAX);
         let id = self
             .envoy

@@ -71,12 +71,7 @@ impl SyncHost for EnvoyHost {
     }
 
     fn dispatch(&self, call: &Call) -> Result<u32, String> {
-        let mut headers: Vec<(&str, &str)> = vec![
-            (":method", call.method),
-            (":path", &call.path),
-            (":authority", &call.authority),
-        ];
-        headers.extend(call.headers.iter().map(|(k, v)| (*k, v.as_str())));
+        let headers = call.header_pairs(":authority");
         hostcalls::dispatch_http_call(
             &self.cluster,
             headers,

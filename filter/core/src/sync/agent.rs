@@ -39,6 +39,21 @@ pub struct Call {
     pub timeout: Duration,
 }
 
+impl Call {
+    /// The headers to send: `:method`, `:path`, the authority under `authority` (the name the
+    /// host's call API reads it from), then the regular headers.
+    #[must_use]
+    pub fn header_pairs(&self, authority: &'static str) -> Vec<(&str, &str)> {
+        let mut headers: Vec<(&str, &str)> = vec![
+            (":method", self.method),
+            (":path", &self.path),
+            (authority, &self.authority),
+        ];
+        headers.extend(self.headers.iter().map(|(k, v)| (*k, v.as_str())));
+        headers
+    }
+}
+
 /// What came back: the status (`None` when the call failed without an answer: connection
 /// refused or reset, timeout) and the body.
 #[derive(Debug, Clone, Copy)]

@@ -274,15 +274,26 @@ pub fn engine_with_crypto(
     Ok(Engine::new(std::sync::Arc::new(snapshot), Some(crypto)))
 }
 
+/// Bob's claims valid from `t` for 10 minutes, and the demo configuration with `issuer`'s key
+/// for every RSA algorithm and no token cache (every token's signature is checked).
+#[expect(
+    clippy::indexing_slicing,
+    reason = "test setup: the demo configuration has an issuer, and serde_json indexes by path"
+)]
+pub fn any_rsa_alg_setup(issuer: &DevIssuer, t: u64) -> (Value, Value) {
+    let claims =
+        json!({"iss": issuer.issuer, "aud": issuer.audience, "sub": "bob", "exp": t + 600});
+    let mut cfg = harness::demo::plugin_config(issuer);
+    cfg["issuers"][0]["jwks"] = issuer.jwks_any_rsa_alg();
+    cfg["tokenCache"] = json!({"capacity": 0});
+    (claims, cfg)
+}
+
 #[test]
 fn the_host_checks_rsa_and_ecdsa_when_it_can() -> TestResult {
     let issuer = DevIssuer::generate()?;
     let t = now();
-    let claims =
-        json!({"iss": issuer.issuer, "aud": issuer.audience, "sub": "bob", "exp": t + 600});
-    let mut cfg = harness::demo::plugin_config(&issuer);
-    cfg["issuers"][0]["jwks"] = issuer.jwks_any_rsa_alg();
-    cfg["tokenCache"] = json!({"capacity": 0});
+    let (claims, mut cfg) = any_rsa_alg_setup(&issuer, t);
     let host = RecordingHost::default();
     let calls = host.calls.clone();
     let e = with_host(&cfg, host)?;

@@ -121,14 +121,9 @@ fn bad_output_headers_are_refused() -> TestResult {
 #[test]
 fn rsa_algorithms_and_algorithm_confusion() -> TestResult {
     let issuer = DevIssuer::generate()?;
-    let mut cfg = harness::demo::plugin_config(&issuer);
-    cfg["issuers"][0]["jwks"] = issuer.jwks_any_rsa_alg();
-    cfg["tokenCache"] = json!({"capacity": 0});
-    let e = Engine::from_json(cfg.to_string().as_bytes())?;
     let t = now();
-    // claims: {"iss":DEV_ISSUER,"aud":"portcullis-demo","sub":"bob","exp":now+600}
-    let claims =
-        json!({"iss": issuer.issuer, "aud": issuer.audience, "sub": "bob", "exp": t + 600});
+    let (claims, cfg) = crate::algorithms::any_rsa_alg_setup(&issuer, t);
+    let e = Engine::from_json(cfg.to_string().as_bytes())?;
     for alg in ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512"] {
         let token = issuer.sign_alg(alg, &claims)?;
         let out = e.check(&StaticRequest::new("GET", "/api").with_bearer(&token), t);

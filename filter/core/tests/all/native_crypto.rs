@@ -13,7 +13,7 @@ use portcullis_core::auth::native_crypto::{RingCrypto, ring_verify};
 use portcullis_core::{AuthError, Digest, Engine, StaticRequest, Verdict};
 use serde_json::{Value, json};
 
-use crate::algorithms::engine_with_crypto;
+use crate::algorithms::{any_rsa_alg_setup, engine_with_crypto};
 
 type TestResult = Result<(), Box<dyn Error>>;
 
@@ -40,11 +40,7 @@ fn verdict(e: &Engine, token: &str, t: u64) -> Verdict {
 fn ring_confirms_rsa_and_ecdsa_and_never_refuses_alone() -> TestResult {
     let issuer = DevIssuer::generate()?;
     let t = now();
-    let claims =
-        json!({"iss": issuer.issuer, "aud": issuer.audience, "sub": "bob", "exp": t + 600});
-    let mut cfg = harness::demo::plugin_config(&issuer);
-    cfg["issuers"][0]["jwks"] = issuer.jwks_any_rsa_alg();
-    cfg["tokenCache"] = json!({"capacity": 0});
+    let (claims, mut cfg) = any_rsa_alg_setup(&issuer, t);
     let (e, counts) = ring_engine(&cfg)?;
     assert!(e.host_crypto_in_use());
     // PKCS #1 v1.5 goes to ring; PSS stays with the core (HostCrypto takes no PSS).
