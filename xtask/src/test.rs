@@ -63,6 +63,8 @@ pub fn test(extra: &[String]) -> Result {
                 "portcullis-filter",
                 "-p",
                 "abi-probe",
+                "-p",
+                "cedar-floor",
                 "--",
                 "-D",
                 "warnings",

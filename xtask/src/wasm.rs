@@ -19,6 +19,9 @@ const ARTIFACT: &str = "portcullis_filter.wasm";
 /// The harness's ABI probe plugin, built alongside (tiny) for the host tests.
 const PROBE_PACKAGE: &str = "abi-probe";
 const PROBE_ARTIFACT: &str = "abi_probe.wasm";
+/// The Cedar-only plugin `cargo xtask measure` starts Envoy with (built only there).
+const FLOOR_PACKAGE: &str = "cedar-floor";
+const FLOOR_ARTIFACT: &str = "cedar_floor.wasm";
 const RUSTUP_TIMEOUT: Duration = Duration::from_secs(90);
 const DEBIAN_PACKAGES: &[&str] = &[
     "rustc-web",
@@ -142,6 +145,43 @@ pub fn build() -> Result<PathBuf> {
 
 /// Builds the filter and the ABI probe.
 pub fn build_all() -> Result<Built> {
+    let started = Instant::now();
+    let release = build_packages(&[PACKAGE, PROBE_PACKAGE])?;
+    let wasm = release.join(ARTIFACT);
+    let probe = release.join(PROBE_ARTIFACT);
+    for f in [&wasm, &probe] {
+        if !f.is_file() {
+            return Err(format!("build succeeded but {} is missing", f.display()));
+        }
+    }
+    trim_callbacks(&wasm)?;
+    let size = std::fs::metadata(&wasm).map(|m| m.len()).unwrap_or(0);
+    eprintln!(
+        "xtask: built {} ({} KiB) in {:.1?}",
+        wasm.display(),
+        size / 1024,
+        started.elapsed()
+    );
+    Ok(Built {
+        filter: wasm,
+        probe,
+    })
+}
+
+/// Builds the Cedar-only plugin (`harness/cedar-floor`) and returns the path of its `.wasm`.
+pub fn build_floor() -> Result<PathBuf> {
+    let floor = build_packages(&[FLOOR_PACKAGE])?.join(FLOOR_ARTIFACT);
+    if !floor.is_file() {
+        return Err(format!(
+            "build succeeded but {} is missing",
+            floor.display()
+        ));
+    }
+    Ok(floor)
+}
+
+/// Builds `packages` for wasm in release and returns the directory their artifacts are in.
+fn build_packages(packages: &[&str]) -> Result<PathBuf> {
     let toolchain = match std::env::var("PORTCULLIS_WASM_TOOLCHAIN").as_deref() {
         // Lets the Debian path be exercised on a machine where rustup works too.
         Ok("debian") => {
@@ -150,7 +190,6 @@ pub fn build_all() -> Result<Built> {
         }
         _ => detect()?,
     };
-    let started = Instant::now();
     let (target, mut cmd) = match toolchain {
         Toolchain::Installed(target) => (target, cargo()),
         Toolchain::Debian => {
@@ -174,40 +213,19 @@ pub fn build_all() -> Result<Built> {
             (target, c)
         }
     };
-    cmd.args([
-        "build",
-        "--release",
-        "--target",
-        target,
-        "-p",
-        PACKAGE,
-        "-p",
-        PROBE_PACKAGE,
-    ]);
-    run(&mut cmd, "building the filter for wasm")?;
+    cmd.args(["build", "--release", "--target", target]);
+    for package in packages {
+        cmd.args(["-p", package]);
+    }
+    run(
+        &mut cmd,
+        &format!("building {} for wasm", packages.join(", ")),
+    )?;
     let base = match toolchain {
         Toolchain::Installed(_) => process::target_dir(),
         Toolchain::Debian => process::target_dir().join("debian"),
     };
-    let wasm = base.join(target).join("release").join(ARTIFACT);
-    let probe = base.join(target).join("release").join(PROBE_ARTIFACT);
-    for f in [&wasm, &probe] {
-        if !f.is_file() {
-            return Err(format!("build succeeded but {} is missing", f.display()));
-        }
-    }
-    trim_callbacks(&wasm)?;
-    let size = std::fs::metadata(&wasm).map(|m| m.len()).unwrap_or(0);
-    eprintln!(
-        "xtask: built {} ({} KiB) in {:.1?}",
-        wasm.display(),
-        size / 1024,
-        started.elapsed()
-    );
-    Ok(Built {
-        filter: wasm,
-        probe,
-    })
+    Ok(base.join(target).join("release"))
 }
 
 /// Rewrites the built filter without the callbacks it leaves to the SDK's defaults

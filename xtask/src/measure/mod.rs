@@ -83,8 +83,12 @@ pub fn run(opts: &Options) -> Result {
     };
 
     if !opts.startup.workers.is_empty() {
+        // Trimmed like the filter and the no-op module, so that all three are priced alike.
+        let floor = noop_dir.path().join("cedar-floor.wasm");
+        crate::wasm::trimmed_copy(&crate::wasm::build_floor()?, &floor)?;
+        print_size(&floor)?;
         // First, while no other Envoy runs.
-        startup::run(&opts.startup, &wasm, &noop, &native)?;
+        startup::run(&opts.startup, &modules, &floor)?;
     }
     if opts.only_startup {
         return Ok(());

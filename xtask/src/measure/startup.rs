@@ -1,5 +1,6 @@
 //! The start-up and memory phase of `cargo xtask measure`: for Envoy without a filter, with
-//! the no-op wasm module (the floor V8 and the proxy-wasm lifecycle set) and with Portcullis
+//! the no-op wasm module (the floor V8 and the proxy-wasm lifecycle set), with the Cedar-only
+//! module (`harness/cedar-floor`: the floor Cedar's parser and evaluator set) and with Portcullis
 //! (the demo bundle, then generated bundles of 1,000 and 10,000 policies), at 1, 2, 4 and 8
 //! workers: the time from starting Envoy to its first answer, its RSS once every variant has
 //! answered a few hundred requests on fresh connections (so that every worker has run), and
@@ -29,11 +30,16 @@ pub struct Options {
 
 /// The path every request asks for (bob may read it under the demo policies).
 const PATH: &str = "/api/hello";
+/// What the Cedar-only plugin decides: reads are allowed, so the measured GETs reach the
+/// upstream, and anything else is denied (one DELETE checks that it decides).
+const FLOOR_POLICY: &str = r#"permit(principal, action == Action::"GET", resource);"#;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Variant {
     NoFilter,
     NoopWasm,
+    /// The Cedar-only plugin deciding [`FLOOR_POLICY`].
+    CedarWasm,
     /// Portcullis with the demo bundle (`None`) or the demo policies padded to this many.
     Portcullis(Option<usize>),
     /// The same with the native module (one snapshot per process, not one per worker).
@@ -45,6 +51,7 @@ impl Variant {
         match self {
             Self::NoFilter => "envoy, no filter".to_owned(),
             Self::NoopWasm => "envoy + no-op wasm".to_owned(),
+            Self::CedarWasm => "envoy + Cedar-only wasm".to_owned(),
             Self::Portcullis(None) => "portcullis, demo bundle".to_owned(),
             Self::Portcullis(Some(n)) => format!("portcullis, {n} policies"),
             Self::Native(None) => "native, demo bundle".to_owned(),
@@ -64,12 +71,13 @@ struct Sample {
 }
 
 /// Runs the phase and prints its table.
-pub fn run(opts: &Options, wasm: &Path, noop: &Path, native: &Path) -> Result {
+pub fn run(opts: &Options, modules: &super::variant::Modules<'_>, floor: &Path) -> Result {
     let issuer = DevIssuer::generate().map_err(|e| e.to_string())?;
     let auth = format!("Bearer {}", issuer.token("bob", &["staff"]));
     let mut variants = vec![
         Variant::NoFilter,
         Variant::NoopWasm,
+        Variant::CedarWasm,
         Variant::Portcullis(None),
     ];
     variants.extend(opts.sizes.iter().map(|&n| Variant::Portcullis(Some(n))));
@@ -82,6 +90,7 @@ pub fn run(opts: &Options, wasm: &Path, noop: &Path, native: &Path) -> Result {
         let plugin = match variant {
             Variant::NoFilter => None,
             Variant::NoopWasm => Some(serde_json::Value::from("noop")),
+            Variant::CedarWasm => Some(serde_json::Value::from(FLOOR_POLICY)),
             Variant::Portcullis(None) | Variant::Native(None) => Some(demo::plugin_config(&issuer)),
             Variant::Portcullis(Some(n)) | Variant::Native(Some(n)) => {
                 Some(demo::padded_plugin_config(&issuer, n))
@@ -90,9 +99,12 @@ pub fn run(opts: &Options, wasm: &Path, noop: &Path, native: &Path) -> Result {
         let config_of = |ports: Ports| -> Result<String> {
             match (&plugin, variant) {
                 (None, _) => envoy::baseline_config(ports),
-                (Some(plugin), Variant::NoopWasm) => envoy::config(ports, noop, plugin),
-                (Some(plugin), Variant::Native(_)) => envoy::native_config(ports, native, plugin),
-                (Some(plugin), _) => envoy::config(ports, wasm, plugin),
+                (Some(plugin), Variant::NoopWasm) => envoy::config(ports, modules.noop, plugin),
+                (Some(plugin), Variant::CedarWasm) => envoy::config(ports, floor, plugin),
+                (Some(plugin), Variant::Native(_)) => {
+                    envoy::native_config(ports, modules.native, plugin)
+                }
+                (Some(plugin), _) => envoy::config(ports, modules.wasm, plugin),
             }
             .map_err(|e| e.to_string())
         };
@@ -139,6 +151,21 @@ fn sample(
             ));
         }
         let _ = http::text(resp);
+    }
+    if variant == Variant::CedarWasm {
+        // A module that let everything through would price nothing: it must deny too.
+        let status = http::agent(Duration::from_secs(30))
+            .delete(&url)
+            .call()
+            .map_err(|e| format!("{}, {workers} workers, DELETE: {e}", variant.name()))?
+            .status()
+            .as_u16();
+        if status != 403 {
+            return Err(format!(
+                "{}, {workers} workers: DELETE answered {status}, expected Cedar's 403",
+                variant.name()
+            ));
+        }
     }
     let rss_kib = proxy
         .rss_kib()
