@@ -7,21 +7,21 @@ use std::borrow::Cow;
 use crate::decision::{BUNDLE_HEADER, Outcome, Verdict};
 use crate::engine::{CacheUse, Decided};
 use crate::http::header_map::HeaderMap;
-use crate::metrics;
+use crate::metrics::Counter;
 
-/// The counters `decided` adds to, as (stat name from [`metrics`], amount); the per-policy
-/// denial counters are the outcome's `policies` when it is [`Verdict::Forbidden`].
-pub fn counts(decided: &Decided) -> impl Iterator<Item = (&'static str, u64)> + '_ {
-    let cache = |used: CacheUse, hit: &'static str, miss: &'static str| match used {
+/// The counters `decided` adds to, with the amount; the per-policy denial counters are the
+/// outcome's `policies` when it is [`Verdict::Forbidden`].
+pub fn counts(decided: &Decided) -> impl Iterator<Item = (Counter, u64)> + '_ {
+    let cache = |used: CacheUse, hit: Counter, miss: Counter| match used {
         CacheUse::Hit => Some((hit, 1)),
         CacheUse::Miss => Some((miss, 1)),
         CacheUse::Unused => None,
     };
     let o = &decided.outcome;
     let verdict = match o.verdict {
-        Verdict::Allow => metrics::ALLOWED,
-        Verdict::Forbidden => metrics::DENIED,
-        Verdict::Unauthenticated(_) => metrics::UNAUTHENTICATED,
+        Verdict::Allow => Counter::Allowed,
+        Verdict::Forbidden => Counter::Denied,
+        Verdict::Unauthenticated(_) => Counter::Unauthenticated,
     };
     let disagrees = o
         .shadow
@@ -30,18 +30,18 @@ pub fn counts(decided: &Decided) -> impl Iterator<Item = (&'static str, u64)> + 
     [
         cache(
             decided.token_cache,
-            metrics::TOKEN_CACHE_HITS,
-            metrics::TOKEN_CACHE_MISSES,
+            Counter::TokenCacheHits,
+            Counter::TokenCacheMisses,
         ),
         cache(
             decided.decision_cache,
-            metrics::DECISION_CACHE_HITS,
-            metrics::DECISION_CACHE_MISSES,
+            Counter::DecisionCacheHits,
+            Counter::DecisionCacheMisses,
         ),
         Some((verdict, 1)),
-        Some((metrics::ERRORS, u64::try_from(o.errors.len()).unwrap_or(0))),
-        (o.dry_run == Some(false)).then_some((metrics::DRY_RUN_WOULD_DENY, 1)),
-        disagrees.then_some((metrics::SHADOW_DISAGREEMENTS, 1)),
+        Some((Counter::Errors, u64::try_from(o.errors.len()).unwrap_or(0))),
+        (o.dry_run == Some(false)).then_some((Counter::DryRunWouldDeny, 1)),
+        disagrees.then_some((Counter::ShadowDisagreements, 1)),
     ]
     .into_iter()
     .flatten()

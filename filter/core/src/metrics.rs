@@ -40,6 +40,95 @@ pub const SYNC_DOCUMENTS_APPLIED: &str = "portcullis.sync.documents_applied_tota
 pub const DECISION_LOG_SHIPPED: &str = "portcullis.decision_log.shipped_total";
 pub const DECISION_LOG_DROPPED: &str = "portcullis.decision_log.dropped_total";
 
+/// The plain counters a request can add to: a decision's ([`crate::effects::counts`]) and the
+/// signature checks'. Hosts keep their ids in a [`CounterIds`], so that no request looks a
+/// counter up by its name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Counter {
+    Allowed,
+    Denied,
+    Unauthenticated,
+    Errors,
+    TokenCacheHits,
+    TokenCacheMisses,
+    DecisionCacheHits,
+    DecisionCacheMisses,
+    HostVerifyConfirmed,
+    HostVerifyDeclined,
+    DryRunWouldDeny,
+    ShadowDisagreements,
+}
+
+impl Counter {
+    /// Every counter, in discriminant order.
+    pub const ALL: [Self; 12] = [
+        Self::Allowed,
+        Self::Denied,
+        Self::Unauthenticated,
+        Self::Errors,
+        Self::TokenCacheHits,
+        Self::TokenCacheMisses,
+        Self::DecisionCacheHits,
+        Self::DecisionCacheMisses,
+        Self::HostVerifyConfirmed,
+        Self::HostVerifyDeclined,
+        Self::DryRunWouldDeny,
+        Self::ShadowDisagreements,
+    ];
+
+    /// The stat's name.
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Allowed => ALLOWED,
+            Self::Denied => DENIED,
+            Self::Unauthenticated => UNAUTHENTICATED,
+            Self::Errors => ERRORS,
+            Self::TokenCacheHits => TOKEN_CACHE_HITS,
+            Self::TokenCacheMisses => TOKEN_CACHE_MISSES,
+            Self::DecisionCacheHits => DECISION_CACHE_HITS,
+            Self::DecisionCacheMisses => DECISION_CACHE_MISSES,
+            Self::HostVerifyConfirmed => HOST_VERIFY_CONFIRMED,
+            Self::HostVerifyDeclined => HOST_VERIFY_DECLINED,
+            Self::DryRunWouldDeny => DRY_RUN_WOULD_DENY,
+            Self::ShadowDisagreements => SHADOW_DISAGREEMENTS,
+        }
+    }
+}
+
+/// The id a host gave each [`Counter`] when it defined them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CounterIds<T>([T; Counter::ALL.len()]);
+
+impl<T: Copy + Default> CounterIds<T> {
+    /// Defines every counter with `define`, in [`Counter::ALL`]'s order.
+    pub fn define(mut define: impl FnMut(Counter) -> T) -> Self {
+        Self(Counter::ALL.map(&mut define))
+    }
+
+    /// Defines every counter with `define`, in [`Counter::ALL`]'s order; the first error stops.
+    ///
+    /// # Errors
+    /// The first error `define` returns.
+    pub fn try_define<E>(mut define: impl FnMut(Counter) -> Result<T, E>) -> Result<Self, E> {
+        let mut ids = [T::default(); Counter::ALL.len()];
+        for (id, counter) in ids.iter_mut().zip(Counter::ALL) {
+            *id = define(counter)?;
+        }
+        Ok(Self(ids))
+    }
+
+    /// The id of `counter`.
+    #[must_use]
+    #[expect(
+        clippy::indexing_slicing,
+        reason = "a counter's discriminant is its place in Counter::ALL, whose length the array has"
+    )]
+    pub fn get(&self, counter: Counter) -> T {
+        self.0[counter as usize]
+    }
+}
+
 /// Denies per determining policy: the family [`denied_by_policy`] names (label `policy_id`).
 pub const DENIED_BY_POLICY: &str = "portcullis.denied_by_policy_total";
 /// Failed syncs: the family [`sync_failures`] names (label `cause`).
@@ -167,5 +256,25 @@ mod tests {
             sync_bundle_version("t-1"),
             "portcullis.sync.bundle_version.t-1"
         );
+    }
+
+    #[test]
+    fn each_counter_has_its_own_id_and_a_listed_name() -> Result<(), String> {
+        let names: Vec<&str> = ALL.iter().map(|(name, _)| *name).collect();
+        for (place, counter) in Counter::ALL.iter().enumerate() {
+            // ALL's order is the discriminants', which CounterIds indexes by.
+            assert_eq!(*counter as usize, place);
+            assert!(names.contains(&counter.name()), "{counter:?} is not listed");
+        }
+        let ids = CounterIds::try_define(|c| Ok::<_, String>(c as u32 + 7))?;
+        for counter in Counter::ALL {
+            assert_eq!(ids.get(counter), counter as u32 + 7);
+        }
+        let refused = CounterIds::<u32>::try_define(|c| match c {
+            Counter::Errors => Err(c.name().to_owned()),
+            _ => Ok(1),
+        });
+        assert_eq!(refused, Err(ERRORS.to_owned()));
+        Ok(())
     }
 }

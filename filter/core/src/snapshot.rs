@@ -17,6 +17,7 @@ use crate::bundle::signed::BundleDocument;
 use crate::bundle::{Bundle, BundleWire};
 use crate::config::{ConfigError, FilterConfig, IssuerConfig};
 use crate::http::claim_headers::{self, ClaimHeader, Outputs};
+use crate::sync::SyncSettings;
 
 /// The trusted issuers, compiled.
 #[derive(Debug)]
@@ -222,6 +223,14 @@ impl Start {
     /// what is missing is left for the first documents, and the rest is compiled as a trial
     /// (with empty bundles in the missing places) so that anything wrong is refused now.
     pub fn new(cfg: &FilterConfig) -> Result<Self, ConfigError> {
+        Self::with_sync_settings(cfg).map(|(start, _)| start)
+    }
+
+    /// [`Start::new`], with the checked `sync` section it read (for a host to follow
+    /// policy-sync with, without reading it again).
+    pub fn with_sync_settings(
+        cfg: &FilterConfig,
+    ) -> Result<(Self, Option<SyncSettings>), ConfigError> {
         let sync = cfg.sync_settings()?;
         let missing: Vec<String> = cfg
             .missing_bundles()
@@ -230,7 +239,8 @@ impl Start {
             .collect();
         let no_issuers = cfg.issuers.is_empty();
         if sync.is_none() || (missing.is_empty() && !no_issuers) {
-            return Snapshot::try_from(cfg.clone()).map(|s| Start::Ready(Arc::new(s)));
+            let snapshot = Snapshot::try_from(cfg.clone())?;
+            return Ok((Start::Ready(Arc::new(snapshot)), sync));
         }
         let mut trial = cfg.clone();
         let empty = || Some(BundleWire::default());
@@ -243,10 +253,11 @@ impl Start {
             }
         }
         Snapshot::compile(trial, false)?;
-        Ok(Start::Pending {
+        let pending = Start::Pending {
             bundles: missing,
             issuers: no_issuers,
-        })
+        };
+        Ok((pending, sync))
     }
 }
 

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock, Weak};
 
 use portcullis_core::auth::native_crypto::RingCrypto;
-use portcullis_core::metrics;
+use portcullis_core::metrics::Counter;
 use portcullis_core::{Engine, FilterConfig, Snapshot, Start};
 
 use crate::host::{ConfigHandle, Stream};
@@ -90,8 +90,7 @@ impl SharedConfig {
     /// starts following policy-sync.
     pub fn compile(json: &[u8], envoy: ConfigHandle) -> Result<Self, ConfigRefused> {
         let cfg = FilterConfig::from_json(json)?;
-        let start = Start::new(&cfg)?;
-        let settings = cfg.sync_settings()?;
+        let (start, settings) = Start::with_sync_settings(&cfg)?;
         let snapshot = match start {
             Start::Ready(snapshot) => Some(snapshot),
             Start::Pending { bundles, issuers } => {
@@ -162,14 +161,12 @@ impl SharedConfig {
     /// Hands the signature checks counted on this worker since the last call to Envoy.
     pub fn flush_signature_counts(&self, stream: Stream) {
         let (ring, core) = SIGNATURES.with(|c| c.replace((0, 0)));
-        for (name, n) in [
-            (metrics::HOST_VERIFY_CONFIRMED, ring),
-            (metrics::HOST_VERIFY_DECLINED, core),
+        for (counter, n) in [
+            (Counter::HostVerifyConfirmed, ring),
+            (Counter::HostVerifyDeclined, core),
         ] {
-            if n > 0
-                && let Some(id) = self.stats.counter(name)
-            {
-                stream.count(id, None, n);
+            if n > 0 {
+                stream.count(self.stats.counters.get(counter), None, n);
             }
         }
     }

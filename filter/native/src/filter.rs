@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use portcullis_core::effects::{self, HeaderEdit};
-use portcullis_core::metrics;
+use portcullis_core::metrics::{self, Counter};
 use portcullis_core::{AuthError, HeaderMap, RequestView, Verdict};
 
 use crate::abi;
@@ -21,7 +21,7 @@ const RETRY_AFTER: &str = "5";
 /// Refuses the request while the filter has nothing it may decide with (no document from
 /// policy-sync yet, or the one in force is stale): 503 with `Retry-After`, never allow.
 fn retry_later(config: &SharedConfig, stream: Stream) -> u32 {
-    if let Some(id) = config.stats.counter(metrics::SYNC_REFUSED_REQUESTS) {
+    if let Some(id) = config.stats.sync_counter(metrics::SYNC_REFUSED_REQUESTS) {
         stream.count(id, None, 1);
     }
     stream.send_response(
@@ -52,8 +52,8 @@ impl RequestView for EnvoyRequest<'_> {
 /// Fails the request closed: 503, counted as an error, logged without detail for the client.
 pub fn unavailable(config: Option<&SharedConfig>, stream: Stream, why: &str) -> u32 {
     log::warn!("portcullis: {why}; denying");
-    if let Some(id) = config.and_then(|c| c.stats.counter(metrics::ERRORS)) {
-        stream.count(id, None, 1);
+    if let Some(config) = config {
+        stream.count(config.stats.counters.get(Counter::Errors), None, 1);
     }
     stream.send_response(503, &[("content-type", "text/plain")], UNAVAILABLE);
     abi::status::STOP_ITERATION
@@ -93,10 +93,8 @@ pub fn on_request_headers(config: &Arc<SharedConfig>, stream: Stream) -> u32 {
         let us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         stream.record(config.stats.decision_us, us);
     }
-    for (name, n) in effects::counts(&decided) {
-        if let Some(id) = config.stats.counter(name) {
-            stream.count(id, None, n);
-        }
+    for (counter, n) in effects::counts(&decided) {
+        stream.count(config.stats.counters.get(counter), None, n);
     }
     config.flush_signature_counts(stream);
     let outcome = decided.outcome;
@@ -111,7 +109,7 @@ pub fn on_request_headers(config: &Arc<SharedConfig>, stream: Stream) -> u32 {
         }
         let status = reply.as_ref().map_or(200, |r| r.status);
         if !sync.log_decision(&engine, &outcome, &request.headers, status)
-            && let Some(id) = config.stats.counter(metrics::DECISION_LOG_DROPPED)
+            && let Some(id) = config.stats.sync_counter(metrics::DECISION_LOG_DROPPED)
         {
             stream.count(id, None, 1);
         }

@@ -1,26 +1,10 @@
 //! The stats the native module defines on its configuration (all in `config_new`, the only
 //! time Envoy lets a module define them), and the sync's view of them.
 
-use portcullis_core::metrics;
+use portcullis_core::metrics::{self, Counter, CounterIds};
 use portcullis_core::sync::follow::SyncStats;
 
 use crate::host::ConfigHandle;
-
-/// The counters a decision adds to (`effects::counts`) and the signature-check counters.
-const COUNTERS: [&str; 12] = [
-    metrics::ALLOWED,
-    metrics::DENIED,
-    metrics::UNAUTHENTICATED,
-    metrics::ERRORS,
-    metrics::TOKEN_CACHE_HITS,
-    metrics::TOKEN_CACHE_MISSES,
-    metrics::DECISION_CACHE_HITS,
-    metrics::DECISION_CACHE_MISSES,
-    metrics::HOST_VERIFY_CONFIRMED,
-    metrics::HOST_VERIFY_DECLINED,
-    metrics::DRY_RUN_WOULD_DENY,
-    metrics::SHADOW_DISAGREEMENTS,
-];
 
 /// Envoy refused to define a stat (the configuration is then refused).
 #[derive(Debug, thiserror::Error)]
@@ -42,7 +26,10 @@ struct SyncFamilies {
 /// tag (`policy_id`, `cause`, `tenant`), so they need no `stats_tags` rule.
 #[derive(Debug)]
 pub struct Stats {
-    counters: Vec<(&'static str, usize)>,
+    /// A decision's counters and the signature checks'.
+    pub counters: CounterIds<usize>,
+    /// The sync's plain counters (only with `sync`), found by name off the decision path.
+    sync_counters: Vec<(&'static str, usize)>,
     /// `portcullis.denied_by_policy_total`, labelled `policy_id`.
     pub denied_by_policy: usize,
     pub decision_us: usize,
@@ -56,10 +43,10 @@ impl Stats {
             envoy.counter(name, labels).ok_or(StatRefused(name))
         };
         let gauge = |name: &'static str| envoy.gauge(name, &["tenant"]).ok_or(StatRefused(name));
-        let names = COUNTERS
+        let counters = CounterIds::try_define(|c: Counter| counter(c.name(), &[]))?;
+        let sync_counters = metrics::SYNC_COUNTERS
             .iter()
-            .chain(metrics::SYNC_COUNTERS.iter().filter(|_| sync));
-        let counters = names
+            .filter(|_| sync)
             .map(|&name| counter(name, &[]).map(|id| (name, id)))
             .collect::<Result<_, _>>()?;
         let sync = if sync {
@@ -73,6 +60,7 @@ impl Stats {
         };
         Ok(Self {
             counters,
+            sync_counters,
             denied_by_policy: counter(metrics::DENIED_BY_POLICY, &["policy_id"])?,
             decision_us: envoy
                 .histogram(metrics::DECISION_MICROSECONDS)
@@ -81,9 +69,9 @@ impl Stats {
         })
     }
 
-    /// The id of counter `name`, if this configuration defines it.
-    pub fn counter(&self, name: &str) -> Option<usize> {
-        self.counters
+    /// The id of the sync's counter `name`, if this configuration defines it.
+    pub fn sync_counter(&self, name: &str) -> Option<usize> {
+        self.sync_counters
             .iter()
             .find(|(n, _)| *n == name)
             .map(|(_, id)| *id)
@@ -104,7 +92,7 @@ impl SyncStats for MainThreadStats<'_> {
                 self.envoy.count(families.failures, &[cause], n);
             }
             _ => {
-                if let Some(id) = self.stats.counter(metric) {
+                if let Some(id) = self.stats.sync_counter(metric) {
                     self.envoy.count(id, &[], n);
                 }
             }

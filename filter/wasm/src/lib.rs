@@ -18,7 +18,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use log::{error, info, warn};
 use portcullis_core::effects::{self, HeaderEdit};
-use portcullis_core::metrics;
+use portcullis_core::metrics::{self, Counter, CounterIds};
 use portcullis_core::{
     AuthError, Engine, FilterConfig, HeaderMap, RequestView, Snapshot, Start, Verdict,
 };
@@ -55,8 +55,8 @@ impl Root {
     /// A worker's engine over `snapshot`, with Envoy's signature checks.
     fn engine_over(metrics: Metrics, snapshot: Arc<Snapshot>) -> Engine {
         let crypto = host_crypto::EnvoyCrypto::new(
-            metrics.host_verified,
-            metrics.host_fallback,
+            metrics.counters.get(Counter::HostVerifyConfirmed),
+            metrics.counters.get(Counter::HostVerifyDeclined),
             metrics.host_verify_ns,
         );
         Engine::new(snapshot, Some(Box::new(crypto)))
@@ -73,58 +73,19 @@ impl Root {
 /// `portcullis_core::metrics`, listed in docs/deployment.md).
 #[derive(Debug, Default, Clone, Copy)]
 struct Metrics {
-    allowed: u32,
-    denied: u32,
-    unauthenticated: u32,
-    cache_hits: u32,
-    cache_misses: u32,
-    decision_hits: u32,
-    decision_misses: u32,
-    host_verified: u32,
-    host_fallback: u32,
-    errors: u32,
-    dry_run_would_deny: u32,
-    shadow_disagreements: u32,
+    counters: CounterIds<u32>,
     eval_us: u32,
     host_verify_ns: u32,
 }
 
 impl Metrics {
     fn define() -> Self {
-        let counter = |name| hostcalls::define_metric(MetricType::Counter, name).unwrap_or(0);
-        let histogram = |name| hostcalls::define_metric(MetricType::Histogram, name).unwrap_or(0);
+        let define = |kind, name| hostcalls::define_metric(kind, name).unwrap_or(0);
         Self {
-            allowed: counter(metrics::ALLOWED),
-            denied: counter(metrics::DENIED),
-            unauthenticated: counter(metrics::UNAUTHENTICATED),
-            cache_hits: counter(metrics::TOKEN_CACHE_HITS),
-            cache_misses: counter(metrics::TOKEN_CACHE_MISSES),
-            decision_hits: counter(metrics::DECISION_CACHE_HITS),
-            decision_misses: counter(metrics::DECISION_CACHE_MISSES),
-            host_verified: counter(metrics::HOST_VERIFY_CONFIRMED),
-            host_fallback: counter(metrics::HOST_VERIFY_DECLINED),
-            errors: counter(metrics::ERRORS),
-            dry_run_would_deny: counter(metrics::DRY_RUN_WOULD_DENY),
-            shadow_disagreements: counter(metrics::SHADOW_DISAGREEMENTS),
-            eval_us: histogram(metrics::DECISION_MICROSECONDS),
-            host_verify_ns: histogram(metrics::HOST_VERIFY_NANOSECONDS),
-        }
-    }
-
-    /// The counter defined for stat `name` (0, which counts nothing, for one without).
-    fn id(&self, name: &str) -> u32 {
-        match name {
-            metrics::ALLOWED => self.allowed,
-            metrics::DENIED => self.denied,
-            metrics::UNAUTHENTICATED => self.unauthenticated,
-            metrics::TOKEN_CACHE_HITS => self.cache_hits,
-            metrics::TOKEN_CACHE_MISSES => self.cache_misses,
-            metrics::DECISION_CACHE_HITS => self.decision_hits,
-            metrics::DECISION_CACHE_MISSES => self.decision_misses,
-            metrics::ERRORS => self.errors,
-            metrics::DRY_RUN_WOULD_DENY => self.dry_run_would_deny,
-            metrics::SHADOW_DISAGREEMENTS => self.shadow_disagreements,
-            _ => 0,
+            // A counter Envoy refuses keeps id 0, which counts nothing.
+            counters: CounterIds::define(|c| define(MetricType::Counter, c.name())),
+            eval_us: define(MetricType::Histogram, metrics::DECISION_MICROSECONDS),
+            host_verify_ns: define(MetricType::Histogram, metrics::HOST_VERIFY_NANOSECONDS),
         }
     }
 
@@ -237,8 +198,7 @@ impl Root {
         // Not held while the bundles compile: a VM's linear memory never shrinks, so what is
         // held at its peak is what every worker keeps.
         drop(bytes);
-        let start = Start::new(&cfg).map_err(|e| e.to_string())?;
-        let settings = cfg.sync_settings().map_err(|e| e.to_string())?;
+        let (start, settings) = Start::with_sync_settings(&cfg).map_err(|e| e.to_string())?;
         self.metrics = Metrics::define();
         let engine = match start {
             Start::Ready(snapshot) => Some(Rc::new(Self::engine_over(self.metrics, snapshot))),
@@ -390,7 +350,7 @@ impl Http {
     /// the client learns nothing of why).
     fn unavailable(&self, why: &str) -> Action {
         warn!("portcullis: {why}; denying");
-        Metrics::add(self.metrics.errors, 1);
+        Metrics::add(self.metrics.counters.get(Counter::Errors), 1);
         self.send_http_response(
             503,
             vec![("content-type", "text/plain")],
@@ -508,9 +468,8 @@ impl HttpContext for Http {
                 u64::try_from(elapsed).unwrap_or(u64::MAX),
             );
         }
-        let m = self.metrics;
-        for (name, n) in effects::counts(&decided) {
-            Metrics::add(m.id(name), n);
+        for (counter, n) in effects::counts(&decided) {
+            Metrics::add(self.metrics.counters.get(counter), n);
         }
         let outcome = decided.outcome;
         effects::log(&outcome);

@@ -254,7 +254,7 @@ impl Agent {
             self.start_polls(host, now, &mut events);
         }
         self.offer_documents(host, &mut events);
-        self.log.flush(host);
+        self.log.flush(host, now);
         if self.holder && now.saturating_sub(self.last_ship_ms) >= 1000 {
             self.last_ship_ms = now;
             self.ship(host, &mut events);

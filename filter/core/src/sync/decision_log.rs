@@ -16,6 +16,10 @@ use crate::sync::lease::SharedStore;
 const MAX_TEXT: usize = 1024;
 /// policy-sync's limit for the policy ids of one entry.
 const MAX_POLICIES: usize = 64;
+/// How often, at most, a VM moves its buffer into its slot (sooner when the buffer is half
+/// full). Each move reads and rewrites the whole slot, which the holder empties only when it
+/// ships (once a second), so moving on every tick would rewrite a growing slot many times over.
+pub const FLUSH_PERIOD_MS: u64 = 250;
 
 /// One decision as policy-sync stores it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -147,6 +151,8 @@ pub struct DecisionLog {
     outbox: VecDeque<LogEntry>,
     in_flight: Option<(u32, Vec<LogEntry>)>,
     dropped: usize,
+    /// When the buffer last went into the slot (host clock, ms).
+    flushed_ms: Option<u64>,
 }
 
 fn read_slot(store: &dyn SharedStore, key: &str) -> (Vec<LogEntry>, u32) {
@@ -169,6 +175,7 @@ impl DecisionLog {
             outbox: VecDeque::new(),
             in_flight: None,
             dropped: 0,
+            flushed_ms: None,
         }
     }
 
@@ -182,8 +189,20 @@ impl DecisionLog {
         true
     }
 
-    /// Moves this VM's buffer into its slot (what does not fit is dropped and counted).
-    pub fn flush(&mut self, store: &dyn SharedStore) {
+    /// Moves this VM's buffer into its slot when [`FLUSH_PERIOD_MS`] have passed since the
+    /// last move or the buffer is half full (what does not fit is dropped and counted).
+    pub fn flush(&mut self, store: &dyn SharedStore, now_ms: u64) {
+        let due = self
+            .flushed_ms
+            .is_none_or(|then| now_ms.saturating_sub(then) >= FLUSH_PERIOD_MS)
+            || self.pending.len().saturating_mul(2) >= self.queue;
+        if due && !self.pending.is_empty() {
+            self.flushed_ms = Some(now_ms);
+            self.move_to_slot(store);
+        }
+    }
+
+    fn move_to_slot(&mut self, store: &dyn SharedStore) {
         if self.pending.is_empty() {
             return;
         }
@@ -287,7 +306,7 @@ impl DecisionLog {
             self.pending.truncate(self.queue);
             self.dropped += over;
         }
-        self.flush(store);
+        self.move_to_slot(store);
     }
 
     /// Entries dropped since the last call.
@@ -299,7 +318,59 @@ impl DecisionLog {
 
 #[cfg(test)]
 mod tests {
-    use super::trace_id;
+    use super::{DecisionLog, FLUSH_PERIOD_MS, LogEntry, read_slot, trace_id};
+    use crate::sync::lease::MemoryStore;
+
+    fn entry(n: u64) -> LogEntry {
+        LogEntry {
+            time: 0.0,
+            tenant: "t".to_owned(),
+            decision: "allow".to_owned(),
+            principal: None,
+            action: "Action::\"GET\"".to_owned(),
+            resource: format!("Path::\"/{n}\""),
+            policies: Vec::new(),
+            version: 1,
+            dry_run: false,
+            details: serde_json::Value::Null,
+        }
+    }
+
+    #[test]
+    fn the_buffer_goes_to_the_slot_once_per_period_or_when_half_full() {
+        let store = MemoryStore::default();
+        let slot =
+            |log: &DecisionLog| read_slot(&store, &format!("{}{}", log.slot_prefix, log.me)).0;
+        let mut log = DecisionLog::new("p", 1, 8, 4);
+        let t = 1_000_000;
+        assert!(log.record(entry(0)));
+        log.flush(&store, t);
+        assert_eq!(
+            slot(&log),
+            [entry(0)],
+            "the first entry after a quiet spell goes at once"
+        );
+        assert!(log.record(entry(1)));
+        log.flush(&store, t + FLUSH_PERIOD_MS - 1);
+        assert_eq!(
+            slot(&log).len(),
+            1,
+            "within the period the slot is not rewritten"
+        );
+        log.flush(&store, t + FLUSH_PERIOD_MS);
+        assert_eq!(slot(&log), [entry(0), entry(1)]);
+        // Half the buffer (4 of 8) goes without waiting for the period.
+        for n in 2..6 {
+            assert!(log.record(entry(n)));
+        }
+        log.flush(&store, t + FLUSH_PERIOD_MS + 1);
+        assert_eq!(slot(&log).len(), 6);
+        // A lease handed over moves what is held at once, whatever the period.
+        assert!(log.record(entry(6)));
+        log.hand_over(&store);
+        assert_eq!(slot(&log).len(), 7);
+        assert_eq!(log.take_dropped(), None);
+    }
 
     #[test]
     fn trace_ids_come_only_from_valid_traceparents() {
