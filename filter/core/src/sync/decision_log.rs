@@ -1,5 +1,6 @@
 //! Decision logs on their way to policy-sync. Each VM keeps what its requests decided in a
-//! bounded buffer and moves it, every tick, into its own slot in shared data; the lease holder
+//! bounded buffer and moves it, every [`FLUSH_PERIOD_MS`] at most, into its own slot in shared
+//! data; the lease holder
 //! empties every slot (compare-and-swap) into its outbox and posts batches to
 //! `POST /v1/decisions`, at least once a second, one batch in flight. A batch that fails is
 //! sent again (at least once); one policy-sync refuses, or any entry past a full buffer, is
