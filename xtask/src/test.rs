@@ -71,6 +71,24 @@ pub fn test(extra: &[String]) -> Result {
             ]),
             "cargo clippy (wasm glue)",
         )?;
+        // The Cedar-only module's other build (Cedar's JSON form), priced by size in the docs.
+        run(
+            cargo().args([
+                "clippy",
+                "--release",
+                "--quiet",
+                "--target",
+                target,
+                "-p",
+                "cedar-floor",
+                "--features",
+                "json",
+                "--",
+                "-D",
+                "warnings",
+            ]),
+            "cargo clippy (cedar-floor, json)",
+        )?;
     }
     eprintln!("xtask: running tests");
     run(

@@ -165,8 +165,10 @@ impl SharedConfig {
             (Counter::HostVerifyConfirmed, ring),
             (Counter::HostVerifyDeclined, core),
         ] {
-            if n > 0 {
-                stream.count(self.stats.counters.get(counter), None, n);
+            if n > 0
+                && let Some(id) = self.stats.counters.get(counter)
+            {
+                stream.count(id, None, n);
             }
         }
     }

@@ -52,8 +52,8 @@ impl RequestView for EnvoyRequest<'_> {
 /// Fails the request closed: 503, counted as an error, logged without detail for the client.
 pub fn unavailable(config: Option<&SharedConfig>, stream: Stream, why: &str) -> u32 {
     log::warn!("portcullis: {why}; denying");
-    if let Some(config) = config {
-        stream.count(config.stats.counters.get(Counter::Errors), None, 1);
+    if let Some(id) = config.and_then(|c| c.stats.counters.get(Counter::Errors)) {
+        stream.count(id, None, 1);
     }
     stream.send_response(503, &[("content-type", "text/plain")], UNAVAILABLE);
     abi::status::STOP_ITERATION
@@ -94,7 +94,9 @@ pub fn on_request_headers(config: &Arc<SharedConfig>, stream: Stream) -> u32 {
         stream.record(config.stats.decision_us, us);
     }
     for (counter, n) in effects::counts(&decided) {
-        stream.count(config.stats.counters.get(counter), None, n);
+        if let Some(id) = config.stats.counters.get(counter) {
+            stream.count(id, None, n);
+        }
     }
     config.flush_signature_counts(stream);
     let outcome = decided.outcome;

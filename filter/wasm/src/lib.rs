@@ -55,8 +55,8 @@ impl Root {
     /// A worker's engine over `snapshot`, with Envoy's signature checks.
     fn engine_over(metrics: Metrics, snapshot: Arc<Snapshot>) -> Engine {
         let crypto = host_crypto::EnvoyCrypto::new(
-            metrics.counters.get(Counter::HostVerifyConfirmed),
-            metrics.counters.get(Counter::HostVerifyDeclined),
+            metrics.id(Counter::HostVerifyConfirmed),
+            metrics.id(Counter::HostVerifyDeclined),
             metrics.host_verify_ns,
         );
         Engine::new(snapshot, Some(Box::new(crypto)))
@@ -87,6 +87,11 @@ impl Metrics {
             eval_us: define(MetricType::Histogram, metrics::DECISION_MICROSECONDS),
             host_verify_ns: define(MetricType::Histogram, metrics::HOST_VERIFY_NANOSECONDS),
         }
+    }
+
+    /// The id Envoy gave `counter` (0, which counts nothing, for one it refused).
+    fn id(&self, counter: Counter) -> u32 {
+        self.counters.get(counter).unwrap_or(0)
     }
 
     /// Counts `n` for counter `id`; Envoy sees it at the next flush (within a second).
@@ -184,7 +189,7 @@ impl Context for Root {
 impl Drop for Root {
     fn drop(&mut self) {
         Metrics::flush();
-        if let Some(s) = self.sync.as_ref().and_then(|s| s.try_borrow().ok()) {
+        if let Some(mut s) = self.sync.as_ref().and_then(|s| s.try_borrow_mut().ok()) {
             s.stop();
         }
     }
@@ -229,6 +234,10 @@ impl Root {
                 linear_memory_kib(),
                 took.as_millis()
             );
+        }
+        // A configuration replaced: its follower hands over the lease and its decision log.
+        if let Some(mut old) = self.sync.as_ref().and_then(|s| s.try_borrow_mut().ok()) {
+            old.stop();
         }
         self.sync = match settings {
             Some(settings) => {
@@ -350,7 +359,7 @@ impl Http {
     /// the client learns nothing of why).
     fn unavailable(&self, why: &str) -> Action {
         warn!("portcullis: {why}; denying");
-        Metrics::add(self.metrics.counters.get(Counter::Errors), 1);
+        Metrics::add(self.metrics.id(Counter::Errors), 1);
         self.send_http_response(
             503,
             vec![("content-type", "text/plain")],
@@ -469,7 +478,7 @@ impl HttpContext for Http {
             );
         }
         for (counter, n) in effects::counts(&decided) {
-            Metrics::add(self.metrics.counters.get(counter), n);
+            Metrics::add(self.metrics.id(counter), n);
         }
         let outcome = decided.outcome;
         effects::log(&outcome);

@@ -293,7 +293,7 @@ impl Sync {
     }
 
     /// The VM stops: hand the lease over.
-    pub fn stop(&self) {
+    pub fn stop(&mut self) {
         self.follower.stop(&self.host);
     }
 }

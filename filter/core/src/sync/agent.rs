@@ -598,8 +598,10 @@ impl Agent {
         })
     }
 
-    /// The VM stops: another takes the lease at its next tick.
-    pub fn stop(&self, host: &dyn SyncHost) {
+    /// The VM stops: what it holds of the decision log goes to its slot in shared data (for
+    /// the next holder), and another VM takes the lease at its next tick.
+    pub fn stop(&mut self, host: &dyn SyncHost) {
+        self.log.hand_over(host);
         self.lease.release(host);
     }
 }

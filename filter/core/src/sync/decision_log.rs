@@ -193,19 +193,22 @@ impl DecisionLog {
     /// Moves this VM's buffer into its slot when [`FLUSH_PERIOD_MS`] have passed since the
     /// last move or the buffer is half full (what does not fit is dropped and counted).
     pub fn flush(&mut self, store: &dyn SharedStore, now_ms: u64) {
+        // A clock that went back (or reads 0 after a failure) makes the move due, as a
+        // period passed would: entries must not wait for a clock to catch up.
         let due = self
             .flushed_ms
-            .is_none_or(|then| now_ms.saturating_sub(then) >= FLUSH_PERIOD_MS)
+            .is_none_or(|then| now_ms < then || now_ms - then >= FLUSH_PERIOD_MS)
             || self.pending.len().saturating_mul(2) >= self.queue;
-        if due && !self.pending.is_empty() {
+        // A move that lost every compare-and-swap is tried again on the next tick.
+        if due && !self.pending.is_empty() && self.move_to_slot(store) {
             self.flushed_ms = Some(now_ms);
-            self.move_to_slot(store);
         }
     }
 
-    fn move_to_slot(&mut self, store: &dyn SharedStore) {
+    /// `true` when the buffer went into the slot (or was empty).
+    fn move_to_slot(&mut self, store: &dyn SharedStore) -> bool {
         if self.pending.is_empty() {
-            return;
+            return true;
         }
         let key = format!("{}{}", self.slot_prefix, self.me);
         for _ in 0..8 {
@@ -215,14 +218,15 @@ impl DecisionLog {
             let over = self.pending.len() - take;
             slot.extend(self.pending.iter().take(take).cloned());
             let Ok(bytes) = serde_json::to_vec(&slot) else {
-                return;
+                return false;
             };
             if store.set(&key, &bytes, cas) {
                 self.dropped += over;
                 self.pending.clear();
-                return;
+                return true;
             }
         }
+        false
     }
 
     /// The holder's step: empties every VM's slot into the outbox and, when no batch is in
@@ -307,7 +311,8 @@ impl DecisionLog {
             self.pending.truncate(self.queue);
             self.dropped += over;
         }
-        self.move_to_slot(store);
+        // Nothing more can be done for what does not go: it is tried again on the next tick.
+        let _ = self.move_to_slot(store);
     }
 
     /// Entries dropped since the last call.
@@ -366,10 +371,14 @@ mod tests {
         }
         log.flush(&store, t + FLUSH_PERIOD_MS + 1);
         assert_eq!(slot(&log).len(), 6);
-        // A lease handed over moves what is held at once, whatever the period.
+        // A clock that went back makes the move due.
         assert!(log.record(entry(6)));
-        log.hand_over(&store);
+        log.flush(&store, t);
         assert_eq!(slot(&log).len(), 7);
+        // A lease handed over moves what is held at once, whatever the period.
+        assert!(log.record(entry(7)));
+        log.hand_over(&store);
+        assert_eq!(slot(&log).len(), 8);
         assert_eq!(log.take_dropped(), None);
     }
 

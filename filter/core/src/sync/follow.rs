@@ -143,7 +143,7 @@ impl Follower {
     }
 
     /// The sync stops: hand the lease over.
-    pub fn stop(&self, host: &dyn SyncHost) {
+    pub fn stop(&mut self, host: &dyn SyncHost) {
         self.agent.stop(host);
     }
 

@@ -281,7 +281,7 @@ fn a_stopped_holder_is_replaced_within_the_lease() -> TestResult {
     assert!(events[holder].contains(&Event::LeaseLost));
     assert!(envoy.take_calls().is_empty());
     // A holder that stops cleanly hands over at the next tick.
-    let (vm, agent) = envoy.vms.get(new).ok_or("vm")?;
+    let (vm, agent) = envoy.vms.get_mut(new).ok_or("vm")?;
     agent.stop(vm);
     let events = envoy.tick(&[new]);
     assert!(
@@ -610,5 +610,41 @@ fn decision_logs_reach_one_batch_from_the_holder() -> TestResult {
         }
     }
     assert_eq!(shipped, 10, "3 + 3 + 4 recorded, all shipped once");
+    Ok(())
+}
+
+#[test]
+fn a_stopping_vm_hands_its_decision_log_over() -> TestResult {
+    let mut envoy = Envoy::new(
+        2,
+        &settings(json!({"decisionLog": {"queue": 8, "batch": 8}}))?,
+    )?;
+    let events = envoy.tick(&[]);
+    envoy.take_calls();
+    let holder = events
+        .iter()
+        .position(|e| e.iter().any(|e| matches!(e, Event::LeaseTaken { .. })))
+        .ok_or("no holder")?;
+    let follower = 1 - holder;
+    // Recorded and stopped before any tick moved it into shared data.
+    let (vm, agent) = envoy.vms.get_mut(follower).ok_or("vm")?;
+    assert!(agent.record(entry(7)));
+    agent.stop(vm);
+    envoy.advance(1_000);
+    envoy.tick(&[follower]);
+    let calls = envoy.take_calls();
+    let post = calls
+        .iter()
+        .find(|c| c.2.path == "/v1/decisions")
+        .ok_or("nothing shipped")?;
+    let body: serde_json::Value =
+        serde_json::from_slice(post.2.body.as_deref().unwrap_or_default())?;
+    let resources: Vec<&serde_json::Value> = body["decisions"]
+        .as_array()
+        .ok_or("no decisions")?
+        .iter()
+        .map(|d| &d["resource"])
+        .collect();
+    assert_eq!(resources, [&json!("Path::\"/api/7\"")]);
     Ok(())
 }
