@@ -6,7 +6,8 @@
 //! * `--no-dhat`: time only (no dhat bookkeeping; for a CPU profiler too), with the steps
 //!   apart: Cedar's parse of the whole text, the same policies from Cedar's JSON form (EST),
 //!   the bundle, the policy index, a version with one policy more compiled from the one before
-//!   (what a worker does on a live update), and the whole configuration.
+//!   (what a worker does on a live update), the whole configuration, and a worker's whole
+//!   live update (the snapshot with that version in force) beside its parts.
 //!
 //! `cargo run --profile server -p bench --example heap -- 10000 [--no-dhat]`
 
@@ -16,7 +17,9 @@ use std::time::Instant;
 use portcullis_core::authz::index::PolicyIndex;
 use portcullis_core::authz::index::cedar::{Policy, PolicyId, PolicySet};
 use portcullis_core::bundle::{Bundle, BundleWire};
+use portcullis_core::config::FilterConfig;
 use portcullis_core::engine::Engine;
+use portcullis_core::snapshot::Snapshot;
 use serde_json::Value;
 
 #[global_allocator]
@@ -87,6 +90,33 @@ fn steps(n: usize) -> Result<(), Box<dyn Error>> {
     Ok(())
 }
 
+/// What a worker does with a live update, whole: the snapshot in force with its default
+/// bundle replaced by one with a policy more (the chunks, the index, the policies' reads, the
+/// entity slicer and the tenants' inputs), timed against its parts.
+fn worker_update(bytes: &[u8]) -> Result<(), Box<dyn Error>> {
+    let cfg = FilterConfig::from_json(bytes)?;
+    let mut wire = cfg.bundle.clone().ok_or("no default bundle")?;
+    let snapshot = Snapshot::try_from(cfg)?;
+    let previous = Bundle::try_from(&wire)?;
+    wire.policies
+        .push_str("\n@id(\"changed\") forbid(principal, action, resource) when { context.x };\n");
+    let t = Instant::now();
+    let next = snapshot.with_bundle("default", &wire)?;
+    let whole = t.elapsed();
+    let t = Instant::now();
+    let bundle = Bundle::compile(&wire, previous.chunks())?;
+    let compiled = t.elapsed();
+    let t = Instant::now();
+    let index = PolicyIndex::of(&bundle.policies);
+    let indexed = t.elapsed();
+    println!(
+        "a worker's live update (one policy more): {whole:?} in all; of which the bundle {compiled:?} and the index {indexed:?} ({} policies)",
+        index.stats().policies
+    );
+    drop(next);
+    Ok(())
+}
+
 fn main() -> Result<(), Box<dyn Error>> {
     let n: usize = match std::env::args().nth(1) {
         Some(arg) => arg.parse().map_err(|e| format!("policies {arg:?}: {e}"))?,
@@ -103,6 +133,7 @@ fn main() -> Result<(), Box<dyn Error>> {
             t.elapsed()
         );
         drop(engine);
+        worker_update(&bytes)?;
         return Ok(());
     }
     let profiler = dhat::Profiler::new_heap();

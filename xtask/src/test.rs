@@ -52,43 +52,31 @@ pub fn test(extra: &[String]) -> Result {
         "cargo clippy",
     )?;
     if let Some(target) = crate::wasm::rustup_target() {
-        run(
-            cargo().args([
-                "clippy",
-                "--release",
-                "--quiet",
-                "--target",
-                target,
-                "-p",
-                "portcullis-filter",
-                "-p",
-                "abi-probe",
-                "-p",
-                "cedar-floor",
-                "--",
-                "-D",
-                "warnings",
-            ]),
-            "cargo clippy (wasm glue)",
-        )?;
-        // The Cedar-only module's other build (Cedar's JSON form), priced by size in the docs.
-        run(
-            cargo().args([
-                "clippy",
-                "--release",
-                "--quiet",
-                "--target",
-                target,
-                "-p",
-                "cedar-floor",
-                "--features",
-                "json",
-                "--",
-                "-D",
-                "warnings",
-            ]),
-            "cargo clippy (cedar-floor, json)",
-        )?;
+        // The glue and the harness's plugins, then the Cedar-only module's other build
+        // (Cedar's JSON form, priced by size in the docs).
+        let lints: [(&[&str], Option<&str>, &str); 2] = [
+            (
+                &["portcullis-filter", "abi-probe", "cedar-floor"],
+                None,
+                "cargo clippy (wasm glue)",
+            ),
+            (
+                &["cedar-floor"],
+                Some("json"),
+                "cargo clippy (cedar-floor, json)",
+            ),
+        ];
+        for (packages, features, what) in lints {
+            let mut cmd = cargo();
+            cmd.args(["clippy", "--release", "--quiet", "--target", target]);
+            for package in packages {
+                cmd.args(["-p", package]);
+            }
+            if let Some(features) = features {
+                cmd.args(["--features", features]);
+            }
+            run(cmd.args(["--", "-D", "warnings"]), what)?;
+        }
     }
     eprintln!("xtask: running tests");
     run(

@@ -261,6 +261,20 @@ impl<'a> IssuerRow<'a> {
     }
 }
 
+/// A test issuer serving one Ed25519 key (`a`), registered as `iss` with refresh bounds
+/// (seconds): at least `min`, at most `max`, keys kept at most `stale` without a fetch.
+async fn issuer_with_bounds(db: &Db, iss: &str, [min, max, stale]: [i32; 3]) -> Result<TestIssuer> {
+    let server = TestIssuer::start(iss, &jwks(&[ed25519(1, Some("a"))])).await?;
+    let row = IssuerRow {
+        min_refresh_s: min,
+        max_refresh_s: max,
+        max_staleness_s: stale,
+        ..IssuerRow::jwks(iss, server.jwks_uri())
+    };
+    add_issuer(db, row).await?;
+    Ok(server)
+}
+
 async fn add_issuer(db: &Db, row: IssuerRow<'_>) -> Result<()> {
     db.pool
         .get()

@@ -112,17 +112,7 @@ async fn issuer_down_keeps_keys_until_stale() -> Result<()> {
 async fn staleness_bounds_the_retry_and_a_never_fetched_issuer_has_no_keys() -> Result<()> {
     let db = database().await?;
     let iss = "https://short-lived.test";
-    let server = TestIssuer::start(iss, &jwks(&[ed25519(1, Some("a"))])).await?;
-    add_issuer(
-        &db,
-        IssuerRow {
-            min_refresh_s: 10,
-            max_refresh_s: 100,
-            max_staleness_s: 30,
-            ..IssuerRow::jwks(iss, server.jwks_uri())
-        },
-    )
-    .await?;
+    let server = issuer_with_bounds(&db, iss, [10, 100, 30]).await?;
     let (fetcher, _) = fetcher(&db, settings()).await?;
     // Success: max_refresh_s would be 100 s, but the keys must be refetched before they are
     // 30 s old.

@@ -7,17 +7,7 @@ use super::*;
 async fn cache_control_is_honoured_within_bounds() -> Result<()> {
     let db = database().await?;
     let iss = "https://cache.test";
-    let server = TestIssuer::start(iss, &jwks(&[ed25519(1, Some("a"))])).await?;
-    add_issuer(
-        &db,
-        IssuerRow {
-            min_refresh_s: 10,
-            max_refresh_s: 100,
-            max_staleness_s: 1000,
-            ..IssuerRow::jwks(iss, server.jwks_uri())
-        },
-    )
-    .await?;
+    let server = issuer_with_bounds(&db, iss, [10, 100, 1000]).await?;
     let (fetcher, _) = fetcher(&db, settings()).await?;
     let cases: &[(Option<&str>, Option<&str>, f64)] = &[
         (None, None, 100.0),
