@@ -97,14 +97,21 @@ fn worker_update(bytes: &[u8]) -> Result<(), Box<dyn Error>> {
     let cfg = FilterConfig::from_json(bytes)?;
     let mut wire = cfg.bundle.clone().ok_or("no default bundle")?;
     let snapshot = Snapshot::try_from(cfg)?;
-    let previous = Bundle::try_from(&wire)?;
+    let previous = snapshot
+        .policy_sets()
+        .get("default")
+        .ok_or("no default set")?
+        .engine
+        .bundle()
+        .chunks()
+        .clone();
     wire.policies
         .push_str("\n@id(\"changed\") forbid(principal, action, resource) when { context.x };\n");
     let t = Instant::now();
     let next = snapshot.with_bundle("default", &wire)?;
     let whole = t.elapsed();
     let t = Instant::now();
-    let bundle = Bundle::compile(&wire, previous.chunks())?;
+    let bundle = Bundle::compile(&wire, &previous)?;
     let compiled = t.elapsed();
     let t = Instant::now();
     let index = PolicyIndex::of(&bundle.policies);

@@ -103,7 +103,10 @@ pub struct CounterIds<T>([T; Counter::ALL.len()]);
 impl<T: Copy + Default> CounterIds<T> {
     /// Defines every counter with `define`, in [`Counter::ALL`]'s order.
     pub fn define(mut define: impl FnMut(Counter) -> T) -> Self {
-        Self(Counter::ALL.map(&mut define))
+        match Self::try_define(|c| Ok::<_, std::convert::Infallible>(define(c))) {
+            Ok(ids) => ids,
+            Err(never) => match never {},
+        }
     }
 
     /// Defines every counter with `define`, in [`Counter::ALL`]'s order; the first error stops.

@@ -62,6 +62,13 @@ impl Root {
         Engine::new(snapshot, Some(Box::new(crypto)))
     }
 
+    /// The follower (if any) hands over the lease and what it holds of the decision log.
+    fn stop_following(&self) {
+        if let Some(mut sync) = self.sync.as_ref().and_then(|s| s.try_borrow_mut().ok()) {
+            sync.stop();
+        }
+    }
+
     fn apply(&mut self, change: Option<sync::Change>) {
         if let Some(sync::Change::Engine(engine)) = change {
             self.engine = Some(engine);
@@ -189,9 +196,7 @@ impl Context for Root {
 impl Drop for Root {
     fn drop(&mut self) {
         Metrics::flush();
-        if let Some(mut s) = self.sync.as_ref().and_then(|s| s.try_borrow_mut().ok()) {
-            s.stop();
-        }
+        self.stop_following();
     }
 }
 
@@ -236,9 +241,7 @@ impl Root {
             );
         }
         // A configuration replaced: its follower hands over the lease and its decision log.
-        if let Some(mut old) = self.sync.as_ref().and_then(|s| s.try_borrow_mut().ok()) {
-            old.stop();
-        }
+        self.stop_following();
         self.sync = match settings {
             Some(settings) => {
                 let tenants = settings.tenants.join(", ");
