@@ -254,17 +254,26 @@ impl<'a> IssuerRow<'a> {
             issuer,
             jwks_uri: Some(uri),
             discovery_url: None,
-            min_refresh_s: 1,
-            max_refresh_s: 8,
-            max_staleness_s: 3600,
+            min_refresh_s: DEFAULT_BOUNDS[0],
+            max_refresh_s: DEFAULT_BOUNDS[1],
+            max_staleness_s: DEFAULT_BOUNDS[2],
         }
     }
 }
 
-/// A test issuer serving one Ed25519 key (`a`), registered as `iss` with refresh bounds
+/// The refresh bounds an issuer gets unless a test says otherwise (seconds): at least 1, at
+/// most 8 between fetches, keys kept at most an hour without one.
+const DEFAULT_BOUNDS: [i32; 3] = [1, 8, 3600];
+
+/// A test issuer serving one Ed25519 key `kid`, registered as `iss` with refresh bounds
 /// (seconds): at least `min`, at most `max`, keys kept at most `stale` without a fetch.
-async fn issuer_with_bounds(db: &Db, iss: &str, [min, max, stale]: [i32; 3]) -> Result<TestIssuer> {
-    let server = TestIssuer::start(iss, &jwks(&[ed25519(1, Some("a"))])).await?;
+async fn served_issuer(
+    db: &Db,
+    iss: &str,
+    kid: &str,
+    [min, max, stale]: [i32; 3],
+) -> Result<TestIssuer> {
+    let server = TestIssuer::start(iss, &jwks(&[ed25519(1, Some(kid))])).await?;
     let row = IssuerRow {
         min_refresh_s: min,
         max_refresh_s: max,
@@ -364,6 +373,20 @@ async fn fetch_state(db: &Db, issuer: &str) -> Result<FetchState> {
         succeeded: row.get(1),
         next_in: row.get(2),
     })
+}
+
+/// Moves the issuer's last successful fetch `seconds` into the past.
+async fn succeeded_ago(db: &Db, issuer: &str, seconds: f64) -> Result<()> {
+    db.pool
+        .get()
+        .await?
+        .execute(
+            "UPDATE issuer_fetch_state SET last_success_at = now() - make_interval(secs => $2)
+              WHERE issuer = $1",
+            &[&issuer, &seconds],
+        )
+        .await?;
+    Ok(())
 }
 
 /// Makes the issuer due for the periodic loop now.

@@ -7,8 +7,7 @@ use super::*;
 async fn issuer_down_keeps_keys_until_stale() -> Result<()> {
     let db = database().await?;
     let iss = "https://down.test";
-    let server = TestIssuer::start(iss, &jwks(&[ed25519(1, Some("a"))])).await?;
-    add_issuer(&db, IssuerRow::jwks(iss, server.jwks_uri())).await?;
+    let server = served_issuer(&db, iss, "a", DEFAULT_BOUNDS).await?;
     upload(&db, iss, "up", &ed25519(9, Some("up"))).await?;
     let settings = FetchSettings {
         timeout: Duration::from_millis(300),
@@ -79,15 +78,7 @@ async fn issuer_down_keeps_keys_until_stale() -> Result<()> {
     ensure!(metrics.fetch_failures.with_label_values(&[iss]).get() == 4);
 
     // Past the maximum staleness the fetched keys go; uploaded keys stay.
-    db.pool
-        .get()
-        .await?
-        .execute(
-            "UPDATE issuer_fetch_state SET last_success_at = now() - interval '2 hours'
-              WHERE issuer = $1",
-            &[&iss],
-        )
-        .await?;
+    succeeded_ago(&db, iss, 7200.0).await?;
     fetch_now(&db, &fetcher, iss).await?;
     ensure!(kids(&db, iss).await? == pairs(&[("up", "uploaded")]));
 
@@ -112,7 +103,7 @@ async fn issuer_down_keeps_keys_until_stale() -> Result<()> {
 async fn staleness_bounds_the_retry_and_a_never_fetched_issuer_has_no_keys() -> Result<()> {
     let db = database().await?;
     let iss = "https://short-lived.test";
-    let server = issuer_with_bounds(&db, iss, [10, 100, 30]).await?;
+    let server = served_issuer(&db, iss, "a", [10, 100, 30]).await?;
     let (fetcher, _) = fetcher(&db, settings()).await?;
     // Success: max_refresh_s would be 100 s, but the keys must be refetched before they are
     // 30 s old.
@@ -120,15 +111,7 @@ async fn staleness_bounds_the_retry_and_a_never_fetched_issuer_has_no_keys() -> 
     ensure!(fetch_state(&db, iss).await?.next_in == Some(30.0));
     // Failure 25 s after the success: retried when the keys turn stale (5 s), not after 10 s.
     server.set(|s| s.status = 503);
-    db.pool
-        .get()
-        .await?
-        .execute(
-            "UPDATE issuer_fetch_state SET last_success_at = now() - interval '25 seconds'
-              WHERE issuer = $1",
-            &[&iss],
-        )
-        .await?;
+    succeeded_ago(&db, iss, 25.0).await?;
     fetch_now(&db, &fetcher, iss).await?;
     let next = fetch_state(&db, iss)
         .await?

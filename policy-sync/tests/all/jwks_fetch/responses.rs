@@ -7,7 +7,7 @@ use super::*;
 async fn cache_control_is_honoured_within_bounds() -> Result<()> {
     let db = database().await?;
     let iss = "https://cache.test";
-    let server = issuer_with_bounds(&db, iss, [10, 100, 1000]).await?;
+    let server = served_issuer(&db, iss, "a", [10, 100, 1000]).await?;
     let (fetcher, _) = fetcher(&db, settings()).await?;
     let cases: &[(Option<&str>, Option<&str>, f64)] = &[
         (None, None, 100.0),
@@ -37,8 +37,7 @@ async fn cache_control_is_honoured_within_bounds() -> Result<()> {
 async fn unusable_key_sets_are_refused_and_keys_kept() -> Result<()> {
     let db = database().await?;
     let iss = "https://invalid.test";
-    let server = TestIssuer::start(iss, &jwks(&[ed25519(1, Some("good"))])).await?;
-    add_issuer(&db, IssuerRow::jwks(iss, server.jwks_uri())).await?;
+    let server = served_issuer(&db, iss, "good", DEFAULT_BOUNDS).await?;
     let (fetcher, metrics) = fetcher(&db, settings()).await?;
     ensure!(fetcher.fetch_due().await? == 1);
     let good = pairs(&[("good", "fetched")]);
@@ -142,8 +141,7 @@ async fn unusable_key_sets_are_refused_and_keys_kept() -> Result<()> {
 async fn on_demand_refresh_is_coalesced_and_rate_limited() -> Result<()> {
     let db = database().await?;
     let iss = "https://on-demand.test";
-    let server = TestIssuer::start(iss, &jwks(&[ed25519(1, Some("a"))])).await?;
-    add_issuer(&db, IssuerRow::jwks(iss, server.jwks_uri())).await?;
+    let server = served_issuer(&db, iss, "a", DEFAULT_BOUNDS).await?;
     let settings = FetchSettings {
         min_on_demand_interval: Duration::from_millis(700),
         ..settings()
