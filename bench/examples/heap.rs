@@ -93,10 +93,10 @@ fn steps(n: usize) -> Result<(), Box<dyn Error>> {
 /// What a worker does with a live update, whole: the snapshot in force with its default
 /// bundle replaced by one with a policy more (the chunks, the index, the policies' reads, the
 /// entity slicer and the tenants' inputs), timed against its parts.
-fn worker_update(bytes: &[u8]) -> Result<(), Box<dyn Error>> {
-    let cfg = FilterConfig::from_json(bytes)?;
-    let mut wire = cfg.bundle.clone().ok_or("no default bundle")?;
-    let snapshot = Snapshot::try_from(cfg)?;
+fn worker_update(bytes: &[u8], snapshot: &Snapshot) -> Result<(), Box<dyn Error>> {
+    let mut wire = FilterConfig::from_json(bytes)?
+        .bundle
+        .ok_or("no default bundle")?;
     let previous = snapshot
         .policy_sets()
         .get("default")
@@ -139,8 +139,8 @@ fn main() -> Result<(), Box<dyn Error>> {
             "{n} policies, configuration {kib} KiB: configured in {:?}",
             t.elapsed()
         );
+        worker_update(&bytes, &engine.snapshot())?;
         drop(engine);
-        worker_update(&bytes)?;
         return Ok(());
     }
     let profiler = dhat::Profiler::new_heap();

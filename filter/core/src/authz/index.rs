@@ -578,14 +578,6 @@ impl PolicyIndex {
     }
 }
 
-/// Cedar's effect as the public API names it.
-fn effect(e: ast::Effect) -> Effect {
-    match e {
-        ast::Effect::Permit => Effect::Permit,
-        ast::Effect::Forbid => Effect::Forbid,
-    }
-}
-
 /// Bucket results combined as Cedar combines policies.
 #[derive(Debug, Default)]
 struct Combined {
@@ -609,7 +601,7 @@ impl Combined {
     fn evaluate(&mut self, eval: &Evaluator<'_>, id: &PolicyId, policy: &ast::Policy) -> bool {
         match eval.partial_evaluate(policy) {
             Ok(result) => match result.left() {
-                Some(true) => self.satisfied(id, effect(policy.effect())),
+                Some(true) => self.satisfied(id, policy.effect()),
                 Some(false) => {}
                 None => return false,
             },

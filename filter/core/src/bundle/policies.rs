@@ -68,18 +68,18 @@ fn held<T: Hash + Eq>(
 
 impl Shared {
     fn uid(&mut self, uid: &Arc<ast::EntityUID>) -> Arc<ast::EntityUID> {
-        let Self { uids, types, .. } = self;
-        held(uids, uid, || {
-            // By value: a clone shares the held name's parts.
-            let ty = held(types, uid.entity_type(), || {
-                Arc::new(uid.entity_type().with_loc(None))
-            });
-            Arc::new(ast::EntityUID::from_components(
-                ty.as_ref().clone(),
-                uid.eid().clone(),
-                None,
-            ))
-        })
+        if let Some(held) = self.uids.get(uid) {
+            return Arc::clone(held);
+        }
+        // By value: a clone shares the held name's parts.
+        let ty = self.ty(uid.entity_type());
+        let made = Arc::new(ast::EntityUID::from_components(
+            ty.as_ref().clone(),
+            uid.eid().clone(),
+            None,
+        ));
+        self.uids.insert(Arc::clone(&made));
+        made
     }
 
     fn condition(&mut self, c: &Arc<ast::Expr>) -> Arc<ast::Expr> {
@@ -161,10 +161,8 @@ impl CompiledPolicy {
 
     #[must_use]
     pub fn effect(&self) -> Effect {
-        match self.policy.effect() {
-            ast::Effect::Permit => Effect::Permit,
-            ast::Effect::Forbid => Effect::Forbid,
-        }
+        // The public API's `Effect` is the core's.
+        self.policy.effect()
     }
 
     #[must_use]
